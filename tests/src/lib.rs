@@ -1,0 +1,1 @@
+//! Shared helpers for aparté's end-to-end tests. The scenarios themselves live in `tests/tests/`.
