@@ -184,6 +184,8 @@ pub enum StoreError {
     #[error("invalid peer name: {0}")]
     InvalidPeerName(&'static str),
     /// The peer's identity changed and the caller tried to record it without an explicit override.
-    #[error("peer identity changed; refusing to overwrite the pinned key without an explicit override")]
+    #[error(
+        "peer identity changed; refusing to overwrite the pinned key without an explicit override"
+    )]
     IdentityChanged,
 }

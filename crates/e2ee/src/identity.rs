@@ -325,7 +325,10 @@ impl KnownPeers {
             line,
             reason,
         };
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i.saturating_add(1), l));
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i.saturating_add(1), l));
         match lines.next() {
             Some((_, PEERS_HEADER)) => {}
             _ => return Err(err(1, "missing 'aparte-known-peers v1' header")),
@@ -468,6 +471,9 @@ mod tests {
         assert_eq!(fp, id.public().fingerprint());
         let secret_hex = hex::encode([3u8; 32]);
         assert!(!format!("{id:?}").contains(&secret_hex));
-        assert_eq!(IdentityKey::from_bytes(*id.to_bytes()).public(), id.public());
+        assert_eq!(
+            IdentityKey::from_bytes(*id.to_bytes()).public(),
+            id.public()
+        );
     }
 }

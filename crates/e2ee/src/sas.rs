@@ -110,13 +110,22 @@ mod tests {
         });
         assert_eq!(back, 0xABCDEF);
         assert_eq!(sas.digits(), "1125 9375");
-        assert_eq!(sas.digits().replace(' ', "").parse::<u32>().unwrap(), 0xABCDEF);
+        assert_eq!(
+            sas.digits().replace(' ', "").parse::<u32>().unwrap(),
+            0xABCDEF
+        );
     }
 
     #[test]
     fn extremes_render() {
-        assert_eq!(Sas::from_bytes(&[0, 0, 0, 0]).words_string(), "anchor anchor anchor anchor");
-        assert_eq!(Sas::from_bytes(&[0xFF; 4]).words_string(), "zipper zipper zipper zipper");
+        assert_eq!(
+            Sas::from_bytes(&[0, 0, 0, 0]).words_string(),
+            "anchor anchor anchor anchor"
+        );
+        assert_eq!(
+            Sas::from_bytes(&[0xFF; 4]).words_string(),
+            "zipper zipper zipper zipper"
+        );
         assert_eq!(Sas::from_bytes(&[0xFF; 4]).digits(), "1677 7215");
     }
 

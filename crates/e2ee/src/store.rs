@@ -107,7 +107,11 @@ fn read_bounded(path: &Path) -> Result<String, StoreError> {
 #[cfg(unix)]
 fn check_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
+    let mode = fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(StoreError::InsecurePermissions {
             path: path.to_path_buf(),

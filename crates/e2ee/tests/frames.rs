@@ -1,5 +1,7 @@
 //! Frame protection: round trips, tampering, replay, reordering, reflection, rekeying under
 //! loss, and counter exhaustion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use aparte_e2ee::frame::{FrameHeader, ReceiverConfig, SenderConfig, REPLAY_WINDOW};
@@ -7,7 +9,10 @@ use aparte_e2ee::{FrameError, RejectReason};
 use common::channels;
 use proptest::prelude::*;
 
-fn default_channels() -> (aparte_e2ee::handshake::Channels, aparte_e2ee::handshake::Channels) {
+fn default_channels() -> (
+    aparte_e2ee::handshake::Channels,
+    aparte_e2ee::handshake::Channels,
+) {
     channels(SenderConfig::default(), ReceiverConfig::default())
 }
 
@@ -59,10 +64,16 @@ fn every_bit_of_a_60_byte_frame_is_protected() {
     for i in 0..frame.len() * 8 {
         let mut tampered = frame.clone();
         tampered[i / 8] ^= 1 << (i % 8);
-        assert!(bob.media_receiver.unprotect(&tampered, 0).is_err(), "bit {i}");
+        assert!(
+            bob.media_receiver.unprotect(&tampered, 0).is_err(),
+            "bit {i}"
+        );
     }
     assert_eq!(bob.media_receiver.stats().accepted, 0);
-    assert_eq!(bob.media_receiver.stats().rejected_total(), (frame.len() * 8) as u64);
+    assert_eq!(
+        bob.media_receiver.stats().rejected_total(),
+        (frame.len() * 8) as u64
+    );
     assert_eq!(bob.media_receiver.unprotect(&frame, 0).unwrap(), [0x5A; 60]);
 }
 
@@ -71,7 +82,10 @@ fn every_truncation_is_rejected() {
     let (mut alice, mut bob) = default_channels();
     let frame = alice.media_sender.protect(&[1; 60]).unwrap();
     for cut in 0..frame.len() {
-        assert!(bob.media_receiver.unprotect(&frame[..cut], 0).is_err(), "cut {cut}");
+        assert!(
+            bob.media_receiver.unprotect(&frame[..cut], 0).is_err(),
+            "cut {cut}"
+        );
     }
     assert!(bob.media_receiver.unprotect(&frame, 0).is_ok());
 }
@@ -81,9 +95,18 @@ fn replay_is_rejected_and_counted() {
     let (mut alice, mut bob) = default_channels();
     let frame = alice.media_sender.protect(b"hello").unwrap();
     assert!(bob.media_receiver.unprotect(&frame, 0).is_ok());
-    assert_eq!(bob.media_receiver.unprotect(&frame, 0), Err(FrameError::Replayed));
-    assert_eq!(bob.media_receiver.unprotect(&frame, 0), Err(FrameError::Replayed));
-    assert_eq!(bob.media_receiver.stats().rejected(RejectReason::Replayed), 2);
+    assert_eq!(
+        bob.media_receiver.unprotect(&frame, 0),
+        Err(FrameError::Replayed)
+    );
+    assert_eq!(
+        bob.media_receiver.unprotect(&frame, 0),
+        Err(FrameError::Replayed)
+    );
+    assert_eq!(
+        bob.media_receiver.stats().rejected(RejectReason::Replayed),
+        2
+    );
 }
 
 #[test]
@@ -97,7 +120,10 @@ fn reorder_within_the_window_is_accepted_exactly_once() {
         assert_eq!(bob.media_receiver.unprotect(f, 0).unwrap(), [i as u8]);
     }
     for f in &frames {
-        assert_eq!(bob.media_receiver.unprotect(f, 0), Err(FrameError::Replayed));
+        assert_eq!(
+            bob.media_receiver.unprotect(f, 0),
+            Err(FrameError::Replayed)
+        );
     }
     assert_eq!(bob.media_receiver.stats().accepted, 100);
 }
@@ -111,7 +137,10 @@ fn a_frame_older_than_the_window_is_rejected() {
         last = alice.media_sender.protect(b"new").unwrap();
     }
     bob.media_receiver.unprotect(&last, 0).unwrap();
-    assert_eq!(bob.media_receiver.unprotect(&old, 0), Err(FrameError::TooOld));
+    assert_eq!(
+        bob.media_receiver.unprotect(&old, 0),
+        Err(FrameError::TooOld)
+    );
     assert_eq!(bob.media_receiver.stats().rejected(RejectReason::TooOld), 1);
 }
 
@@ -119,10 +148,19 @@ fn a_frame_older_than_the_window_is_rejected() {
 fn a_frame_reflected_back_to_its_sender_is_rejected() {
     let (mut alice, mut bob) = default_channels();
     let frame = alice.media_sender.protect(b"mine").unwrap();
-    assert_eq!(alice.media_receiver.unprotect(&frame, 0), Err(FrameError::Reflected));
+    assert_eq!(
+        alice.media_receiver.unprotect(&frame, 0),
+        Err(FrameError::Reflected)
+    );
     let frame = bob.data_sender.protect(b"caption").unwrap();
-    assert_eq!(bob.data_receiver.unprotect(&frame, 0), Err(FrameError::Reflected));
-    assert_eq!(bob.data_receiver.stats().rejected(RejectReason::Reflected), 1);
+    assert_eq!(
+        bob.data_receiver.unprotect(&frame, 0),
+        Err(FrameError::Reflected)
+    );
+    assert_eq!(
+        bob.data_receiver.stats().rejected(RejectReason::Reflected),
+        1
+    );
 }
 
 #[test]
@@ -181,11 +219,18 @@ fn rekey_with_frames_lost_around_the_switch_keeps_working() {
             continue;
         }
         let now = i * 20;
-        assert_eq!(bob.media_receiver.unprotect(f, now).unwrap(), i.to_be_bytes(), "frame {i}");
+        assert_eq!(
+            bob.media_receiver.unprotect(f, now).unwrap(),
+            i.to_be_bytes(),
+            "frame {i}"
+        );
         delivered += 1;
         if i % 10 == 2 {
             if let Some((j, late)) = held_back.take() {
-                assert_eq!(bob.media_receiver.unprotect(&late, now).unwrap(), j.to_be_bytes());
+                assert_eq!(
+                    bob.media_receiver.unprotect(&late, now).unwrap(),
+                    j.to_be_bytes()
+                );
                 delivered += 1;
             }
         }
@@ -197,7 +242,9 @@ fn rekey_with_frames_lost_around_the_switch_keeps_working() {
 
 #[test]
 fn the_old_key_is_dropped_after_the_grace_period() {
-    let receiver = ReceiverConfig { grace_period_ms: 1_000 };
+    let receiver = ReceiverConfig {
+        grace_period_ms: 1_000,
+    };
     let (mut alice, mut bob) = channels(SenderConfig::default(), receiver);
     let old = alice.media_sender.protect(b"old").unwrap();
     let old_2 = alice.media_sender.protect(b"old2").unwrap();
@@ -254,8 +301,14 @@ fn counter_exhaustion_is_an_error_never_a_wrap() {
         assert_eq!(FrameHeader::parse(&f).unwrap().0.counter, i);
         bob.media_receiver.unprotect(&f, 0).unwrap();
     }
-    assert_eq!(alice.media_sender.protect(b"x"), Err(FrameError::CounterExhausted));
-    assert_eq!(alice.media_sender.protect(b"x"), Err(FrameError::CounterExhausted));
+    assert_eq!(
+        alice.media_sender.protect(b"x"),
+        Err(FrameError::CounterExhausted)
+    );
+    assert_eq!(
+        alice.media_sender.protect(b"x"),
+        Err(FrameError::CounterExhausted)
+    );
     // An explicit rekey gives a fresh key, so counting may restart safely.
     alice.media_sender.rekey().unwrap();
     let f = alice.media_sender.protect(b"z").unwrap();
@@ -267,7 +320,9 @@ fn counter_exhaustion_is_an_error_never_a_wrap() {
 fn oversized_input_is_refused_on_both_sides() {
     let (mut alice, mut bob) = default_channels();
     assert!(matches!(
-        alice.media_sender.protect(&vec![0; aparte_e2ee::frame::MAX_PAYLOAD_LEN + 1]),
+        alice
+            .media_sender
+            .protect(&vec![0; aparte_e2ee::frame::MAX_PAYLOAD_LEN + 1]),
         Err(FrameError::TooLarge { .. })
     ));
     assert!(matches!(
@@ -301,7 +356,11 @@ fn random_garbage_is_rejected_without_panicking() {
     let mut runner = TestRunner::default();
     runner
         .run(&proptest::collection::vec(any::<u8>(), 0..300), |bytes| {
-            prop_assert!(bob.borrow_mut().media_receiver.unprotect(&bytes, 0).is_err());
+            prop_assert!(bob
+                .borrow_mut()
+                .media_receiver
+                .unprotect(&bytes, 0)
+                .is_err());
             Ok(())
         })
         .unwrap();

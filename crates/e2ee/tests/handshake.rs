@@ -1,6 +1,8 @@
 //! Handshake scenarios, including the attacks the threat model names: a man-in-the-middle
 //! running its own handshake with each side, a swapped DTLS fingerprint, a key changed after the
 //! commitment, a broken key confirmation, and a stolen public identity.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use aparte_e2ee::handshake::messages::{Message, Response, Reveal};
@@ -34,7 +36,10 @@ fn every_call_gets_fresh_keys() {
     let (a, b) = params();
     let (first, _) = run(a.clone(), b.clone(), None, None).unwrap();
     let (second, _) = run(a, b, None, None).unwrap();
-    assert_ne!(first.info().transcript_hash(), second.info().transcript_hash());
+    assert_ne!(
+        first.info().transcript_hash(),
+        second.info().transcript_hash()
+    );
 }
 
 /// Mallory sits on the signaling path and runs one handshake with each side, posing as the
@@ -43,7 +48,8 @@ fn every_call_gets_fresh_keys() {
 fn man_in_the_middle_yields_different_sas_on_the_two_sides() {
     let fp_mallory = b"sha-256 EE:EE:EE".to_vec();
     for _ in 0..64 {
-        let alice_p = CallParams::new(ROOM.to_vec(), FP_ALICE.to_vec(), fp_mallory.clone()).unwrap();
+        let alice_p =
+            CallParams::new(ROOM.to_vec(), FP_ALICE.to_vec(), fp_mallory.clone()).unwrap();
         let mallory_as_bob =
             CallParams::new(ROOM.to_vec(), fp_mallory.clone(), FP_ALICE.to_vec()).unwrap();
         let mallory_as_alice =
@@ -74,7 +80,8 @@ fn swapped_dtls_fingerprint_fails_key_confirmation() {
 #[test]
 fn different_rooms_do_not_confirm() {
     let (alice_p, _) = params();
-    let bob_p = CallParams::new(b"other-room".to_vec(), FP_BOB.to_vec(), FP_ALICE.to_vec()).unwrap();
+    let bob_p =
+        CallParams::new(b"other-room".to_vec(), FP_BOB.to_vec(), FP_ALICE.to_vec()).unwrap();
     assert_eq!(
         run(alice_p, bob_p, None, None).err(),
         Some(HandshakeError::ConfirmationFailed)
@@ -94,7 +101,10 @@ fn initiator_key_changed_after_commitment_is_detected() {
     };
     m.ephemeral = x25519_public(&[42; 32]);
     let forged = Message::Reveal(m).encode();
-    assert_eq!(bob.receive(&forged), Err(HandshakeError::CommitmentMismatch));
+    assert_eq!(
+        bob.receive(&forged),
+        Err(HandshakeError::CommitmentMismatch)
+    );
     assert_eq!(bob.state(), HandshakeState::Failed);
     // Fatal: even the genuine Reveal is refused now.
     assert_eq!(bob.receive(&reveal), Err(HandshakeError::AlreadyFailed));
@@ -115,7 +125,10 @@ fn responder_key_changed_after_commitment_is_detected() {
     .encode();
     assert_ne!(forged, response);
     let reveal = alice.receive(&forged).unwrap().unwrap();
-    assert_eq!(bob.receive(&reveal), Err(HandshakeError::ConfirmationFailed));
+    assert_eq!(
+        bob.receive(&reveal),
+        Err(HandshakeError::ConfirmationFailed)
+    );
     assert_eq!(bob.state(), HandshakeState::Failed);
 }
 
@@ -128,7 +141,10 @@ fn key_confirmation_mismatch_aborts_both_ways() {
     let response = bob.receive(&commit).unwrap().unwrap();
     let mut reveal = alice.receive(&response).unwrap().unwrap();
     *reveal.last_mut().unwrap() ^= 1;
-    assert_eq!(bob.receive(&reveal), Err(HandshakeError::ConfirmationFailed));
+    assert_eq!(
+        bob.receive(&reveal),
+        Err(HandshakeError::ConfirmationFailed)
+    );
     assert!(bob.finish().is_err());
 
     // Initiator side: a flipped bit in mac_r.
@@ -139,7 +155,10 @@ fn key_confirmation_mismatch_aborts_both_ways() {
     let reveal = alice.receive(&response).unwrap().unwrap();
     let mut confirm = bob.receive(&reveal).unwrap().unwrap();
     confirm[10] ^= 0x80;
-    assert_eq!(alice.receive(&confirm), Err(HandshakeError::ConfirmationFailed));
+    assert_eq!(
+        alice.receive(&confirm),
+        Err(HandshakeError::ConfirmationFailed)
+    );
     assert_eq!(alice.state(), HandshakeState::Failed);
     assert_eq!(alice.finish().err(), Some(HandshakeError::AlreadyFailed));
 }
@@ -153,7 +172,10 @@ fn low_order_public_key_is_rejected_as_non_contributory() {
         identity: None,
     })
     .encode();
-    assert_eq!(alice.receive(&zero_point), Err(HandshakeError::NonContributory));
+    assert_eq!(
+        alice.receive(&zero_point),
+        Err(HandshakeError::NonContributory)
+    );
     assert_eq!(alice.state(), HandshakeState::Failed);
 }
 
@@ -163,8 +185,14 @@ fn junk_and_out_of_order_messages_leave_the_state_untouched() {
     let (a, b) = params();
     let (mut alice, commit) = Handshake::initiator(a, None, &mut OsRng).unwrap();
     let mut bob = Handshake::responder(b, None, &mut OsRng).unwrap();
-    assert!(matches!(bob.receive(b"garbage"), Err(HandshakeError::Malformed(_))));
-    assert!(matches!(bob.receive(&[]), Err(HandshakeError::Malformed(_))));
+    assert!(matches!(
+        bob.receive(b"garbage"),
+        Err(HandshakeError::Malformed(_))
+    ));
+    assert!(matches!(
+        bob.receive(&[]),
+        Err(HandshakeError::Malformed(_))
+    ));
     let response = bob.receive(&commit).unwrap().unwrap();
     assert!(matches!(
         bob.receive(&commit),
@@ -176,7 +204,10 @@ fn junk_and_out_of_order_messages_leave_the_state_untouched() {
     ));
     let mut wrong_version = response.clone();
     wrong_version[1] = 9;
-    assert_eq!(alice.receive(&wrong_version), Err(HandshakeError::UnsupportedVersion(9)));
+    assert_eq!(
+        alice.receive(&wrong_version),
+        Err(HandshakeError::UnsupportedVersion(9))
+    );
     assert_eq!(alice.state(), HandshakeState::AwaitingResponse);
     let reveal = alice.receive(&response).unwrap().unwrap();
     let confirm = bob.receive(&reveal).unwrap().unwrap();
@@ -215,8 +246,14 @@ fn claiming_someone_elses_identity_fails_confirmation() {
         panic!()
     };
     m.identity = Some(*bob_id.public().as_bytes());
-    let reveal = alice.receive(&Message::Response(m).encode()).unwrap().unwrap();
-    assert_eq!(mallory.receive(&reveal), Err(HandshakeError::ConfirmationFailed));
+    let reveal = alice
+        .receive(&Message::Response(m).encode())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        mallory.receive(&reveal),
+        Err(HandshakeError::ConfirmationFailed)
+    );
 
     // And the other way: an initiator claiming Alice's identity in its Reveal breaks the
     // commitment (the identity is committed too).
@@ -234,7 +271,10 @@ fn claiming_someone_elses_identity_fails_confirmation() {
         ..m
     })
     .encode();
-    assert_eq!(bob.receive(&claimed), Err(HandshakeError::CommitmentMismatch));
+    assert_eq!(
+        bob.receive(&claimed),
+        Err(HandshakeError::CommitmentMismatch)
+    );
 }
 
 /// Key continuity: Bob pinned Alice as verified on an earlier call; now a man-in-the-middle
@@ -264,7 +304,10 @@ fn identity_change_on_a_pinned_peer_is_reported_as_changed() {
     let (_, bob) = run(a, b, Some(&mallory_id), Some(&bob_id)).unwrap();
     assert!(matches!(
         bobs_peers.check(&alice_name, bob.info().peer_identity().unwrap()),
-        PeerStatus::Changed { was_verified: true, .. }
+        PeerStatus::Changed {
+            was_verified: true,
+            ..
+        }
     ));
 }
 

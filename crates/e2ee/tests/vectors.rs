@@ -2,13 +2,15 @@
 //! independent Python implementation of `docs/PROTOCOL.md` generated (`vectors/generate.py`).
 //! Every handshake message, the transcript hash, the SAS, every epoch key and every protected
 //! frame must match; the chain secrets are checked through the frames they produce.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
+use aparte_e2ee::frame::ReceiverConfig;
 use aparte_e2ee::frame::{FrameSender, SenderConfig};
 use aparte_e2ee::handshake::{CallParams, Channels, Handshake};
 use aparte_e2ee::identity::IdentityKey;
 use aparte_e2ee::keys::{epoch_keys, next_chain, Secret32};
-use aparte_e2ee::frame::ReceiverConfig;
 use common::FixedRng;
 use serde::Deserialize;
 
@@ -77,11 +79,18 @@ fn load() -> File {
 fn vectors_cover_the_cases_we_promise() {
     let file = load();
     assert_eq!(file.version, aparte_e2ee::PROTOCOL_VERSION);
-    assert_eq!(file.suite, aparte_e2ee::SUITE_X25519_CHACHA20POLY1305_SHA256);
+    assert_eq!(
+        file.suite,
+        aparte_e2ee::SUITE_X25519_CHACHA20POLY1305_SHA256
+    );
     let names: Vec<_> = file.cases.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["no-identities", "both-identities", "initiator-identity-only"]
+        [
+            "no-identities",
+            "both-identities",
+            "initiator-identity-only"
+        ]
     );
 }
 
@@ -90,7 +99,12 @@ fn handshake_messages_transcript_and_sas_match_byte_for_byte() {
     for case in load().cases {
         let (alice, bob) = run_case(&case);
         let info = alice.info();
-        assert_eq!(hex::encode(info.transcript_hash()), case.transcript_hash, "{}", case.name);
+        assert_eq!(
+            hex::encode(info.transcript_hash()),
+            case.transcript_hash,
+            "{}",
+            case.name
+        );
         assert_eq!(bob.info().transcript_hash(), info.transcript_hash());
         assert_eq!(info.sas().value(), case.sas_value, "{}", case.name);
         assert_eq!(info.sas().words_string(), case.sas_words, "{}", case.name);
@@ -126,12 +140,20 @@ fn epoch_keys_and_protected_frames_match_byte_for_byte() {
                 chain = next_chain(&chain);
             }
             let keys = epoch_keys(&chain);
-            let what = format!("{} {} e{} c{}", case.name, frame.chain, frame.epoch, frame.counter);
+            let what = format!(
+                "{} {} e{} c{}",
+                case.name, frame.chain, frame.epoch, frame.counter
+            );
             assert_eq!(hex::encode(keys.key), frame.key, "{what}");
             assert_eq!(hex::encode(keys.salt), frame.salt, "{what}");
             // The frame from the handshake's own sender, advanced to (epoch, counter).
             assert_eq!(
-                hex::encode(protect_at(sender, frame.epoch, frame.counter, &bytes(&frame.payload))),
+                hex::encode(protect_at(
+                    sender,
+                    frame.epoch,
+                    frame.counter,
+                    &bytes(&frame.payload)
+                )),
                 frame.frame,
                 "{what}"
             );
@@ -142,18 +164,29 @@ fn epoch_keys_and_protected_frames_match_byte_for_byte() {
 }
 
 fn protect_at(sender: &mut FrameSender, epoch: u64, counter: u64, payload: &[u8]) -> Vec<u8> {
-    assert!(sender.epoch() <= epoch, "vectors must be in order per chain");
+    assert!(
+        sender.epoch() <= epoch,
+        "vectors must be in order per chain"
+    );
     while sender.epoch() < epoch {
         sender.rekey().unwrap();
     }
-    assert!(sender.next_counter() <= counter, "vectors must be in order per chain");
+    assert!(
+        sender.next_counter() <= counter,
+        "vectors must be in order per chain"
+    );
     while sender.next_counter() < counter {
         sender.protect(&[]).unwrap();
     }
     sender.protect(payload).unwrap()
 }
 
-fn run_case(case: &Case) -> (aparte_e2ee::handshake::Session, aparte_e2ee::handshake::Session) {
+fn run_case(
+    case: &Case,
+) -> (
+    aparte_e2ee::handshake::Session,
+    aparte_e2ee::handshake::Session,
+) {
     let room = bytes(&case.room_id);
     let fp_i = bytes(&case.initiator_fingerprint);
     let fp_r = bytes(&case.responder_fingerprint);
@@ -164,12 +197,18 @@ fn run_case(case: &Case) -> (aparte_e2ee::handshake::Session, aparte_e2ee::hands
     let bob_params = CallParams::new(room, fp_r, fp_i).unwrap();
 
     let mut rng = FixedRng(bytes(&case.initiator_ephemeral_secret));
-    let (mut alice, commit) = Handshake::initiator(alice_params, alice_id.as_ref(), &mut rng).unwrap();
+    let (mut alice, commit) =
+        Handshake::initiator(alice_params, alice_id.as_ref(), &mut rng).unwrap();
     let mut rng = FixedRng(bytes(&case.responder_ephemeral_secret));
     let mut bob = Handshake::responder(bob_params, bob_id.as_ref(), &mut rng).unwrap();
     assert_eq!(hex::encode(&commit), case.commit, "{} commit", case.name);
     let response = bob.receive(&commit).unwrap().unwrap();
-    assert_eq!(hex::encode(&response), case.response, "{} response", case.name);
+    assert_eq!(
+        hex::encode(&response),
+        case.response,
+        "{} response",
+        case.name
+    );
     let reveal = alice.receive(&response).unwrap().unwrap();
     assert_eq!(hex::encode(&reveal), case.reveal, "{} reveal", case.name);
     let confirm = bob.receive(&reveal).unwrap().unwrap();

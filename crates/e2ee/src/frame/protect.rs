@@ -98,7 +98,10 @@ impl EpochCipher {
     }
 
     fn next(&self) -> Option<Self> {
-        Some(Self::new(self.epoch.checked_add(1)?, next_chain(&self.chain)))
+        Some(Self::new(
+            self.epoch.checked_add(1)?,
+            next_chain(&self.chain),
+        ))
     }
 
     /// nonce = salt XOR counter, the counter big-endian in the nonce's last eight bytes.
@@ -231,7 +234,10 @@ pub struct ReceiverStats {
 impl ReceiverStats {
     /// Frames rejected for `reason`.
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        self.rejected.get(reason_index(reason)).copied().unwrap_or(0)
+        self.rejected
+            .get(reason_index(reason))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Frames rejected for any reason.
@@ -296,7 +302,24 @@ impl FrameReceiver {
     /// the rekey grace period. Every rejection is counted in [`FrameReceiver::stats`], and a
     /// rejected frame never changes the receiver's state.
     pub fn unprotect(&mut self, frame: &[u8], now_ms: u64) -> Result<Vec<u8>, FrameError> {
-        let result = self.unprotect_inner(frame, now_ms);
+        let mut out = Vec::with_capacity(frame.len());
+        self.unprotect_into(frame, now_ms, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`FrameReceiver::unprotect`], writing the payload into `out` (cleared first) to
+    /// reuse its allocation. On error `out` holds no plaintext.
+    pub fn unprotect_into(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        out.clear();
+        let result = self.unprotect_inner(frame, now_ms, out);
+        if result.is_err() {
+            out.clear();
+        }
         match &result {
             Ok(_) => self.stats.accepted = self.stats.accepted.saturating_add(1),
             Err(e) => {
@@ -318,7 +341,12 @@ impl FrameReceiver {
         self.current.cipher.epoch
     }
 
-    fn unprotect_inner(&mut self, frame: &[u8], now_ms: u64) -> Result<Vec<u8>, FrameError> {
+    fn unprotect_inner(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
         if frame.len() > MAX_FRAME_LEN {
             return Err(FrameError::TooLarge {
                 len: frame.len(),
@@ -343,14 +371,18 @@ impl FrameReceiver {
         let tag = Tag::from_slice(tag);
 
         match self.slot(header.key_id)? {
-            KeySlot::Current => open(&mut self.current, header.counter, aad, ciphertext, tag),
+            KeySlot::Current => open(&mut self.current, header.counter, aad, ciphertext, tag, out),
             KeySlot::Previous => match self.previous.as_mut() {
-                Some((epoch, _)) => open(epoch, header.counter, aad, ciphertext, tag),
+                Some((epoch, _)) => open(epoch, header.counter, aad, ciphertext, tag, out),
                 None => Err(FrameError::UnknownKeyId(header.key_id)),
             },
             KeySlot::Ahead(steps) => {
                 let mut candidate = ReceiveEpoch {
-                    cipher: self.current.cipher.next().ok_or(FrameError::UnknownKeyId(header.key_id))?,
+                    cipher: self
+                        .current
+                        .cipher
+                        .next()
+                        .ok_or(FrameError::UnknownKeyId(header.key_id))?,
                     window: ReplayWindow::new(),
                 };
                 for _ in 1..steps {
@@ -359,13 +391,13 @@ impl FrameReceiver {
                         .next()
                         .ok_or(FrameError::UnknownKeyId(header.key_id))?;
                 }
-                let plaintext = open(&mut candidate, header.counter, aad, ciphertext, tag)?;
+                open(&mut candidate, header.counter, aad, ciphertext, tag, out)?;
                 // Authenticated under the next key: follow the sender.
                 let old = std::mem::replace(&mut self.current, candidate);
                 let grace_end = now_ms.saturating_add(self.config.grace_period_ms);
                 self.previous = (steps == 1).then_some((old, grace_end));
                 self.stats.rekeys = self.stats.rekeys.saturating_add(1);
-                Ok(plaintext)
+                Ok(())
             }
         }
     }
@@ -400,15 +432,16 @@ fn open(
     aad: &[u8],
     ciphertext: &[u8],
     tag: &Tag,
-) -> Result<Vec<u8>, FrameError> {
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     epoch.window.check(counter)?;
-    let mut buffer = ciphertext.to_vec();
+    out.extend_from_slice(ciphertext);
     let nonce = epoch.cipher.nonce(counter);
     epoch
         .cipher
         .aead
-        .decrypt_in_place_detached(&nonce, aad, &mut buffer, tag)
+        .decrypt_in_place_detached(&nonce, aad, out, tag)
         .map_err(|_| FrameError::AuthenticationFailed)?;
     epoch.window.mark(counter);
-    Ok(buffer)
+    Ok(())
 }

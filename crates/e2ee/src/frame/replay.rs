@@ -86,7 +86,10 @@ fn block_index(block: u64) -> usize {
 }
 
 fn slot(counter: u64) -> (usize, u64) {
-    (block_index(counter / BLOCK_BITS), 1u64 << (counter % BLOCK_BITS))
+    (
+        block_index(counter / BLOCK_BITS),
+        1u64 << (counter % BLOCK_BITS),
+    )
 }
 
 #[cfg(test)]

@@ -120,8 +120,12 @@ impl Message {
         }
         let mut r = Reader::new(bytes);
         let kind = r.u8().ok_or(HandshakeError::Malformed("empty message"))?;
-        let version = r.u8().ok_or(HandshakeError::Malformed("truncated header"))?;
-        let suite = r.u16().ok_or(HandshakeError::Malformed("truncated header"))?;
+        let version = r
+            .u8()
+            .ok_or(HandshakeError::Malformed("truncated header"))?;
+        let suite = r
+            .u16()
+            .ok_or(HandshakeError::Malformed("truncated header"))?;
         if !(kind::COMMIT..=kind::CONFIRM).contains(&kind) {
             return Err(HandshakeError::Malformed("unknown message type"));
         }
@@ -192,7 +196,9 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
-            Message::Commit(Commit { commitment: [1; 32] }),
+            Message::Commit(Commit {
+                commitment: [1; 32],
+            }),
             Message::Response(Response {
                 ephemeral: [2; 32],
                 identity: None,
@@ -230,7 +236,11 @@ mod tests {
         for m in samples() {
             let bytes = m.encode();
             for cut in 0..bytes.len() {
-                assert!(Message::parse(&bytes[..cut]).is_err(), "{} cut {cut}", m.name());
+                assert!(
+                    Message::parse(&bytes[..cut]).is_err(),
+                    "{} cut {cut}",
+                    m.name()
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);
@@ -249,7 +259,10 @@ mod tests {
         );
         let mut bad = good.clone();
         bad[1] = 2;
-        assert_eq!(Message::parse(&bad), Err(HandshakeError::UnsupportedVersion(2)));
+        assert_eq!(
+            Message::parse(&bad),
+            Err(HandshakeError::UnsupportedVersion(2))
+        );
         let mut bad = good;
         bad[3] ^= 1;
         assert!(matches!(

@@ -32,7 +32,7 @@ use crate::identity::{IdentityKey, IdentityPublic};
 use crate::keys::{derive_call_secrets, labels, sha256, CallSecrets};
 use crate::sas::Sas;
 use crate::SUITE_X25519_CHACHA20POLY1305_SHA256;
-use messages::{Commit, Confirm, Message, Reveal, Response};
+use messages::{Commit, Confirm, Message, Response, Reveal};
 
 /// Longest room id or DTLS fingerprint accepted, in bytes.
 pub const MAX_PARAM_LEN: usize = 1024;
@@ -66,8 +66,14 @@ impl CallParams {
     ) -> Result<Self, HandshakeError> {
         for (value, what) in [
             (&room_id, "room id must be 1 to 1024 bytes"),
-            (&local_fingerprint, "local fingerprint must be 1 to 1024 bytes"),
-            (&remote_fingerprint, "remote fingerprint must be 1 to 1024 bytes"),
+            (
+                &local_fingerprint,
+                "local fingerprint must be 1 to 1024 bytes",
+            ),
+            (
+                &remote_fingerprint,
+                "remote fingerprint must be 1 to 1024 bytes",
+            ),
         ] {
             if value.is_empty() || value.len() > MAX_PARAM_LEN {
                 return Err(HandshakeError::InvalidParams(what));
@@ -314,7 +320,10 @@ impl Handshake {
             push_dh(&mut ikm, id.secret().diffie_hellman(&peer_ephemeral))?;
         }
         if let Some(peer_id) = m.identity {
-            push_dh(&mut ikm, ephemeral.diffie_hellman(&PublicKey::from(peer_id)))?;
+            push_dh(
+                &mut ikm,
+                ephemeral.diffie_hellman(&PublicKey::from(peer_id)),
+            )?;
         }
         let th = self.transcript_hash(
             commitment,
@@ -355,7 +364,10 @@ impl Handshake {
         let mut ikm = Zeroizing::new(Vec::with_capacity(96));
         push_dh(&mut ikm, ephemeral.diffie_hellman(&peer_ephemeral))?;
         if let Some(peer_id) = m.identity {
-            push_dh(&mut ikm, ephemeral.diffie_hellman(&PublicKey::from(peer_id)))?;
+            push_dh(
+                &mut ikm,
+                ephemeral.diffie_hellman(&PublicKey::from(peer_id)),
+            )?;
         }
         if let Some(id) = &self.identity {
             push_dh(&mut ikm, id.secret().diffie_hellman(&peer_ephemeral))?;

@@ -35,7 +35,10 @@ pub(crate) fn run(
 }
 
 /// An honest call's channels: (alice, bob).
-pub(crate) fn channels(sender: frame::SenderConfig, receiver: frame::ReceiverConfig) -> (Channels, Channels) {
+pub(crate) fn channels(
+    sender: frame::SenderConfig,
+    receiver: frame::ReceiverConfig,
+) -> (Channels, Channels) {
     let (a, b) = params();
     let (alice, bob) = run(a, b, None, None).unwrap();
     (
