@@ -1,5 +1,6 @@
 //! Strict byte reading for the parsers: every read is bounds-checked and returns `None`
 //! instead of panicking, so hostile input can only ever produce an error.
+#![forbid(unsafe_code)]
 
 /// A cursor over untrusted bytes.
 pub(crate) struct Reader<'a> {

@@ -225,17 +225,7 @@ impl KnownPeers {
         let status = self.check(name, identity);
         match &status {
             PeerStatus::Changed { .. } => return Err(StoreError::IdentityChanged),
-            PeerStatus::New => {
-                self.peers.insert(
-                    name.clone(),
-                    PeerRecord {
-                        identity: *identity,
-                        verified: false,
-                        first_seen: now_unix,
-                        last_seen: now_unix,
-                    },
-                );
-            }
+            PeerStatus::New => self.replace(name, identity, now_unix),
             PeerStatus::Matches { .. } => {
                 if let Some(record) = self.peers.get_mut(name) {
                     record.last_seen = record.last_seen.max(now_unix);
@@ -262,15 +252,13 @@ impl KnownPeers {
     /// Explicit override after a CHANGED warning: pins `identity` in place of the old key,
     /// unverified.
     pub fn replace(&mut self, name: &PeerName, identity: &IdentityPublic, now_unix: u64) {
-        self.peers.insert(
-            name.clone(),
-            PeerRecord {
-                identity: *identity,
-                verified: false,
-                first_seen: now_unix,
-                last_seen: now_unix,
-            },
-        );
+        let record = PeerRecord {
+            identity: *identity,
+            verified: false,
+            first_seen: now_unix,
+            last_seen: now_unix,
+        };
+        self.peers.insert(name.clone(), record);
     }
 
     /// Forgets a peer. Returns whether it was known.

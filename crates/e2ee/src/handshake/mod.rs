@@ -311,39 +311,13 @@ impl Handshake {
         commitment: &[u8; 32],
         m: &Response,
     ) -> Result<(Keys, Vec<u8>), HandshakeError> {
-        let own_ephemeral = PublicKey::from(ephemeral).to_bytes();
-        let own_identity = self.identity.as_ref().map(|i| i.public().0);
-        let peer_ephemeral = PublicKey::from(m.ephemeral);
-        let mut ikm = Zeroizing::new(Vec::with_capacity(96));
-        push_dh(&mut ikm, ephemeral.diffie_hellman(&peer_ephemeral))?;
-        if let Some(id) = &self.identity {
-            push_dh(&mut ikm, id.secret().diffie_hellman(&peer_ephemeral))?;
-        }
-        if let Some(peer_id) = m.identity {
-            push_dh(
-                &mut ikm,
-                ephemeral.diffie_hellman(&PublicKey::from(peer_id)),
-            )?;
-        }
-        let th = self.transcript_hash(
-            commitment,
-            &own_ephemeral,
-            own_identity.as_ref(),
-            &m.ephemeral,
-            m.identity.as_ref(),
-        );
-        let secrets = derive_call_secrets(&th, &ikm);
+        let keys = self.agree(ephemeral, commitment, m.ephemeral, m.identity)?;
         let reveal = Message::Reveal(Reveal {
-            ephemeral: own_ephemeral,
-            identity: own_identity,
-            confirm: confirm_mac(&secrets.confirm_i, &th),
+            ephemeral: PublicKey::from(ephemeral).to_bytes(),
+            identity: self.identity.as_ref().map(|i| i.public().0),
+            confirm: confirm_mac(&keys.secrets.confirm_i, &keys.transcript_hash),
         })
         .encode();
-        let keys = Keys {
-            secrets,
-            transcript_hash: th,
-            peer_identity: m.identity.map(IdentityPublic),
-        };
         Ok((keys, reveal))
     }
 
@@ -357,43 +331,63 @@ impl Handshake {
         if !bool::from(revealed.ct_eq(commitment)) {
             return Err(HandshakeError::CommitmentMismatch);
         }
-        let own_ephemeral = PublicKey::from(ephemeral).to_bytes();
-        let own_identity = self.identity.as_ref().map(|i| i.public().0);
-        let peer_ephemeral = PublicKey::from(m.ephemeral);
-        // The same three values as the initiator computes, in the same order.
-        let mut ikm = Zeroizing::new(Vec::with_capacity(96));
-        push_dh(&mut ikm, ephemeral.diffie_hellman(&peer_ephemeral))?;
-        if let Some(peer_id) = m.identity {
-            push_dh(
-                &mut ikm,
-                ephemeral.diffie_hellman(&PublicKey::from(peer_id)),
-            )?;
-        }
-        if let Some(id) = &self.identity {
-            push_dh(&mut ikm, id.secret().diffie_hellman(&peer_ephemeral))?;
-        }
-        let th = self.transcript_hash(
-            commitment,
-            &m.ephemeral,
-            m.identity.as_ref(),
-            &own_ephemeral,
-            own_identity.as_ref(),
-        );
-        let secrets = derive_call_secrets(&th, &ikm);
-        let expected = confirm_mac(&secrets.confirm_i, &th);
+        let keys = self.agree(ephemeral, commitment, m.ephemeral, m.identity)?;
+        let expected = confirm_mac(&keys.secrets.confirm_i, &keys.transcript_hash);
         if !bool::from(expected.ct_eq(&m.confirm)) {
             return Err(HandshakeError::ConfirmationFailed);
         }
         let confirm = Message::Confirm(Confirm {
-            confirm: confirm_mac(&secrets.confirm_r, &th),
+            confirm: confirm_mac(&keys.secrets.confirm_r, &keys.transcript_hash),
         })
         .encode();
-        let keys = Keys {
-            secrets,
-            transcript_hash: th,
-            peer_identity: m.identity.map(IdentityPublic),
-        };
         Ok((keys, confirm))
+    }
+
+    /// Key agreement, identical on both sides: the DH outputs in protocol order
+    /// (`ee`, then initiator-identity × responder-ephemeral, then initiator-ephemeral ×
+    /// responder-identity), the transcript hash, and the call secrets.
+    fn agree(
+        &self,
+        ephemeral: &StaticSecret,
+        commitment: &[u8; 32],
+        peer_ephemeral: [u8; 32],
+        peer_identity: Option<[u8; 32]>,
+    ) -> Result<Keys, HandshakeError> {
+        let peer_ephemeral_key = PublicKey::from(peer_ephemeral);
+        let own_identity_dh = self
+            .identity
+            .as_ref()
+            .map(|id| id.secret().diffie_hellman(&peer_ephemeral_key));
+        let peer_identity_dh =
+            peer_identity.map(|pk| ephemeral.diffie_hellman(&PublicKey::from(pk)));
+        let (initiator_identity_dh, responder_identity_dh) = match self.role {
+            Role::Initiator => (own_identity_dh, peer_identity_dh),
+            Role::Responder => (peer_identity_dh, own_identity_dh),
+        };
+        let mut ikm = Zeroizing::new(Vec::with_capacity(96));
+        push_dh(&mut ikm, ephemeral.diffie_hellman(&peer_ephemeral_key))?;
+        for dh in [initiator_identity_dh, responder_identity_dh]
+            .into_iter()
+            .flatten()
+        {
+            push_dh(&mut ikm, dh)?;
+        }
+
+        let own = (
+            PublicKey::from(ephemeral).to_bytes(),
+            self.identity.as_ref().map(|i| i.public().0),
+        );
+        let peer = (peer_ephemeral, peer_identity);
+        let ((i_eph, i_id), (r_eph, r_id)) = match self.role {
+            Role::Initiator => (own, peer),
+            Role::Responder => (peer, own),
+        };
+        let th = self.transcript_hash(commitment, &i_eph, i_id.as_ref(), &r_eph, r_id.as_ref());
+        Ok(Keys {
+            secrets: derive_call_secrets(&th, &ikm),
+            transcript_hash: th,
+            peer_identity: peer_identity.map(IdentityPublic),
+        })
     }
 
     /// `SHA-256` over the label, suite, room, both fingerprints, the commitment, and both
