@@ -1,0 +1,440 @@
+//! The call security rules, driven through two real `CallSecurity` sessions whose messages the
+//! test routes by hand (so it can reorder, drop or tamper as an attacker would).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+
+use aparte_e2ee::frame::{ReceiverConfig, SenderConfig};
+use aparte_e2ee::handshake::{CallParams, Role};
+use aparte_e2ee::identity::{IdentityKey, KnownPeers, PeerName, PeerStatus};
+use aparte_session::{
+    CallSecurity, Event, FailReason, Policy, SecurityStatus, SessionConfig, SessionError,
+    VerifiedBy,
+};
+use rand_core::OsRng;
+
+struct Side {
+    sec: CallSecurity,
+    handshake_out: VecDeque<Vec<u8>>,
+    data_out: VecDeque<Vec<u8>>,
+    statuses: Vec<SecurityStatus>,
+    apps: Vec<Vec<u8>>,
+    peers_changed: usize,
+}
+
+impl Side {
+    fn new(
+        role: Role,
+        id: Option<&IdentityKey>,
+        peer: &str,
+        policy: Policy,
+        peers: KnownPeers,
+    ) -> Self {
+        Self::with_rng(role, id, peer, policy, peers, &mut OsRng)
+    }
+
+    fn with_rng(
+        role: Role,
+        id: Option<&IdentityKey>,
+        peer: &str,
+        policy: Policy,
+        peers: KnownPeers,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let (local, remote) = match role {
+            Role::Initiator => (b"fp-alice".to_vec(), b"fp-bob".to_vec()),
+            Role::Responder => (b"fp-bob".to_vec(), b"fp-alice".to_vec()),
+        };
+        let config = SessionConfig {
+            role,
+            params: CallParams::new(b"room-1".to_vec(), local, remote).unwrap(),
+            identity: id.cloned(),
+            peer_name: Some(PeerName::new(peer).unwrap()),
+            policy,
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+        };
+        let (sec, events) = CallSecurity::new(config, peers, rng).unwrap();
+        let mut side = Self {
+            sec,
+            handshake_out: VecDeque::new(),
+            data_out: VecDeque::new(),
+            statuses: Vec::new(),
+            apps: Vec::new(),
+            peers_changed: 0,
+        };
+        side.absorb(events);
+        side
+    }
+
+    fn absorb(&mut self, events: Vec<Event>) {
+        for e in events {
+            match e {
+                Event::SendHandshake(b) => self.handshake_out.push_back(b),
+                Event::SendData(b) => self.data_out.push_back(b),
+                Event::Status(s) => self.statuses.push(s),
+                Event::PeersChanged => self.peers_changed += 1,
+                Event::App(b) => self.apps.push(b),
+            }
+        }
+    }
+}
+
+/// Delivers queued messages both ways until nothing moves; handshake before data.
+fn pump(a: &mut Side, b: &mut Side) {
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.handshake_out.pop_front() {
+            let ev = b.sec.on_handshake(&m, 0, 100).unwrap();
+            b.absorb(ev);
+            moved = true;
+        }
+        while let Some(m) = b.handshake_out.pop_front() {
+            let ev = a.sec.on_handshake(&m, 0, 100).unwrap();
+            a.absorb(ev);
+            moved = true;
+        }
+        while let Some(m) = a.data_out.pop_front() {
+            if let Ok(ev) = b.sec.on_data_frame(&m, 0, 100) {
+                b.absorb(ev);
+            }
+            moved = true;
+        }
+        while let Some(m) = b.data_out.pop_front() {
+            if let Ok(ev) = a.sec.on_data_frame(&m, 0, 100) {
+                a.absorb(ev);
+            }
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn pair(
+    policy: Policy,
+    a_id: Option<&IdentityKey>,
+    b_id: Option<&IdentityKey>,
+    a_peers: KnownPeers,
+    b_peers: KnownPeers,
+) -> (Side, Side) {
+    let a = Side::new(Role::Initiator, a_id, "bob", policy.clone(), a_peers);
+    let b = Side::new(Role::Responder, b_id, "alice", policy, b_peers);
+    (a, b)
+}
+
+#[test]
+fn interactive_call_is_verified_only_after_both_people_confirm() {
+    let (ida, idb) = (
+        IdentityKey::generate(&mut OsRng),
+        IdentityKey::generate(&mut OsRng),
+    );
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        Some(&ida),
+        Some(&idb),
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    assert_eq!(a.sec.status(), &SecurityStatus::Connecting);
+    assert!(a.sec.protect_media(b"x").is_err());
+    pump(&mut a, &mut b);
+    let SecurityStatus::Encrypted {
+        sas,
+        confirmed_locally: false,
+    } = a.sec.status().clone()
+    else {
+        panic!("{:?}", a.sec.status())
+    };
+    assert!(matches!(b.sec.status(), SecurityStatus::Encrypted { sas: s, .. } if *s == sas));
+    assert!(a.sec.media_allowed() && b.sec.media_allowed());
+    // Media flows (encrypted, unverified).
+    let f = a.sec.protect_media(b"opus").unwrap();
+    assert_eq!(b.sec.unprotect_media(&f, 0).unwrap(), b"opus");
+
+    let ev = a.sec.confirm_sas(100).unwrap();
+    a.absorb(ev);
+    pump(&mut a, &mut b);
+    assert!(matches!(
+        a.sec.status(),
+        SecurityStatus::Encrypted {
+            confirmed_locally: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        b.sec.status(),
+        SecurityStatus::Encrypted {
+            confirmed_locally: false,
+            ..
+        }
+    ));
+    let ev = b.sec.confirm_sas(100).unwrap();
+    b.absorb(ev);
+    pump(&mut a, &mut b);
+    for side in [&a, &b] {
+        assert!(matches!(
+            side.sec.status(),
+            SecurityStatus::Verified {
+                by: VerifiedBy::Sas,
+                ..
+            }
+        ));
+    }
+    let bob = PeerName::new("bob").unwrap();
+    assert_eq!(
+        a.sec.known_peers().check(&bob, &idb.public()),
+        PeerStatus::Matches { verified: true }
+    );
+    assert!(a.peers_changed >= 2);
+
+    // The next call between the same identities is verified without a SAS check.
+    let (pa, pb) = (a.sec.known_peers().clone(), b.sec.known_peers().clone());
+    let (mut a, mut b) = pair(Policy::Interactive, Some(&ida), Some(&idb), pa, pb);
+    pump(&mut a, &mut b);
+    for side in [&a, &b] {
+        assert!(matches!(
+            side.sec.status(),
+            SecurityStatus::Verified {
+                by: VerifiedBy::PinnedIdentity,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn changed_identity_stops_media_until_an_explicit_override() {
+    let (ida, idb, mallory) = (
+        IdentityKey::generate(&mut OsRng),
+        IdentityKey::generate(&mut OsRng),
+        IdentityKey::generate(&mut OsRng),
+    );
+    let mut a_peers = KnownPeers::new();
+    a_peers
+        .mark_verified(&PeerName::new("bob").unwrap(), &idb.public(), 1)
+        .unwrap();
+    // "Bob" now answers with another identity.
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        Some(&ida),
+        Some(&mallory),
+        a_peers,
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    let SecurityStatus::IdentityChanged {
+        pinned, presented, ..
+    } = a.sec.status().clone()
+    else {
+        panic!("{:?}", a.sec.status())
+    };
+    assert_eq!(pinned, idb.public());
+    assert_eq!(presented, mallory.public());
+    assert!(!a.sec.media_allowed());
+    assert!(matches!(
+        a.sec.protect_media(b"x"),
+        Err(SessionError::NotAllowed(_))
+    ));
+    let f = b.sec.protect_media(b"from mallory").unwrap();
+    assert!(a.sec.unprotect_media(&f, 0).is_err());
+    assert!(a.sec.confirm_sas(2).is_err());
+
+    let ev = a.sec.override_identity_change(2).unwrap();
+    a.absorb(ev);
+    assert!(matches!(a.sec.status(), SecurityStatus::Encrypted { .. }));
+    assert_eq!(
+        a.sec
+            .known_peers()
+            .check(&PeerName::new("bob").unwrap(), &mallory.public()),
+        PeerStatus::Matches { verified: false }
+    );
+}
+
+/// Runs a call whose ephemeral keys come from seeded RNGs, so the same seeds give the same SAS.
+fn seeded_pair(policy: Policy, seed: u8) -> (Side, Side) {
+    use rand_chacha::rand_core::SeedableRng;
+    let mut ra = rand_chacha::ChaCha20Rng::from_seed([seed; 32]);
+    let mut rb = rand_chacha::ChaCha20Rng::from_seed([seed.wrapping_add(1); 32]);
+    let a = Side::with_rng(
+        Role::Initiator,
+        None,
+        "bob",
+        policy.clone(),
+        KnownPeers::new(),
+        &mut ra,
+    );
+    let b = Side::with_rng(
+        Role::Responder,
+        None,
+        "alice",
+        policy,
+        KnownPeers::new(),
+        &mut rb,
+    );
+    (a, b)
+}
+
+#[test]
+fn expected_sas_verifies_a_scripted_call() {
+    let (mut a, mut b) = seeded_pair(Policy::Interactive, 7);
+    pump(&mut a, &mut b);
+    let SecurityStatus::Encrypted { sas, .. } = a.sec.status().clone() else {
+        panic!()
+    };
+    // The same keys again, scripted with the SAS the people would read (as digits on one
+    // side and words on the other).
+    let (mut a, mut b) = seeded_pair(Policy::ExpectSas(sas.digits()), 7);
+    b.sec = {
+        let (_, b2) = seeded_pair(Policy::ExpectSas(sas.words_string()), 7);
+        b2.sec
+    };
+    pump(&mut a, &mut b);
+    for side in [&a, &b] {
+        assert!(
+            matches!(
+                side.sec.status(),
+                SecurityStatus::Verified {
+                    by: VerifiedBy::Sas,
+                    ..
+                }
+            ),
+            "{:?}",
+            side.sec.status()
+        );
+    }
+}
+
+#[test]
+fn a_wrong_expected_sas_fails_both_sides() {
+    let (mut a, mut b) = seeded_pair(Policy::Interactive, 9);
+    pump(&mut a, &mut b);
+    let SecurityStatus::Encrypted { sas, .. } = a.sec.status().clone() else {
+        panic!()
+    };
+    let wrong = format!("{:08}", (sas.value() + 1) % (1 << 24));
+    let (mut a, mut b) = seeded_pair(Policy::ExpectSas(wrong), 9);
+    pump(&mut a, &mut b);
+    assert_eq!(
+        a.sec.status(),
+        &SecurityStatus::Failed(FailReason::SasMismatch)
+    );
+    assert!(!a.sec.media_allowed() && !b.sec.media_allowed());
+}
+
+#[test]
+fn scripted_confirmation_that_outruns_the_last_handshake_message_is_not_lost() {
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    // Commit → Bob, Response → Alice, Reveal → Bob (Bob completes), but hold Bob's Confirm.
+    let m = a.handshake_out.pop_front().unwrap();
+    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
+    b.absorb(ev);
+    let m = b.handshake_out.pop_front().unwrap();
+    let ev = a.sec.on_handshake(&m, 0, 1).unwrap();
+    a.absorb(ev);
+    let m = a.handshake_out.pop_front().unwrap();
+    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
+    b.absorb(ev);
+    let confirm = b.handshake_out.pop_front().unwrap();
+    assert!(b.sec.media_allowed());
+    assert!(!a.sec.media_allowed(), "no media before key confirmation");
+
+    // Bob confirms the SAS at once; his data frame reaches Alice before his Confirm does.
+    let ev = b.sec.confirm_sas(1).unwrap();
+    b.absorb(ev);
+    let early = b.data_out.pop_front().unwrap();
+    assert!(a.sec.on_data_frame(&early, 0, 1).unwrap().is_empty());
+    let ev = a.sec.on_handshake(&confirm, 0, 1).unwrap();
+    a.absorb(ev);
+    assert!(matches!(a.sec.status(), SecurityStatus::Encrypted { .. }));
+    let ev = a.sec.confirm_sas(1).unwrap();
+    a.absorb(ev);
+    assert!(matches!(
+        a.sec.status(),
+        SecurityStatus::Verified {
+            by: VerifiedBy::Sas,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rejecting_the_sas_ends_the_call_on_both_sides() {
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    let ev = b.sec.reject_sas();
+    b.absorb(ev);
+    pump(&mut a, &mut b);
+    assert_eq!(
+        b.sec.status(),
+        &SecurityStatus::Failed(FailReason::SasRejectedLocally)
+    );
+    assert_eq!(
+        a.sec.status(),
+        &SecurityStatus::Failed(FailReason::SasRejectedByPeer)
+    );
+    assert!(!a.sec.media_allowed() && !b.sec.media_allowed());
+}
+
+#[test]
+fn captions_travel_encrypted_and_bye_ends_the_call() {
+    let (mut a, mut b) = pair(
+        Policy::TrustOnFirstUse,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    let Event::SendData(frame) = a.sec.send_app(b"hola mundo".to_vec()).unwrap() else {
+        panic!()
+    };
+    assert!(!frame.windows(4).any(|w| w == b"hola"));
+    let ev = b.sec.on_data_frame(&frame, 0, 1).unwrap();
+    assert_eq!(ev, vec![Event::App(b"hola mundo".to_vec())]);
+    // A replayed caption is rejected like a replayed audio frame.
+    assert!(b.sec.on_data_frame(&frame, 0, 1).is_err());
+    let ev = a.sec.hang_up();
+    a.absorb(ev);
+    pump(&mut a, &mut b);
+    assert_eq!(b.sec.status(), &SecurityStatus::Ended { by_peer: true });
+    assert_eq!(a.sec.status(), &SecurityStatus::Ended { by_peer: false });
+}
+
+#[test]
+fn a_tampered_handshake_fails_the_session_and_blocks_media() {
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    let m = a.handshake_out.pop_front().unwrap();
+    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
+    b.absorb(ev);
+    let m = b.handshake_out.pop_front().unwrap();
+    let ev = a.sec.on_handshake(&m, 0, 1).unwrap();
+    a.absorb(ev);
+    let mut reveal = a.handshake_out.pop_front().unwrap();
+    *reveal.last_mut().unwrap() ^= 1;
+    assert!(b.sec.on_handshake(&reveal, 0, 1).is_err());
+    assert!(matches!(
+        b.sec.status(),
+        SecurityStatus::Failed(FailReason::Handshake(_))
+    ));
+    assert!(b.sec.protect_media(b"x").is_err());
+}
