@@ -1,0 +1,1034 @@
+//! A sans-IO adaptive jitter buffer for 20 ms audio packets.
+//!
+//! The network side calls [`JitterBuffer::push`] with each packet, its sequence number and its
+//! arrival time. The playout side calls [`JitterBuffer::pop`] once per 20 ms tick with the
+//! current time and gets a [`Playout`]: decode this packet, rebuild the frame from the next
+//! packet's FEC, conceal, or wait (nothing to play yet). There is no clock and no thread inside:
+//! every time is a millisecond count the caller passes in, so tests run a whole call in
+//! microseconds and reproduce exactly.
+//!
+//! ## Sequence numbers
+//!
+//! Sequence numbers are `u16` with wraparound, as in RTP: 65535 is followed by 0. Internally
+//! each is extended to a `u64` relative to the highest number seen (a jump of less than half
+//! the space forward is newer, otherwise older), so ordering is correct across any number of
+//! wraps. Each sequence number stands for one 20 ms frame.
+//!
+//! ## Algorithm
+//!
+//! * **Jitter measurement.** For each packet the buffer records its transit offset,
+//!   `arrival_ms - 20 * seq` (sender and receiver clocks need not agree: only differences
+//!   matter). Over a sliding window of recent packets, the relative delay of a packet is its
+//!   offset minus the smallest offset in the window. The target delay is the
+//!   [`quantile_percent`](JitterConfig::quantile_percent) quantile of relative delays (95 % by
+//!   default, so about 5 % of packets may come too late under steady jitter), clamped to the
+//!   floor and ceiling (20 and 100 ms by default). Late packets count too: they are what
+//!   tells the buffer its delay is too short. When the jitter goes away, the large values
+//!   leave the window and the target comes back down. The RFC 3550 inter-arrival jitter is also
+//!   kept, for statistics.
+//! * **Playout delay.** At each tick the current delay is how long after its earliest plausible
+//!   arrival (smallest offset + 20 ms × seq) the next frame is being played.
+//! * **Start.** The first frame plays once it has been held for the target delay.
+//! * **Missing frame.** If the current delay is below the target, the buffer waits for the
+//!   frame: it answers [`Playout::Conceal`] *without* moving on, which stretches the delay by one
+//!   frame (this is how the delay grows). Otherwise the frame is declared lost: if the next
+//!   packet is there the answer is [`Playout::FecFrom`] with that packet, else
+//!   [`Playout::Conceal`], and playout moves on.
+//! * **Too much delay.** If the current delay is more than one frame above the target and at
+//!   least two frames are buffered, one frame is dropped (at most once every
+//!   [`shrink_interval_ticks`](JitterConfig::shrink_interval_ticks) ticks) to bring it down.
+//! * **Idle.** After [`idle_after_ms`](JitterConfig::idle_after_ms) of nothing but concealment
+//!   with an empty buffer (the peer stopped sending), the buffer goes back to waiting, answers
+//!   [`Playout::Wait`] and starts afresh when packets come back.
+//! * **Resynchronisation.** A packet at least [`capacity`](JitterConfig::capacity) frames ahead
+//!   of playout (over a second of loss) or a run of packets that far behind (a sender restart)
+//!   makes the buffer drop what it holds and start again from the new packets. Before playout
+//!   starts, the packets held never span more than `capacity` frames either.
+//!
+//! ## Bounds
+//!
+//! At most [`capacity`](JitterConfig::capacity) packets of at most
+//! [`max_packet_bytes`](JitterConfig::max_packet_bytes) each are held, plus a fixed window of
+//! timing samples and recently seen sequence numbers. Late packets (behind playout) and
+//! duplicates are dropped and counted. No input panics.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::FRAME_MS;
+
+const FRAME: i64 = FRAME_MS as i64;
+/// Consecutive far-behind packets that make the buffer assume the sender restarted.
+const FAR_LATE_RESYNC: u32 = 8;
+/// Base of the extended sequence space, so unwrapping backwards never goes below zero.
+const EXT_BASE: u64 = 1 << 32;
+
+/// What went wrong configuring the jitter buffer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JitterError {
+    /// A configuration field is out of range.
+    #[error("invalid jitter buffer configuration: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// Jitter buffer settings. The defaults suit a two-party call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JitterConfig {
+    /// The smallest target delay, in ms. Default 20.
+    pub min_delay_ms: u32,
+    /// The largest target delay, in ms. Default 100.
+    pub max_delay_ms: u32,
+    /// The most packets held at once; also how far ahead of playout (in frames) a packet may be
+    /// before the buffer resynchronises. Default 50 (one second).
+    pub capacity: usize,
+    /// The largest packet accepted, in bytes. Default 1500.
+    pub max_packet_bytes: usize,
+    /// How many recent packets the jitter measurement looks at. Default 150 (three seconds).
+    pub window_packets: usize,
+    /// The quantile of relative delays the target aims to cover, in percent (50..=100).
+    /// Default 95.
+    pub quantile_percent: u8,
+    /// At most one frame is dropped to reduce the delay per this many ticks. Default 10 (200 ms).
+    pub shrink_interval_ticks: u32,
+    /// After this long of concealment with nothing buffered, playout stops and waits. Default
+    /// 1000 ms.
+    pub idle_after_ms: u32,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        Self {
+            min_delay_ms: 20,
+            max_delay_ms: 100,
+            capacity: 50,
+            max_packet_bytes: 1500,
+            window_packets: 150,
+            quantile_percent: 95,
+            shrink_interval_ticks: 10,
+            idle_after_ms: 1000,
+        }
+    }
+}
+
+impl JitterConfig {
+    /// Checks that the fields are in range and consistent.
+    pub fn validate(&self) -> Result<(), JitterError> {
+        let bad = |m| Err(JitterError::InvalidConfig(m));
+        if self.min_delay_ms > self.max_delay_ms {
+            return bad("min_delay_ms must not exceed max_delay_ms");
+        }
+        if self.max_delay_ms > 10_000 {
+            return bad("max_delay_ms must be at most 10000");
+        }
+        if !(2..=10_000).contains(&self.capacity) {
+            return bad("capacity must be within 2..=10000 packets");
+        }
+        if (self.capacity as u64) * u64::from(FRAME_MS) < u64::from(self.max_delay_ms) + 40 {
+            return bad("capacity must hold max_delay_ms plus two frames");
+        }
+        if self.max_packet_bytes == 0 || self.max_packet_bytes > 65_536 {
+            return bad("max_packet_bytes must be within 1..=65536");
+        }
+        if !(2..=10_000).contains(&self.window_packets) {
+            return bad("window_packets must be within 2..=10000");
+        }
+        if !(50..=100).contains(&self.quantile_percent) {
+            return bad("quantile_percent must be within 50..=100");
+        }
+        if self.shrink_interval_ticks == 0 {
+            return bad("shrink_interval_ticks must be at least 1");
+        }
+        if self.idle_after_ms < FRAME_MS {
+            return bad("idle_after_ms must be at least one frame");
+        }
+        Ok(())
+    }
+}
+
+/// What the playout side should produce for this 20 ms tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Playout {
+    /// Decode this packet.
+    Packet(Vec<u8>),
+    /// The frame was lost but the next packet is here: decode this packet (the *next* one) with
+    /// FEC to rebuild the lost frame. The packet stays buffered and is played on the next tick.
+    FecFrom(Vec<u8>),
+    /// Nothing to decode: run packet-loss concealment for one frame.
+    Conceal,
+    /// Playout has not started (or has gone idle): play silence, do not touch the decoder.
+    Wait,
+}
+
+/// What happened to a pushed packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Buffered for playout.
+    Accepted,
+    /// Buffered for playout after the buffer resynchronised to a new position.
+    Resynced,
+    /// Already held or already played; dropped.
+    Duplicate,
+    /// Its frame has already been played or given up; dropped.
+    Late,
+    /// Empty or larger than `max_packet_bytes`; dropped.
+    Invalid,
+}
+
+/// Counters and current state, for the call statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitterStats {
+    /// Packets accepted into the buffer.
+    pub received: u64,
+    /// Frames played from their own packet ([`Playout::Packet`]).
+    pub played: u64,
+    /// Ticks answered with [`Playout::Conceal`] (lost frames and waits for a late one).
+    pub concealed: u64,
+    /// Of `concealed`, the ticks that waited for a missing frame to grow the delay.
+    pub stretched: u64,
+    /// Frames rebuilt from the next packet's FEC ([`Playout::FecFrom`]).
+    pub fec_recovered: u64,
+    /// Frames declared lost (rebuilt by FEC or concealed).
+    pub lost: u64,
+    /// Packets that arrived after their frame was played or given up.
+    pub late: u64,
+    /// Packets received twice.
+    pub duplicates: u64,
+    /// Packets that were empty or too large.
+    pub invalid: u64,
+    /// Frames dropped to bring the delay down to the target.
+    pub dropped_for_latency: u64,
+    /// Packets dropped because the buffer was full or was resynchronised.
+    pub overflow: u64,
+    /// Times the buffer started afresh after a big jump or a sender restart.
+    pub resyncs: u64,
+    /// The target delay now, in ms.
+    pub target_delay_ms: u32,
+    /// The playout delay measured at the last tick, in ms (0 before playout starts).
+    pub current_delay_ms: u32,
+    /// RFC 3550 inter-arrival jitter estimate, in ms (rounded).
+    pub jitter_ms: u32,
+    /// Packets held now.
+    pub buffered: u32,
+}
+
+/// The adaptive jitter buffer. See the [module docs](self) for the algorithm.
+#[derive(Debug, Clone)]
+pub struct JitterBuffer {
+    config: JitterConfig,
+    packets: BTreeMap<u64, Vec<u8>>,
+    /// Highest extended sequence number seen, for unwrapping.
+    highest: Option<u64>,
+    /// Next frame to play; `None` while waiting to start.
+    next: Option<u64>,
+    /// While waiting after an idle period: frames below this were already played.
+    floor: Option<u64>,
+    /// Recently accepted sequence numbers, for duplicate detection.
+    seen: BTreeSet<u64>,
+    /// Transit offsets (arrival − 20 ms × seq) of recent packets, oldest first.
+    transits: VecDeque<i64>,
+    last_transit: Option<i64>,
+    /// RFC 3550 jitter, in 1/16 ms.
+    jitter_q4: i64,
+    target_ms: u32,
+    ticks_since_shrink: u32,
+    /// Consecutive concealments with an empty buffer.
+    empty_ticks: u32,
+    far_late_run: u32,
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    /// Creates an empty buffer with the given settings.
+    pub fn new(config: JitterConfig) -> Result<Self, JitterError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            packets: BTreeMap::new(),
+            highest: None,
+            next: None,
+            floor: None,
+            seen: BTreeSet::new(),
+            transits: VecDeque::with_capacity(config.window_packets),
+            last_transit: None,
+            jitter_q4: 0,
+            target_ms: config.min_delay_ms,
+            ticks_since_shrink: 0,
+            empty_ticks: 0,
+            far_late_run: 0,
+            stats: JitterStats {
+                target_delay_ms: config.min_delay_ms,
+                ..JitterStats::default()
+            },
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &JitterConfig {
+        &self.config
+    }
+
+    /// Counters and current state.
+    pub fn stats(&self) -> JitterStats {
+        let mut s = self.stats;
+        s.target_delay_ms = self.target_ms;
+        s.jitter_ms = u32::try_from((self.jitter_q4 + 8) / 16).unwrap_or(u32::MAX);
+        s.buffered = u32::try_from(self.packets.len()).unwrap_or(u32::MAX);
+        s
+    }
+
+    /// The target delay now, in ms.
+    pub fn target_delay_ms(&self) -> u32 {
+        self.target_ms
+    }
+
+    /// How many packets are held.
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Whether no packet is held.
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Whether playout has started (and not gone idle).
+    pub fn is_playing(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Takes in one packet with its sequence number and arrival time (ms, any epoch, the same
+    /// clock as [`pop`](Self::pop)).
+    pub fn push(&mut self, seq: u16, arrival_ms: u64, packet: Vec<u8>) -> Pushed {
+        if packet.is_empty() || packet.len() > self.config.max_packet_bytes {
+            self.stats.invalid += 1;
+            return Pushed::Invalid;
+        }
+        let ext = self.extend(seq);
+        if self.packets.contains_key(&ext) || self.seen.contains(&ext) {
+            self.stats.duplicates += 1;
+            return Pushed::Duplicate;
+        }
+        let cap = self.config.capacity as u64;
+        let mut outcome = Pushed::Accepted;
+        // Packets behind `behind` are late; packets at or past `ahead` mean a jump. Before
+        // playout starts, the limits keep everything held within `capacity` frames.
+        let limits = match (
+            self.next.or(self.floor),
+            self.packets.keys().next(),
+            self.packets.keys().next_back(),
+        ) {
+            (Some(r), _, _) => Some((r, r.saturating_add(cap))),
+            (None, Some(&first), Some(&last)) => Some((
+                last.saturating_add(1).saturating_sub(cap),
+                first.saturating_add(cap),
+            )),
+            _ => None,
+        };
+        if let Some((behind, ahead)) = limits {
+            if ext < behind {
+                // Late, unless a run of packets far behind says the sender restarted.
+                if ext.saturating_add(cap) < behind {
+                    self.far_late_run += 1;
+                } else {
+                    self.far_late_run = 0;
+                }
+                if self.far_late_run < FAR_LATE_RESYNC {
+                    self.stats.late += 1;
+                    if self.far_late_run == 0 {
+                        // A late packet is exactly what the target must learn from.
+                        self.record_timing(ext, arrival_ms);
+                    }
+                    return Pushed::Late;
+                }
+                self.resync();
+                outcome = Pushed::Resynced;
+            } else if ext >= ahead {
+                // Over a second ahead of playout (or of what is held): skip ahead.
+                self.resync();
+                outcome = Pushed::Resynced;
+            }
+        }
+        self.far_late_run = 0;
+        if outcome == Pushed::Resynced {
+            // Unwrapping restarts at this packet.
+            self.highest = Some(ext);
+        }
+        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+        self.record_timing(ext, arrival_ms);
+        self.packets.insert(ext, packet);
+        self.remember(ext);
+        self.stats.received += 1;
+        // Keep the bound even in odd cases (packets arriving out of order before playout).
+        while self.packets.len() > self.config.capacity {
+            if self.packets.pop_last().is_some() {
+                self.stats.overflow += 1;
+            }
+        }
+        outcome
+    }
+
+    /// Asks what to play for the 20 ms tick at `now_ms`. Call exactly once per tick.
+    pub fn pop(&mut self, now_ms: u64) -> Playout {
+        let now = to_i64(now_ms);
+        let next = match self.next {
+            Some(n) => n,
+            None => match self.try_start(now) {
+                Some(n) => n,
+                None => return Playout::Wait,
+            },
+        };
+        self.ticks_since_shrink = self.ticks_since_shrink.saturating_add(1);
+        let delay = self.delay_of(next, now);
+        self.stats.current_delay_ms = u32::try_from(delay.max(0)).unwrap_or(u32::MAX);
+        let target = i64::from(self.target_ms);
+
+        if self.packets.contains_key(&next) {
+            self.empty_ticks = 0;
+            let mut play = next;
+            if delay > target + FRAME
+                && self.ticks_since_shrink >= self.config.shrink_interval_ticks
+                && self.packets.contains_key(&(next + 1))
+            {
+                self.packets.remove(&next);
+                self.stats.dropped_for_latency += 1;
+                self.ticks_since_shrink = 0;
+                play = next + 1;
+            }
+            self.next = Some(play + 1);
+            return match self.packets.remove(&play) {
+                Some(p) => {
+                    self.stats.played += 1;
+                    Playout::Packet(p)
+                }
+                None => Playout::Conceal,
+            };
+        }
+
+        if delay < target {
+            // The frame may still come: wait for it, which grows the delay by one frame.
+            self.stats.concealed += 1;
+            self.stats.stretched += 1;
+            return self.note_empty(Playout::Conceal);
+        }
+        // Give the frame up.
+        self.stats.lost += 1;
+        self.next = Some(next + 1);
+        if let Some(p) = self.packets.get(&(next + 1)) {
+            self.empty_ticks = 0;
+            self.stats.fec_recovered += 1;
+            return Playout::FecFrom(p.clone());
+        }
+        self.stats.concealed += 1;
+        self.note_empty(Playout::Conceal)
+    }
+
+    /// Drops everything held and starts again, keeping the counters.
+    pub fn reset(&mut self) {
+        self.stats.overflow += self.packets.len() as u64;
+        self.packets.clear();
+        self.highest = None;
+        self.next = None;
+        self.floor = None;
+        self.seen.clear();
+        self.clear_timing();
+    }
+
+    fn resync(&mut self) {
+        self.stats.resyncs += 1;
+        self.reset();
+    }
+
+    fn clear_timing(&mut self) {
+        self.transits.clear();
+        self.last_transit = None;
+        self.target_ms = self.config.min_delay_ms;
+        self.ticks_since_shrink = 0;
+        self.empty_ticks = 0;
+        self.far_late_run = 0;
+    }
+
+    fn note_empty(&mut self, out: Playout) -> Playout {
+        if !self.packets.is_empty() {
+            self.empty_ticks = 0;
+            return out;
+        }
+        self.empty_ticks = self.empty_ticks.saturating_add(1);
+        if u64::from(self.empty_ticks) * u64::from(FRAME_MS) > u64::from(self.config.idle_after_ms)
+        {
+            // The peer stopped sending: go idle and start afresh when it comes back, with new
+            // timing (its sequence numbers may resume after a pause in time).
+            // Frames after the last one received were never sent, as far as we know.
+            self.floor = self.highest.map(|h| h + 1).or(self.next);
+            self.next = None;
+            self.clear_timing();
+            return Playout::Wait;
+        }
+        out
+    }
+
+    fn try_start(&mut self, now: i64) -> Option<u64> {
+        let (&first, _) = self.packets.first_key_value()?;
+        if self.delay_of(first, now) < i64::from(self.target_ms) {
+            return None;
+        }
+        self.next = Some(first);
+        self.floor = None;
+        self.ticks_since_shrink = 0;
+        self.empty_ticks = 0;
+        Some(first)
+    }
+
+    /// How long after its earliest plausible arrival frame `ext` is played at `now`.
+    fn delay_of(&self, ext: u64, now: i64) -> i64 {
+        let base = self.transits.iter().copied().min().unwrap_or(0);
+        now.saturating_sub(base.saturating_add(frame_time(ext)))
+    }
+
+    fn extend(&self, seq: u16) -> u64 {
+        match self.highest {
+            None => EXT_BASE + u64::from(seq),
+            Some(h) => {
+                // Truncation to u16 is the point: the difference is taken modulo 2^16.
+                let delta = i64::from(seq.wrapping_sub(h as u16) as i16);
+                h.saturating_add_signed(delta)
+            }
+        }
+    }
+
+    fn remember(&mut self, ext: u64) {
+        self.seen.insert(ext);
+        let limit = self.config.capacity.saturating_mul(4);
+        while self.seen.len() > limit {
+            self.seen.pop_first();
+        }
+    }
+
+    fn record_timing(&mut self, ext: u64, arrival_ms: u64) {
+        let transit = to_i64(arrival_ms).saturating_sub(frame_time(ext));
+        if let Some(last) = self.last_transit {
+            // RFC 3550 section 6.4.1, in 1/16 ms fixed point.
+            let d = transit.saturating_sub(last).saturating_abs().min(1 << 40);
+            self.jitter_q4 += d - ((self.jitter_q4 + 8) >> 4);
+        }
+        self.last_transit = Some(transit);
+        if self.transits.len() >= self.config.window_packets {
+            self.transits.pop_front();
+        }
+        self.transits.push_back(transit);
+        self.update_target();
+    }
+
+    fn update_target(&mut self) {
+        let Some(&base) = self.transits.iter().min() else {
+            return;
+        };
+        let mut rel: Vec<i64> = self
+            .transits
+            .iter()
+            .map(|t| t.saturating_sub(base))
+            .collect();
+        rel.sort_unstable();
+        let q = usize::from(self.config.quantile_percent);
+        let idx = (rel.len() * q)
+            .div_ceil(100)
+            .saturating_sub(1)
+            .min(rel.len() - 1);
+        let want = rel.get(idx).copied().unwrap_or(0);
+        let lo = i64::from(self.config.min_delay_ms);
+        let hi = i64::from(self.config.max_delay_ms);
+        self.target_ms = u32::try_from(want.clamp(lo, hi)).unwrap_or(self.config.max_delay_ms);
+    }
+}
+
+fn to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn frame_time(ext: u64) -> i64 {
+    to_i64(ext).saturating_mul(FRAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    fn jb() -> JitterBuffer {
+        JitterBuffer::new(JitterConfig::default()).unwrap()
+    }
+
+    fn payload(seq: u16) -> Vec<u8> {
+        seq.to_be_bytes().to_vec()
+    }
+
+    fn seq_of(p: &[u8]) -> u16 {
+        u16::from_be_bytes([p[0], p[1]])
+    }
+
+    /// What one tick produced, in a compact form for assertions.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Out {
+        P(u16),
+        Fec(u16),
+        C,
+        W,
+    }
+
+    fn compact(p: Playout) -> Out {
+        match p {
+            Playout::Packet(b) => Out::P(seq_of(&b)),
+            Playout::FecFrom(b) => Out::Fec(seq_of(&b)),
+            Playout::Conceal => Out::C,
+            Playout::Wait => Out::W,
+        }
+    }
+
+    /// Runs a call: `arrivals` are (seq, arrival_ms); the playout side ticks every 20 ms from
+    /// 0 and, before each tick, every packet that has arrived by then is pushed. It stops when
+    /// every packet has been pushed and the buffer is empty (the call ended), or at `end_ms`.
+    fn run(buf: &mut JitterBuffer, arrivals: &[(u16, u64)], end_ms: u64) -> Vec<Out> {
+        let mut sorted: Vec<(u16, u64)> = arrivals.to_vec();
+        sorted.sort_by_key(|&(_, t)| t);
+        let mut it = sorted.into_iter().peekable();
+        let mut out = Vec::new();
+        let mut now = 0;
+        while now <= end_ms {
+            while let Some(&(seq, t)) = it.peek() {
+                if t > now {
+                    break;
+                }
+                buf.push(seq, t, payload(seq));
+                it.next();
+            }
+            out.push(compact(buf.pop(now)));
+            if it.peek().is_none() && buf.is_empty() {
+                break;
+            }
+            now += 20;
+        }
+        out
+    }
+
+    fn steady(first: u16, count: u16, delay_ms: u64) -> Vec<(u16, u64)> {
+        (0..count)
+            .map(|i| (first.wrapping_add(i), u64::from(i) * 20 + delay_ms))
+            .collect()
+    }
+
+    fn played(out: &[Out]) -> Vec<u16> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::P(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn audio(out: &[Out]) -> Vec<Out> {
+        out.iter().copied().filter(|o| *o != Out::W).collect()
+    }
+
+    #[test]
+    fn in_order_stream_plays_every_packet_once_in_order() {
+        let mut b = jb();
+        let out = run(&mut b, &steady(0, 100, 5), 100 * 20 + 200);
+        let a = audio(&out);
+        let expected: Vec<Out> = (0..100).map(Out::P).collect();
+        assert_eq!(&a[..100], &expected[..]);
+        assert!(
+            out.iter().take_while(|o| **o == Out::W).count() >= 1,
+            "buffers before playing"
+        );
+        let s = b.stats();
+        assert_eq!(
+            (s.received, s.played, s.late, s.duplicates, s.lost),
+            (100, 100, 0, 0, 0)
+        );
+        assert_eq!(s.target_delay_ms, 20);
+        assert!(
+            s.current_delay_ms >= 20 && s.current_delay_ms <= 40,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn reordered_packets_are_played_in_order() {
+        let mut b = jb();
+        let mut arr = steady(0, 60, 5);
+        // 10 arrives 5 ms after 11; 30 arrives 2 ms after 31.
+        arr[10].1 = arr[11].1 + 5;
+        arr[30].1 = arr[31].1 + 2;
+        let out = run(&mut b, &arr, 60 * 20 + 300);
+        assert_eq!(played(&out), (0..60).collect::<Vec<u16>>());
+        let s = b.stats();
+        assert_eq!((s.late, s.lost, s.fec_recovered), (0, 0, 0), "{s:?}");
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted() {
+        let mut b = jb();
+        let mut arr = steady(0, 40, 5);
+        arr.push((5, 5 * 20 + 8)); // while still buffered or just played
+        arr.push((5, 30 * 20)); // long after it was played
+        arr.push((39, 39 * 20 + 6));
+        let out = run(&mut b, &arr, 40 * 20 + 200);
+        assert_eq!(played(&out), (0..40).collect::<Vec<u16>>());
+        assert_eq!(b.stats().duplicates, 3);
+        assert_eq!(b.stats().late, 0);
+    }
+
+    #[test]
+    fn late_packet_is_dropped_and_counted_and_fec_used() {
+        let mut b = jb();
+        let mut arr = steady(0, 40, 5);
+        arr[10].1 += 300;
+        let out = run(&mut b, &arr, 40 * 20 + 400);
+        let a = audio(&out);
+        let i = a.iter().position(|o| *o == Out::P(9)).unwrap();
+        assert_eq!(&a[i..i + 3], &[Out::P(9), Out::Fec(11), Out::P(11)]);
+        let s = b.stats();
+        assert_eq!((s.late, s.fec_recovered, s.lost, s.played), (1, 1, 1, 39));
+    }
+
+    #[test]
+    fn single_and_double_losses() {
+        let mut b = jb();
+        let arr: Vec<(u16, u64)> = steady(0, 50, 5)
+            .into_iter()
+            .filter(|(s, _)| ![10, 20, 21].contains(s))
+            .collect();
+        let out = run(&mut b, &arr, 50 * 20 + 200);
+        let a = audio(&out);
+        let i = a.iter().position(|o| *o == Out::P(9)).unwrap();
+        assert_eq!(&a[i..i + 3], &[Out::P(9), Out::Fec(11), Out::P(11)]);
+        let j = a.iter().position(|o| *o == Out::P(19)).unwrap();
+        assert_eq!(
+            &a[j..j + 4],
+            &[Out::P(19), Out::C, Out::Fec(22), Out::P(22)]
+        );
+        let s = b.stats();
+        assert_eq!(
+            (s.lost, s.fec_recovered, s.concealed, s.played),
+            (3, 2, 1, 47)
+        );
+    }
+
+    #[test]
+    fn burst_loss_is_concealed_then_playout_resumes_in_time() {
+        let mut b = jb();
+        let arr: Vec<(u16, u64)> = steady(0, 80, 5)
+            .into_iter()
+            .filter(|(s, _)| !(10..20).contains(s))
+            .collect();
+        let out = run(&mut b, &arr, 80 * 20 + 200);
+        let a = audio(&out);
+        let i = a.iter().position(|o| *o == Out::P(9)).unwrap();
+        let mut expect = vec![Out::P(9)];
+        expect.extend(std::iter::repeat_n(Out::C, 9));
+        expect.extend([Out::Fec(20), Out::P(20), Out::P(21)]);
+        assert_eq!(&a[i..i + expect.len()], &expect[..]);
+        let s = b.stats();
+        assert_eq!((s.lost, s.late, s.played), (10, 0, 70));
+        // The delay did not grow during the burst.
+        assert!(s.current_delay_ms <= 40, "{s:?}");
+    }
+
+    #[test]
+    fn silence_longer_than_idle_goes_back_to_waiting() {
+        let mut b = jb();
+        let mut arr = steady(0, 20, 5);
+        // The sender pauses 3 s, then goes on with the next sequence numbers.
+        arr.extend((20..40).map(|s| (s, u64::from(s) * 20 + 5 + 3000)));
+        let out = run(&mut b, &arr, 40 * 20 + 3400);
+        assert_eq!(played(&out), (0..40).collect::<Vec<u16>>());
+        let a_end = out.iter().position(|o| *o == Out::P(19)).unwrap();
+        let resume = out.iter().position(|o| *o == Out::P(20)).unwrap();
+        let gap = &out[a_end + 1..resume];
+        assert_eq!(
+            gap.iter().filter(|o| **o == Out::C).count(),
+            50,
+            "1 s of concealment"
+        );
+        assert!(gap.iter().filter(|o| **o == Out::W).count() > 50);
+        let s = b.stats();
+        assert_eq!((s.late, s.resyncs), (0, 0));
+        assert!(
+            s.current_delay_ms <= 40,
+            "fresh timing after the pause: {s:?}"
+        );
+    }
+
+    #[test]
+    fn big_jump_ahead_resyncs() {
+        let mut b = jb();
+        let mut arr = steady(0, 20, 5);
+        arr.extend((0..20).map(|i| (5000 + i, (20 + u64::from(i)) * 20 + 5)));
+        let out = run(&mut b, &arr, 40 * 20 + 200);
+        let p = played(&out);
+        assert_eq!(&p[p.len() - 20..], &(5000..5020).collect::<Vec<u16>>()[..]);
+        assert_eq!(b.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn sender_restart_far_behind_resyncs_after_a_few_packets() {
+        let mut b = jb();
+        let mut arr = steady(30_000, 20, 5);
+        arr.extend((0..30).map(|i| (100 + i, (20 + u64::from(i)) * 20 + 5)));
+        let out = run(&mut b, &arr, 50 * 20 + 200);
+        let s = b.stats();
+        assert_eq!(s.resyncs, 1);
+        assert_eq!(s.late, u64::from(FAR_LATE_RESYNC - 1));
+        assert!(played(&out).contains(&129));
+    }
+
+    #[test]
+    fn held_packets_stay_within_capacity_before_playout_starts() {
+        let mut b = jb();
+        assert_eq!(b.push(100, 0, payload(100)), Pushed::Accepted);
+        assert_eq!(
+            b.push(99, 1, payload(99)),
+            Pushed::Accepted,
+            "reordered before start"
+        );
+        assert_eq!(
+            b.push(40, 2, payload(40)),
+            Pushed::Late,
+            "would stretch the span past 50"
+        );
+        assert_eq!(b.push(5000, 3, payload(5000)), Pushed::Resynced);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.stats().resyncs, 1);
+        // Playout starts at 5000 without concealing the gap.
+        let out: Vec<Out> = (0..4).map(|i| compact(b.pop(3 + i * 20))).collect();
+        assert_eq!(out, [Out::W, Out::P(5000), Out::C, Out::C]);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut b = jb();
+        let mut arr = steady(65_500, 100, 5);
+        arr.swap(35, 36); // reorder right at the wrap (65535, 0)
+        let out = run(&mut b, &arr, 100 * 20 + 200);
+        let expected: Vec<u16> = (0..100u16).map(|i| 65_500u16.wrapping_add(i)).collect();
+        assert_eq!(played(&out), expected);
+        assert_eq!(b.stats().late, 0);
+    }
+
+    /// Arrivals with uniform random extra delay in 0..`spread_ms`, seeded.
+    fn jittery(first: u16, count: u16, spread_ms: u64, seed: u64) -> Vec<(u16, u64)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..count)
+            .map(|i| {
+                let extra = if spread_ms == 0 {
+                    0
+                } else {
+                    rng.random_range(0..spread_ms)
+                };
+                let seq = first.wrapping_add(i);
+                (seq, u64::from(seq) * 20 + 5 + extra)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn target_adapts_up_under_jitter_and_back_down_after() {
+        let mut b = jb();
+        // 4 s calm, 10 s with 0..60 ms of jitter, 10 s calm again.
+        let mut arr = jittery(0, 200, 0, 1);
+        arr.extend(jittery(200, 500, 60, 2));
+        arr.extend(jittery(700, 500, 0, 3));
+        let mut sorted = arr.clone();
+        sorted.sort_by_key(|&(_, t)| t);
+        let mut it = sorted.into_iter().peekable();
+        let (mut calm_target, mut peak_target, mut peak_delay, mut late_at_8s) = (0, 0, 0, 0);
+        let mut now = 0u64;
+        while now <= 1200 * 20 + 200 {
+            while let Some(&(seq, t)) = it.peek() {
+                if t > now {
+                    break;
+                }
+                b.push(seq, t, payload(seq));
+                it.next();
+            }
+            b.pop(now);
+            if now == 4000 {
+                calm_target = b.target_delay_ms();
+            }
+            if now == 8000 {
+                late_at_8s = b.stats().late;
+            }
+            if (8000..14_000).contains(&now) {
+                peak_target = peak_target.max(b.target_delay_ms());
+                peak_delay = peak_delay.max(b.stats().current_delay_ms);
+            }
+            now += 20;
+        }
+        let s = b.stats();
+        println!(
+            "target: calm {calm_target} ms, under jitter up to {peak_target} ms (delay up to \
+             {peak_delay} ms), late by 8 s {late_at_8s}, after {s:?}"
+        );
+        assert_eq!(calm_target, 20);
+        assert!(
+            peak_delay >= 50,
+            "the playout delay followed the target: {peak_delay}"
+        );
+        assert!(
+            (50..=60).contains(&peak_target),
+            "target under 0..60 ms jitter: {peak_target}"
+        );
+        // Once adapted, few packets are late (the 95 % quantile allows about 5 %).
+        let late_after = s.late - late_at_8s;
+        assert!(
+            late_after <= 300 / 20,
+            "late in the adapted 6 s: {late_after}"
+        );
+        assert_eq!(s.target_delay_ms, 20, "target back at the floor");
+        assert!(s.current_delay_ms <= 20 + 40, "delay came back down: {s:?}");
+        assert!(s.dropped_for_latency > 0);
+    }
+
+    #[test]
+    fn target_is_capped_at_the_ceiling() {
+        let mut b = jb();
+        let arr = jittery(0, 500, 400, 9);
+        run(&mut b, &arr, 500 * 20 + 500);
+        assert_eq!(b.target_delay_ms(), 100);
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood() {
+        let mut b = jb();
+        let cap = b.config().capacity;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..20_000u64 {
+            b.push(rng.random(), i / 10, vec![0xAB; 100]);
+            assert!(b.len() <= cap);
+        }
+        // Sequential flood without playout.
+        let mut b = jb();
+        for i in 0..20_000u64 {
+            b.push(i as u16, i, vec![1]);
+            assert!(b.len() <= cap);
+        }
+        assert!(b.seen.len() <= cap * 4 && b.transits.len() <= b.config().window_packets);
+        let s = b.stats();
+        assert_eq!(
+            s.received,
+            s.played + s.dropped_for_latency + s.overflow + u64::from(s.buffered)
+        );
+    }
+
+    #[test]
+    fn invalid_packets_and_configs_are_refused() {
+        let mut b = jb();
+        assert_eq!(b.push(1, 0, vec![]), Pushed::Invalid);
+        assert_eq!(b.push(1, 0, vec![0; 1501]), Pushed::Invalid);
+        assert_eq!(b.stats().invalid, 2);
+        assert!(b.is_empty());
+        for bad in [
+            JitterConfig {
+                min_delay_ms: 200,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                capacity: 1,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                capacity: 5,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                window_packets: 0,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                quantile_percent: 101,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                shrink_interval_ticks: 0,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                idle_after_ms: 0,
+                ..JitterConfig::default()
+            },
+            JitterConfig {
+                max_packet_bytes: 0,
+                ..JitterConfig::default()
+            },
+        ] {
+            assert!(JitterBuffer::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        let mut b = jb();
+        b.push(0, u64::MAX, vec![1]);
+        b.push(1, 0, vec![1]);
+        b.pop(u64::MAX);
+        b.pop(0);
+        b.push(2, u64::MAX / 2, vec![1]);
+        for t in [0, u64::MAX, 1, u64::MAX - 1] {
+            b.pop(t);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { seq: u16, dt: u16, len: u16 },
+        Pop { dt: u16 },
+        Reset,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (any::<u16>(), 0u16..200, 0u16..1600).prop_map(|(seq, dt, len)| Op::Push { seq, dt, len }),
+            1 => (0u16..40).prop_map(|d| Op::Push { seq: d, dt: 0, len: 2 }),
+            6 => (0u16..60).prop_map(|dt| Op::Pop { dt }),
+            1 => Just(Op::Reset),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_push_pop_never_panics_and_stays_bounded(
+            ops in proptest::collection::vec(op(), 0..400),
+            capacity in 6usize..60,
+            start in any::<u64>(),
+        ) {
+            let config = JitterConfig { capacity, max_delay_ms: 60, ..JitterConfig::default() };
+            let mut b = JitterBuffer::new(config).unwrap();
+            let mut now = start;
+            let (mut packets, mut fec, mut conceal) = (0u64, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Push { seq, dt, len } => {
+                        now = now.wrapping_add(u64::from(dt));
+                        b.push(seq, now, vec![7; usize::from(len)]);
+                    }
+                    Op::Pop { dt } => {
+                        now = now.wrapping_add(u64::from(dt));
+                        match b.pop(now) {
+                            Playout::Packet(p) => { packets += 1; prop_assert!(!p.is_empty()); }
+                            Playout::FecFrom(p) => { fec += 1; prop_assert!(!p.is_empty()); }
+                            Playout::Conceal => conceal += 1,
+                            Playout::Wait => {}
+                        }
+                    }
+                    Op::Reset => b.reset(),
+                }
+                prop_assert!(b.len() <= capacity);
+                let s = b.stats();
+                prop_assert!(s.target_delay_ms >= config.min_delay_ms && s.target_delay_ms <= config.max_delay_ms);
+                prop_assert_eq!(s.received, s.played + s.dropped_for_latency + s.overflow + u64::from(s.buffered));
+                prop_assert_eq!((s.played, s.fec_recovered, s.concealed), (packets, fec, conceal));
+            }
+        }
+    }
+}
