@@ -1,1 +1,107 @@
-//! Shared helpers for aparté's end-to-end tests. The scenarios themselves live in `tests/tests/`.
+//! Shared helpers for aparté's end-to-end tests: finding the workspace binaries, running a
+//! real signaling server process, and making speech WAVs with espeak-ng. The scenarios
+//! themselves live in `tests/tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a test waits for a process to report something before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary next to this test executable.
+///
+/// Tests never run cargo themselves (cargo holds the build lock while tests run, so a nested
+/// `cargo build` would wait forever). `cargo test --workspace` (the README's `scripts/test`)
+/// builds every binary first, because each binary's own package has integration tests.
+pub fn binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (bash scripts/test), \
+         or `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A running `aparte-signaling` process on loopback, killed on drop.
+pub struct SignalingServer {
+    child: Child,
+    /// The HTTP/WebSocket address.
+    pub addr: SocketAddr,
+    /// The embedded TURN relay's UDP address, when started with one.
+    pub turn_addr: Option<SocketAddr>,
+}
+
+impl SignalingServer {
+    /// Starts the server with extra `args` and waits until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary("aparte-signaling"))
+            .args(["--listen", "127.0.0.1:0", "--log", "warn,turn=off"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn aparte-signaling");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut turn_addr = None;
+        let addr = loop {
+            let line = lines
+                .recv_timeout(WAIT)
+                .expect("signaling server did not start");
+            if let Some(a) = line.strip_prefix("turn listening on udp ") {
+                turn_addr = Some(a.parse().expect("turn address"));
+            }
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.parse().expect("listen address");
+            }
+        };
+        Self {
+            child,
+            addr,
+            turn_addr,
+        }
+    }
+
+    /// The WebSocket URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+impl Drop for SignalingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Speaks `text` with espeak-ng into a WAV file at `path` (22.05 kHz mono).
+pub fn speak(text: &str, path: &Path) {
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is required (scripts/install-deps installs it)");
+    assert!(status.success(), "espeak-ng failed");
+}

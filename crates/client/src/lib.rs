@@ -6,5 +6,8 @@
 //! timers and devices.
 #![forbid(unsafe_code)]
 
+pub mod audio;
+pub mod call;
 pub mod sdp;
+pub mod signaling;
 pub mod transport;

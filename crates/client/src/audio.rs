@@ -1,0 +1,270 @@
+//! The audio thread: capture (WAV, tone, silence), Opus encoding, jitter buffer, decoding with
+//! concealment, and playout (WAV or nothing), paced every 20 ms by its own clock.
+//!
+//! It talks to the network task only through non-blocking queues: a full queue drops a frame
+//! (counted) instead of stalling, so the audio never waits on the network.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aparte_media::codec::{Decoder, Encoder, EncoderConfig};
+use aparte_media::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use aparte_media::source::{AudioSource, Frame, Produced, SilenceSource, ToneSource, WavSource};
+use aparte_media::wav::MonoWavWriter;
+use aparte_media::{FRAME_MS, FRAME_SAMPLES};
+use tokio::sync::mpsc;
+
+/// Where the audio to send comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A WAV file (any common format; converted to 48 kHz mono).
+    Wav(PathBuf),
+    /// A sine tone at this frequency in Hz.
+    Tone(f64),
+    /// Silence.
+    Silence,
+}
+
+/// Where received audio goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A 48 kHz mono 16-bit WAV file, in real time with concealed gaps.
+    Wav(PathBuf),
+    /// Decoded and discarded.
+    Null,
+}
+
+/// Audio failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    /// The source could not be opened or read.
+    #[error("audio input: {0}")]
+    Source(#[from] aparte_media::source::SourceError),
+    /// The codec failed to initialise.
+    #[error("opus: {0}")]
+    Codec(#[from] aparte_media::codec::CodecError),
+    /// The output file failed.
+    #[error("audio output: {0}")]
+    Wav(#[from] aparte_media::wav::WavError),
+    /// The jitter buffer configuration is invalid.
+    #[error("jitter buffer: {0}")]
+    Jitter(#[from] aparte_media::jitter::JitterError),
+}
+
+/// Counters the audio thread keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AudioStats {
+    /// Frames encoded and queued for sending.
+    pub frames_encoded: u64,
+    /// Frames dropped because the network queue was full.
+    pub frames_dropped_send: u64,
+    /// Frames written to the output (decoded, FEC-rebuilt or concealed).
+    pub frames_played: u64,
+    /// Packets that failed to decode (concealed instead).
+    pub decode_errors: u64,
+    /// Input level of the last frame, dBFS.
+    pub input_dbfs: f32,
+    /// Output level of the last frame, dBFS.
+    pub output_dbfs: f32,
+    /// The jitter buffer's counters.
+    pub jitter: JitterStats,
+}
+
+/// A received packet for the audio thread: (RTP sequence, arrival ms since call start, Opus).
+pub type Incoming = (u16, u64, Vec<u8>);
+
+/// The running audio thread and its queues.
+pub struct AudioPipeline {
+    /// Encoded Opus packets, ready to protect and send.
+    pub outgoing: mpsc::Receiver<Vec<u8>>,
+    /// Decrypted Opus packets from the peer.
+    pub incoming: std_mpsc::SyncSender<Incoming>,
+    /// Set when media may be sent (keys confirmed, link up).
+    pub sending: Arc<AtomicBool>,
+    /// Set by the thread when the input has ended.
+    pub input_ended: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<Mutex<AudioStats>>,
+    /// When the pipeline started (arrival times are measured from here).
+    pub started: Instant,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), AudioError>>>,
+}
+
+impl AudioPipeline {
+    /// Opens input and output and starts the thread.
+    pub fn start(input: &Input, output: &Output) -> Result<Self, AudioError> {
+        let source: Box<dyn AudioSource> = match input {
+            Input::Wav(path) => Box::new(WavSource::open(path)?),
+            Input::Tone(hz) => Box::new(ToneSource::new(*hz, 0.3)?),
+            Input::Silence => Box::new(SilenceSource::new()),
+        };
+        let sink = match output {
+            Output::Wav(path) => Some(MonoWavWriter::create(path)?),
+            Output::Null => None,
+        };
+        let encoder = Encoder::new(EncoderConfig::default())?;
+        let decoder = Decoder::new()?;
+        let jitter = JitterBuffer::new(JitterConfig::default())?;
+        let (out_tx, outgoing) = mpsc::channel(50);
+        let (incoming, in_rx) = std_mpsc::sync_channel(100);
+        let sending = Arc::new(AtomicBool::new(false));
+        let input_ended = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(AudioStats::default()));
+        let started = Instant::now();
+        let worker = Worker {
+            source,
+            sink,
+            encoder,
+            decoder,
+            jitter,
+            out_tx,
+            in_rx,
+            sending: Arc::clone(&sending),
+            input_ended: Arc::clone(&input_ended),
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+            started,
+            playing: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("aparte-audio".into())
+            .spawn(move || worker.run())
+            .map_err(|e| {
+                AudioError::Source(aparte_media::source::SourceError::Device(e.to_string()))
+            })?;
+        Ok(Self {
+            outgoing,
+            incoming,
+            sending,
+            input_ended,
+            stats,
+            started,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Milliseconds since the pipeline started.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Stops the thread and finalises the output file.
+    pub fn stop(mut self) -> Result<AudioStats, AudioError> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(AudioError::Source(
+                        aparte_media::source::SourceError::Device("audio thread panicked".into()),
+                    ))
+                }
+            }
+        }
+        let stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(stats)
+    }
+}
+
+struct Worker {
+    source: Box<dyn AudioSource>,
+    sink: Option<MonoWavWriter>,
+    encoder: Encoder,
+    decoder: Decoder,
+    jitter: JitterBuffer,
+    out_tx: mpsc::Sender<Vec<u8>>,
+    in_rx: std_mpsc::Receiver<Incoming>,
+    sending: Arc<AtomicBool>,
+    input_ended: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<AudioStats>>,
+    started: Instant,
+    playing: bool,
+}
+
+impl Worker {
+    fn run(mut self) -> Result<(), AudioError> {
+        let period = Duration::from_millis(u64::from(FRAME_MS));
+        let mut frame: Frame = [0.0; FRAME_SAMPLES];
+        let mut deadline = self.started;
+        while !self.stop.load(Ordering::SeqCst) {
+            self.send_tick(&mut frame);
+            self.play_tick()?;
+            // Pace on our own clock; a late tick is not made up by bursting.
+            deadline += period;
+            let now = Instant::now();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
+            } else {
+                deadline = now;
+            }
+        }
+        if let Some(sink) = self.sink.take() {
+            sink.finalize()?;
+        }
+        Ok(())
+    }
+
+    fn send_tick(&mut self, frame: &mut Frame) {
+        if !self.sending.load(Ordering::SeqCst) || self.input_ended.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.source.next_frame(frame) {
+            Ok(Produced::Frame) => {}
+            Ok(Produced::End) | Err(_) => {
+                self.input_ended.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        let level = aparte_media::metrics::dbfs(frame);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.input_dbfs = level as f32;
+        match self.encoder.encode_f32(frame) {
+            Ok(packet) => match self.out_tx.try_send(packet) {
+                Ok(()) => stats.frames_encoded += 1,
+                Err(_) => stats.frames_dropped_send += 1,
+            },
+            Err(_) => stats.frames_dropped_send += 1,
+        }
+    }
+
+    fn play_tick(&mut self) -> Result<(), AudioError> {
+        while let Ok((seq, arrival, packet)) = self.in_rx.try_recv() {
+            self.jitter.push(seq, arrival, packet);
+        }
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut decode_failed = false;
+        let decoded = match self.jitter.pop(now_ms) {
+            Playout::Packet(p) => self.decoder.decode_f32(&p),
+            Playout::FecFrom(p) => self.decoder.recover_fec_f32(&p),
+            Playout::Conceal => self.decoder.conceal_f32(),
+            Playout::Wait => Ok(vec![0.0; FRAME_SAMPLES]),
+        };
+        let samples = decoded.unwrap_or_else(|_| {
+            decode_failed = true;
+            self.decoder
+                .conceal_f32()
+                .unwrap_or_else(|_| vec![0.0; FRAME_SAMPLES])
+        });
+        self.playing |= self.jitter.is_playing();
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.jitter = self.jitter.stats();
+        stats.decode_errors += u64::from(decode_failed);
+        if self.playing {
+            stats.output_dbfs = aparte_media::metrics::dbfs(&samples) as f32;
+            stats.frames_played += 1;
+            drop(stats);
+            if let Some(sink) = self.sink.as_mut() {
+                sink.write_f32(&samples)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,660 @@
+//! One call, from join to hang-up: the async shell that moves bytes between the signaling
+//! connection, the WebRTC transport, the security session and the audio thread.
+//!
+//! Roles: the peer that finds the other already in the room sends the SDP offer and initiates
+//! the e2ee handshake; the first one in answers. The handshake travels over the signaling relay
+//! (opaque to the server), bound to both DTLS fingerprints from the SDP. No audio is sent or
+//! played before key confirmation (`aparte-session` enforces it).
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use aparte_e2ee::handshake::{CallParams, Role};
+use aparte_e2ee::identity::{IdentityKey, KnownPeers, PeerName};
+use aparte_e2ee::RejectReason;
+use aparte_session::{CallSecurity, Event, Policy, SecurityStatus, SessionConfig};
+use aparte_signaling_protocol::{PeerId, RoomId};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::audio::{AudioPipeline, AudioStats, Input, Output};
+use crate::signaling::{PeerMessage, Signaling, SignalingEvent};
+use crate::transport::{
+    IceServer, LinkState, SdpRole, Signal, Transport, TransportConfig, TransportEvent,
+};
+
+/// Data frames queued before the data channel opens, at most.
+const MAX_PENDING_DATA: usize = 32;
+/// Handshake messages held before the security session exists, at most.
+const MAX_EARLY_HANDSHAKE: usize = 8;
+/// After the input ends, keep the call up this long so the peer's tail arrives.
+const TAIL: Duration = Duration::from_millis(1500);
+
+/// Everything a call needs.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Signaling server URL (`ws://host:port/` or `wss://…`).
+    pub server: String,
+    /// The room.
+    pub room: RoomId,
+    /// Join token, if the server needs one.
+    pub token: Option<String>,
+    /// What to send.
+    pub input: Input,
+    /// Where received audio goes.
+    pub output: Output,
+    /// Force the TURN relay path.
+    pub relay_only: bool,
+    /// Only loopback host candidates (tests, single-machine demo).
+    pub loopback_only: bool,
+    /// Hang up after this long with media flowing (default: end of a WAV input, or never).
+    pub duration: Option<Duration>,
+    /// How to trust the peer.
+    pub policy: Policy,
+    /// Our long-term identity.
+    pub identity: Option<IdentityKey>,
+    /// The local name the peer's identity is pinned under.
+    pub peer_name: Option<PeerName>,
+    /// The known-peers store.
+    pub known_peers: KnownPeers,
+}
+
+/// What the person (or a script) does during a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAction {
+    /// The SAS matches.
+    ConfirmSas,
+    /// The SAS does not match.
+    RejectSas,
+    /// Accept a changed identity.
+    OverrideIdentityChange,
+    /// Hang up.
+    HangUp,
+}
+
+/// Live updates for the UI.
+#[derive(Debug, Clone)]
+pub enum CallUpdate {
+    /// Joined the room; waiting for the peer or connecting.
+    Joined {
+        /// Whether the peer was already there.
+        peer_present: bool,
+    },
+    /// The security status changed.
+    Security(SecurityStatus),
+    /// The WebRTC link state changed.
+    Link(LinkState),
+    /// The known-peers store changed (persist it).
+    PeersChanged(KnownPeers),
+    /// Periodic figures.
+    Live(LiveStats),
+    /// The peer left the room.
+    PeerLeft,
+    /// The signaling connection was lost (the call continues peer to peer).
+    SignalingLost(String),
+}
+
+/// Figures for a live status line.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LiveStats {
+    /// Seconds since both peers joined.
+    pub elapsed_s: f64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames decrypted.
+    pub frames_decrypted: u64,
+    /// Frames lost or late (concealed).
+    pub concealed: u64,
+    /// Jitter estimate, ms.
+    pub jitter_ms: u32,
+    /// Playout delay, ms.
+    pub playout_delay_ms: u32,
+    /// Outgoing bitrate including e2ee overhead, kbit/s.
+    pub send_kbps: f64,
+    /// Input level, dBFS.
+    pub input_dbfs: f32,
+    /// Output level, dBFS.
+    pub output_dbfs: f32,
+}
+
+/// The figures written by `--stats-json` at the end of a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallReport {
+    /// Whether we sent the offer (and initiated the handshake).
+    pub offerer: bool,
+    /// Final security state label.
+    pub security: String,
+    /// Whether the call was verified (SAS or pinned identity).
+    pub verified: bool,
+    /// Whether the selected path used a TURN relay.
+    pub relayed: bool,
+    /// Frames encoded and sent.
+    pub frames_sent: u64,
+    /// RTP packets received.
+    pub frames_received: u64,
+    /// Frames that authenticated and decrypted.
+    pub frames_decrypted: u64,
+    /// Frames rejected, by reason.
+    pub frames_rejected: std::collections::BTreeMap<String, u64>,
+    /// Frames concealed by the jitter buffer (lost or late).
+    pub frames_concealed: u64,
+    /// Frames rebuilt from FEC.
+    pub frames_fec_recovered: u64,
+    /// Late packets dropped by the jitter buffer.
+    pub frames_late: u64,
+    /// Frames written to the output.
+    pub frames_played: u64,
+    /// e2ee bytes added per audio frame (average).
+    pub e2ee_overhead_bytes_per_frame: f64,
+    /// Both peers in the room → first decrypted frame, ms.
+    pub setup_ms: Option<u64>,
+    /// Jitter buffer playout delay at the end, ms.
+    pub playout_delay_ms: u32,
+    /// Jitter estimate at the end, ms.
+    pub jitter_ms: u32,
+    /// Process CPU seconds used (user + system) over the call.
+    pub cpu_seconds: f64,
+    /// Call length from both-joined to hang-up, seconds.
+    pub duration_s: f64,
+    /// How the call ended.
+    pub ended_by: String,
+}
+
+/// Call failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Signaling failed before the call started.
+    #[error(transparent)]
+    Signaling(#[from] crate::signaling::SignalingError),
+    /// WebRTC failed.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The audio pipeline failed.
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
+    /// The security session could not start.
+    #[error("e2ee: {0}")]
+    Handshake(#[from] aparte_e2ee::HandshakeError),
+    /// The call was abandoned before the peer arrived.
+    #[error("{0}")]
+    Aborted(&'static str),
+}
+
+/// Runs one call to its end.
+pub async fn run_call(
+    options: CallOptions,
+    mut actions: mpsc::Receiver<UserAction>,
+    updates: mpsc::Sender<CallUpdate>,
+) -> Result<CallReport, CallError> {
+    let cpu_start = cpu_seconds();
+    let (signaling, joined, mut sig_rx) =
+        Signaling::join(&options.server, &options.room, options.token.clone()).await?;
+    let _ = updates
+        .send(CallUpdate::Joined {
+            peer_present: !joined.peers.is_empty(),
+        })
+        .await;
+    let (peer, role) = match joined.peers.first() {
+        Some(p) => (p.peer_id, SdpRole::Offerer),
+        None => (
+            wait_for_peer(&mut sig_rx, &mut actions).await?,
+            SdpRole::Answerer,
+        ),
+    };
+    let both_joined = Instant::now();
+
+    let config = TransportConfig {
+        ice_servers: joined
+            .ice_servers
+            .iter()
+            .map(|s| IceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+            .collect(),
+        relay_only: options.relay_only,
+        loopback_only: options.loopback_only,
+    };
+    let (transport, mut transport_rx) = Transport::new(&config, role).await?;
+    let mut audio = AudioPipeline::start(&options.input, &options.output)?;
+    let mut call = Call {
+        options,
+        signaling,
+        peer,
+        role,
+        transport,
+        security: None,
+        updates,
+        early_handshake: VecDeque::new(),
+        pending_data: VecDeque::new(),
+        data_open: false,
+        connected: false,
+        frames_sent: 0,
+        frames_received: 0,
+        overhead_bytes: 0,
+        bytes_sent: 0,
+        last_security: String::from("connecting"),
+        verified: false,
+        setup_ms: None,
+        media_since: None,
+        ended_by: None,
+        both_joined,
+    };
+    if role == SdpRole::Offerer {
+        if let Signal::Offer(sdp) = call.transport.create_offer().await? {
+            call.relay(PeerMessage::Offer { sdp }).await;
+        }
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut input_ended_at: Option<Instant> = None;
+    let (mut signaling_open, mut actions_open) = (true, true);
+    while call.ended_by.is_none() {
+        tokio::select! {
+            event = sig_rx.recv(), if signaling_open => match event {
+                Some(event) => call.on_signaling(event).await?,
+                None => {
+                    // Media keeps flowing peer to peer without the signaling server.
+                    signaling_open = false;
+                    let _ = call.updates.send(CallUpdate::SignalingLost("closed".into())).await;
+                }
+            },
+            Some(event) = transport_rx.recv() => call.on_transport(event, &audio).await,
+            Some(packet) = audio.outgoing.recv() => call.send_audio(packet).await,
+            action = actions.recv(), if actions_open => match action {
+                Some(action) => call.on_action(action).await,
+                None => actions_open = false,
+            },
+            _ = tick.tick() => {
+                if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
+                    let at = *input_ended_at.get_or_insert_with(Instant::now);
+                    if call.options.duration.is_none() && at.elapsed() >= TAIL
+                        && matches!(call.options.input, Input::Wav(_)) {
+                        call.hang_up("input ended").await;
+                    }
+                }
+                if let (Some(limit), Some(since)) = (call.options.duration, call.media_since) {
+                    if since.elapsed() >= limit {
+                        call.hang_up("duration reached").await;
+                    }
+                }
+                let live = call.live(&audio);
+                let _ = call.updates.try_send(CallUpdate::Live(live));
+            }
+        }
+        // Audio flows only with confirmed keys on a connected link; re-checked after every
+        // event so media starts the moment both hold.
+        audio.sending.store(
+            call.connected && call.security.as_ref().is_some_and(|s| s.media_allowed()),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    // Let the Bye and the last frames leave before closing.
+    audio
+        .sending
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let relayed = call.transport.is_relayed().await;
+    let audio_stats = audio.stop()?;
+    call.signaling.leave().await;
+    let _ = call.transport.close().await;
+    Ok(call.report(audio_stats, relayed, cpu_seconds() - cpu_start))
+}
+
+async fn wait_for_peer(
+    sig_rx: &mut mpsc::Receiver<SignalingEvent>,
+    actions: &mut mpsc::Receiver<UserAction>,
+) -> Result<PeerId, CallError> {
+    loop {
+        tokio::select! {
+            event = sig_rx.recv() => match event {
+                Some(SignalingEvent::PeerJoined(peer)) => return Ok(peer),
+                Some(SignalingEvent::Closed(_)) | None => {
+                    return Err(CallError::Aborted("the signaling server closed the connection before the peer joined"))
+                }
+                Some(_) => continue,
+            },
+            Some(UserAction::HangUp) = actions.recv() => {
+                return Err(CallError::Aborted("hung up before the peer joined"))
+            }
+        }
+    }
+}
+
+struct Call {
+    options: CallOptions,
+    signaling: Signaling,
+    peer: PeerId,
+    role: SdpRole,
+    transport: Transport,
+    security: Option<CallSecurity>,
+    updates: mpsc::Sender<CallUpdate>,
+    early_handshake: VecDeque<Vec<u8>>,
+    pending_data: VecDeque<Vec<u8>>,
+    data_open: bool,
+    connected: bool,
+    frames_sent: u64,
+    frames_received: u64,
+    overhead_bytes: u64,
+    bytes_sent: u64,
+    last_security: String,
+    verified: bool,
+    setup_ms: Option<u64>,
+    media_since: Option<Instant>,
+    ended_by: Option<String>,
+    both_joined: Instant,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Call {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.both_joined.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn relay(&self, message: PeerMessage) {
+        // A lost signaling connection is reported through its event queue; nothing to do here.
+        let _ = self.signaling.send(Some(self.peer), &message).await;
+    }
+
+    async fn on_signaling(&mut self, event: SignalingEvent) -> Result<(), CallError> {
+        match event {
+            SignalingEvent::Message { from, message } if from == self.peer => {
+                self.on_peer_message(message).await?
+            }
+            SignalingEvent::PeerLeft(peer, _) if peer == self.peer => {
+                let _ = self.updates.send(CallUpdate::PeerLeft).await;
+                self.ended_by = Some("peer left".into());
+            }
+            SignalingEvent::Closed(reason) => {
+                let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_peer_message(&mut self, message: PeerMessage) -> Result<(), CallError> {
+        match message {
+            PeerMessage::Offer { sdp } => {
+                if let Some(Signal::Answer(answer)) =
+                    self.transport.apply_signal(Signal::Offer(sdp)).await?
+                {
+                    self.relay(PeerMessage::Answer { sdp: answer }).await;
+                    self.start_security(Role::Responder).await?;
+                }
+            }
+            PeerMessage::Answer { sdp } => {
+                self.transport.apply_signal(Signal::Answer(sdp)).await?;
+                self.start_security(Role::Initiator).await?;
+            }
+            PeerMessage::Candidate { candidate } => {
+                // A bad candidate from the peer is not fatal; ICE uses the others.
+                let _ = self
+                    .transport
+                    .apply_signal(Signal::Candidate(candidate))
+                    .await;
+            }
+            PeerMessage::Handshake { data } => {
+                let Ok(bytes) = hex::decode(&data) else {
+                    return Ok(());
+                };
+                if self.security.is_none() {
+                    if self.early_handshake.len() < MAX_EARLY_HANDSHAKE {
+                        self.early_handshake.push_back(bytes);
+                    }
+                    return Ok(());
+                }
+                self.on_handshake(&bytes).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_security(&mut self, role: Role) -> Result<(), CallError> {
+        let (local, remote) = self.transport.dtls_fingerprints().await?;
+        let config = SessionConfig {
+            role,
+            params: CallParams::new(
+                self.options.room.as_str().as_bytes().to_vec(),
+                local,
+                remote,
+            )?,
+            identity: self.options.identity.clone(),
+            peer_name: self.options.peer_name.clone(),
+            policy: self.options.policy.clone(),
+            sender: Default::default(),
+            receiver: Default::default(),
+        };
+        let (security, events) = CallSecurity::new(
+            config,
+            self.options.known_peers.clone(),
+            &mut rand_core::OsRng,
+        )?;
+        self.security = Some(security);
+        self.carry_out(events).await;
+        while let Some(early) = self.early_handshake.pop_front() {
+            self.on_handshake(&early).await;
+        }
+        Ok(())
+    }
+
+    async fn on_handshake(&mut self, bytes: &[u8]) {
+        let now_ms = self.now_ms();
+        let Some(security) = self.security.as_mut() else {
+            return;
+        };
+        // Non-fatal rejections (junk) are ignored; fatal ones arrive as a Failed status.
+        if let Ok(events) = security.on_handshake(bytes, now_ms, unix_now()) {
+            self.carry_out(events).await;
+        } else if let SecurityStatus::Failed(_) = security.status() {
+            let status = security.status().clone();
+            let _ = self.updates.send(CallUpdate::Security(status)).await;
+            self.ended_by = Some("e2ee handshake failed".into());
+        }
+    }
+
+    async fn carry_out(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::SendHandshake(bytes) => {
+                    self.relay(PeerMessage::Handshake {
+                        data: hex::encode(bytes),
+                    })
+                    .await
+                }
+                Event::SendData(frame) => self.send_data(frame).await,
+                Event::Status(status) => {
+                    if !matches!(status, SecurityStatus::Ended { .. }) {
+                        self.last_security = status.label().to_owned();
+                    }
+                    self.verified |= matches!(status, SecurityStatus::Verified { .. });
+                    match &status {
+                        SecurityStatus::Failed(_) => {
+                            self.ended_by = Some("security failure".into())
+                        }
+                        SecurityStatus::Ended { by_peer: true } => {
+                            self.ended_by = Some("peer hung up".into())
+                        }
+                        _ => {}
+                    }
+                    let _ = self.updates.send(CallUpdate::Security(status)).await;
+                }
+                Event::PeersChanged => {
+                    if let Some(s) = &self.security {
+                        let peers = s.known_peers().clone();
+                        let _ = self.updates.send(CallUpdate::PeersChanged(peers)).await;
+                    }
+                }
+                Event::App(_) => {}
+            }
+        }
+    }
+
+    async fn send_data(&mut self, frame: Vec<u8>) {
+        if self.data_open {
+            let _ = self.transport.send_data(Bytes::from(frame)).await;
+        } else if self.pending_data.len() < MAX_PENDING_DATA {
+            self.pending_data.push_back(frame);
+        }
+    }
+
+    async fn on_transport(&mut self, event: TransportEvent, audio: &AudioPipeline) {
+        match event {
+            TransportEvent::Signal(Signal::Candidate(candidate)) => {
+                self.relay(PeerMessage::Candidate { candidate }).await
+            }
+            TransportEvent::Signal(_) => {}
+            TransportEvent::Link(state) => {
+                self.connected = state == LinkState::Connected;
+                let _ = self.updates.send(CallUpdate::Link(state)).await;
+            }
+            TransportEvent::DataOpen => {
+                self.data_open = true;
+                while let Some(frame) = self.pending_data.pop_front() {
+                    let _ = self.transport.send_data(Bytes::from(frame)).await;
+                }
+            }
+            TransportEvent::Data(frame) => {
+                let now_ms = self.now_ms();
+                if let Some(security) = self.security.as_mut() {
+                    if let Ok(events) = security.on_data_frame(&frame, now_ms, unix_now()) {
+                        self.carry_out(events).await;
+                    }
+                }
+            }
+            TransportEvent::Media {
+                sequence, payload, ..
+            } => {
+                self.frames_received += 1;
+                let now_ms = self.now_ms();
+                let Some(security) = self.security.as_mut() else {
+                    return;
+                };
+                if let Ok(opus) = security.unprotect_media(&payload, now_ms) {
+                    if self.setup_ms.is_none() {
+                        self.setup_ms = Some(now_ms);
+                    }
+                    // Never block: a full queue drops the frame, which the jitter buffer conceals.
+                    let _ = audio.incoming.try_send((sequence, audio.now_ms(), opus));
+                }
+            }
+        }
+    }
+
+    async fn send_audio(&mut self, opus: Vec<u8>) {
+        let Some(security) = self.security.as_mut() else {
+            return;
+        };
+        if let Ok(frame) = security.protect_media(&opus) {
+            let (len, overhead) = (frame.len() as u64, (frame.len() - opus.len()) as u64);
+            if self.transport.send_media(Bytes::from(frame)).await.is_ok() {
+                self.overhead_bytes += overhead;
+                self.bytes_sent += len;
+                self.frames_sent += 1;
+                self.media_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    async fn on_action(&mut self, action: UserAction) {
+        let now = unix_now();
+        let Some(security) = self.security.as_mut() else {
+            if action == UserAction::HangUp {
+                self.ended_by = Some("hung up".into());
+            }
+            return;
+        };
+        let events = match action {
+            UserAction::ConfirmSas => security.confirm_sas(now).unwrap_or_default(),
+            UserAction::RejectSas => security.reject_sas(),
+            UserAction::OverrideIdentityChange => {
+                security.override_identity_change(now).unwrap_or_default()
+            }
+            UserAction::HangUp => {
+                self.hang_up("hung up").await;
+                return;
+            }
+        };
+        self.carry_out(events).await;
+    }
+
+    async fn hang_up(&mut self, why: &str) {
+        if let Some(security) = self.security.as_mut() {
+            let events = security.hang_up();
+            self.carry_out(events).await;
+        }
+        self.ended_by = Some(why.to_owned());
+    }
+
+    fn live(&self, audio: &AudioPipeline) -> LiveStats {
+        let stats = *audio.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let decrypted = self
+            .security
+            .as_ref()
+            .and_then(|s| s.media_stats())
+            .map_or(0, |m| m.accepted);
+        let elapsed = self.both_joined.elapsed().as_secs_f64();
+        let sent_bits = self.bytes_sent as f64 * 8.0;
+        LiveStats {
+            elapsed_s: elapsed,
+            frames_sent: self.frames_sent,
+            frames_decrypted: decrypted,
+            concealed: stats.jitter.concealed,
+            jitter_ms: stats.jitter.jitter_ms,
+            playout_delay_ms: stats.jitter.current_delay_ms,
+            send_kbps: self.media_since.map_or(0.0, |t| {
+                sent_bits / t.elapsed().as_secs_f64().max(0.001) / 1000.0
+            }),
+            input_dbfs: stats.input_dbfs,
+            output_dbfs: stats.output_dbfs,
+        }
+    }
+
+    fn report(&self, audio: AudioStats, relayed: bool, cpu: f64) -> CallReport {
+        let media = self.security.as_ref().and_then(|s| s.media_stats());
+        let frames_rejected = RejectReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), media.map_or(0, |m| m.rejected(*r))))
+            .collect();
+        CallReport {
+            offerer: self.role == SdpRole::Offerer,
+            security: self.last_security.clone(),
+            verified: self.verified,
+            relayed,
+            frames_sent: self.frames_sent,
+            frames_received: self.frames_received,
+            frames_decrypted: media.map_or(0, |m| m.accepted),
+            frames_rejected,
+            frames_concealed: audio.jitter.concealed,
+            frames_fec_recovered: audio.jitter.fec_recovered,
+            frames_late: audio.jitter.late,
+            frames_played: audio.frames_played,
+            e2ee_overhead_bytes_per_frame: if self.frames_sent == 0 {
+                0.0
+            } else {
+                self.overhead_bytes as f64 / self.frames_sent as f64
+            },
+            setup_ms: self.setup_ms,
+            playout_delay_ms: audio.jitter.current_delay_ms,
+            jitter_ms: audio.jitter.jitter_ms,
+            cpu_seconds: cpu,
+            duration_s: self.both_joined.elapsed().as_secs_f64(),
+            ended_by: self.ended_by.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    cpu_time::ProcessTime::try_now()
+        .map(|t| t.as_duration().as_secs_f64())
+        .unwrap_or(0.0)
+}

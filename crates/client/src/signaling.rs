@@ -1,0 +1,276 @@
+//! The signaling client: one WebSocket to the signaling server, which introduces the two peers
+//! of a room and relays opaque payloads between them. Everything it carries is either public
+//! (SDP, ICE candidates) or e2ee handshake messages, which are safe to show a hostile server.
+#![forbid(unsafe_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use aparte_signaling_protocol::message::{ClientMessage, ServerMessage};
+use aparte_signaling_protocol::{
+    IceServer, LeaveReason, PeerId, PeerInfo, RoomId, PROTOCOL_VERSION,
+};
+
+/// Largest SDP we accept from a peer.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+/// Largest trickled ICE candidate line we accept.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+/// Largest e2ee handshake message we accept (hex-encoded, so twice the binary bound).
+pub const MAX_HANDSHAKE_HEX: usize = 2 * aparte_e2ee::handshake::messages::MAX_MESSAGE_LEN;
+
+/// What one peer relays to the other through the server. Strictly parsed; bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerMessage {
+    /// SDP offer.
+    Offer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// SDP answer.
+    Answer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// The `candidate:` line.
+        candidate: String,
+    },
+    /// An e2ee handshake message, hex-encoded.
+    Handshake {
+        /// Hex bytes.
+        data: String,
+    },
+}
+
+impl PeerMessage {
+    /// Parses and bounds a relayed payload.
+    pub fn parse(json: &str) -> Result<Self, SignalingError> {
+        let message: Self = serde_json::from_str(json)
+            .map_err(|_| SignalingError::BadPeerMessage("not a valid peer message"))?;
+        let within = match &message {
+            Self::Offer { sdp } | Self::Answer { sdp } => sdp.len() <= MAX_SDP_BYTES,
+            Self::Candidate { candidate } => candidate.len() <= MAX_CANDIDATE_BYTES,
+            Self::Handshake { data } => data.len() <= MAX_HANDSHAKE_HEX,
+        };
+        if within {
+            Ok(message)
+        } else {
+            Err(SignalingError::BadPeerMessage("peer message too large"))
+        }
+    }
+}
+
+/// Signaling failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    /// The WebSocket failed.
+    #[error("signaling connection: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The server refused something.
+    #[error("signaling server refused: {code} ({message})")]
+    Refused {
+        /// The error code.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server sent something this client does not understand.
+    #[error("unexpected message from the signaling server: {0}")]
+    Protocol(String),
+    /// The server closed the connection.
+    #[error("the signaling server closed the connection")]
+    Closed,
+    /// A peer sent a payload that does not parse.
+    #[error("bad message from the peer: {0}")]
+    BadPeerMessage(&'static str),
+}
+
+/// The result of joining a room.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Members already in the room.
+    pub peers: Vec<PeerInfo>,
+    /// STUN/TURN servers (with TURN credentials minted for this join).
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// What the signaling connection reports after the join.
+#[derive(Debug, Clone)]
+pub enum SignalingEvent {
+    /// A peer joined the room.
+    PeerJoined(PeerId),
+    /// A peer left.
+    PeerLeft(PeerId, LeaveReason),
+    /// A peer relayed a message.
+    Message {
+        /// Sender.
+        from: PeerId,
+        /// The message.
+        message: PeerMessage,
+    },
+    /// A peer relayed something unparseable (counted, otherwise ignored).
+    Rejected(&'static str),
+    /// The server is shutting down or closed the connection; media may continue.
+    Closed(String),
+}
+
+/// A joined signaling connection.
+#[derive(Debug)]
+pub struct Signaling {
+    outgoing: mpsc::Sender<String>,
+}
+
+impl Signaling {
+    /// Connects to `url` (`ws://` or `wss://`), says hello, and joins `room`.
+    pub async fn join(
+        url: &str,
+        room: &RoomId,
+        token: Option<String>,
+    ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (mut sink, mut stream) = ws.split();
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        sink.send(WsMessage::text(hello.to_json())).await?;
+        let join = ClientMessage::Join {
+            room: room.clone(),
+            token,
+        };
+        sink.send(WsMessage::text(join.to_json())).await?;
+
+        let joined = loop {
+            match next_server_message(&mut stream).await? {
+                ServerMessage::Welcome { .. } => continue,
+                ServerMessage::Joined {
+                    peer_id,
+                    peers,
+                    ice_servers,
+                    ..
+                } => {
+                    break Joined {
+                        peer_id,
+                        peers,
+                        ice_servers,
+                    }
+                }
+                ServerMessage::Error { code, message } => {
+                    return Err(SignalingError::Refused {
+                        code: code.as_str().to_owned(),
+                        message,
+                    })
+                }
+                other => return Err(SignalingError::Protocol(format!("{other:?}"))),
+            }
+        };
+
+        let (outgoing, mut outgoing_rx) = mpsc::channel::<String>(64);
+        let (events, events_rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Some(text) = outgoing_rx.recv().await {
+                if sink.send(WsMessage::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        tokio::spawn(async move {
+            loop {
+                let event = match next_server_message(&mut stream).await {
+                    Ok(ServerMessage::PeerJoined { peer_id, .. }) => {
+                        SignalingEvent::PeerJoined(peer_id)
+                    }
+                    Ok(ServerMessage::PeerLeft { peer_id, reason }) => {
+                        SignalingEvent::PeerLeft(peer_id, reason)
+                    }
+                    Ok(ServerMessage::Relay { from, payload }) => {
+                        match PeerMessage::parse(payload.get()) {
+                            Ok(message) => SignalingEvent::Message { from, message },
+                            Err(SignalingError::BadPeerMessage(why)) => {
+                                SignalingEvent::Rejected(why)
+                            }
+                            Err(_) => SignalingEvent::Rejected("bad peer message"),
+                        }
+                    }
+                    Ok(ServerMessage::Shutdown { reason }) => SignalingEvent::Closed(reason),
+                    Ok(ServerMessage::Error { code, .. }) => {
+                        SignalingEvent::Rejected(code.as_str())
+                    }
+                    Ok(_) => continue,
+                    Err(e) => SignalingEvent::Closed(e.to_string()),
+                };
+                let closed = matches!(event, SignalingEvent::Closed(_));
+                if events.send(event).await.is_err() || closed {
+                    return;
+                }
+            }
+        });
+        Ok((Self { outgoing }, joined, events_rx))
+    }
+
+    /// Relays `message` to `to` (or to everyone else in the room).
+    pub async fn send(
+        &self,
+        to: Option<PeerId>,
+        message: &PeerMessage,
+    ) -> Result<(), SignalingError> {
+        let payload = serde_json::value::to_raw_value(message)
+            .map_err(|_| SignalingError::Protocol("unserialisable message".into()))?;
+        let relay = ClientMessage::Relay { to, payload };
+        self.outgoing
+            .send(relay.to_json())
+            .await
+            .map_err(|_| SignalingError::Closed)
+    }
+
+    /// Leaves the room (best effort).
+    pub async fn leave(&self) {
+        let _ = self.outgoing.send(ClientMessage::Leave.to_json()).await;
+    }
+}
+
+async fn next_server_message<S>(stream: &mut S) -> Result<ServerMessage, SignalingError>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Text(text))) => {
+                return ServerMessage::parse(text.as_str())
+                    .map_err(|e| SignalingError::Protocol(e.to_string()))
+            }
+            Some(Ok(WsMessage::Close(_))) | None => return Err(SignalingError::Closed),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_messages_round_trip_and_are_strict() {
+        let m = PeerMessage::Handshake {
+            data: "0101".into(),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"kind":"handshake","data":"0101"}"#);
+        assert_eq!(PeerMessage::parse(&json).unwrap(), m);
+        assert!(PeerMessage::parse(r#"{"kind":"handshake","data":"01","x":1}"#).is_err());
+        assert!(PeerMessage::parse(r#"{"kind":"nope"}"#).is_err());
+        let big = format!(
+            r#"{{"kind":"candidate","candidate":"{}"}}"#,
+            "a".repeat(2000)
+        );
+        assert!(PeerMessage::parse(&big).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! A real call between two `aparte call` processes through a real `aparte-signaling` process,
+//! on loopback: espeak-ng speech goes both ways at once, encrypted frame by frame.
+//!
+//! Metric: each received WAV is compared with what the other side sent, in 1-second segments,
+//! each aligned independently (the jitter buffer may shift the delay by whole frames during a
+//! call) within ±250 ms; the mean normalized cross-correlation over segments that carry speech
+//! must be at least 0.80 (measured on this path: see the test output and docs/CLIENT.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aparte_e2e_tests::{binary, speak, SignalingServer};
+use aparte_media::metrics::{align_segments, rms};
+use aparte_media::wav::read_mono_48k;
+
+const MIN_MEAN_NCC: f64 = 0.80;
+
+fn call(
+    server: &SignalingServer,
+    room: &str,
+    home: &Path,
+    input: &Path,
+    output: &Path,
+    stats: &Path,
+) -> std::process::Child {
+    Command::new(binary("aparte"))
+        .env("APARTE_HOME", home)
+        .args([
+            "call",
+            "--server",
+            &server.url(),
+            "--room",
+            room,
+            "--loopback-only",
+            "--tofu",
+        ])
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--stats-json")
+        .arg(stats)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn aparte call")
+}
+
+fn sas_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.split_once("SAS: ").map(|(_, s)| s.to_owned()))
+        .unwrap_or_else(|| panic!("no SAS shown:\n{stderr}"))
+}
+
+/// Mean NCC over speech-bearing 1 s segments of `sent` found in `received`.
+fn mean_ncc(sent: &[f32], received: &[f32]) -> (f64, usize) {
+    let segment = 48_000;
+    let alignments = align_segments(sent, received, segment, 12_000);
+    let mut nccs = Vec::new();
+    for (k, a) in alignments.iter().enumerate() {
+        let seg = &sent[k * segment..((k + 1) * segment).min(sent.len())];
+        if rms(seg) < 0.01 {
+            continue; // silence: nothing to compare
+        }
+        nccs.push(a.map_or(0.0, |a| a.ncc));
+    }
+    assert!(!nccs.is_empty(), "no speech segments");
+    (nccs.iter().sum::<f64>() / nccs.len() as f64, nccs.len())
+}
+
+#[test]
+fn speech_both_ways_through_a_real_signaling_server_matches_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    speak(
+        "Hello Bob, this is Alice calling on an encrypted line. Can you hear me clearly?",
+        &p("alice.wav"),
+    );
+    speak(
+        "Hi Alice, Bob here. Yes, loud and clear. Nobody else can listen to this call.",
+        &p("bob.wav"),
+    );
+
+    let server = SignalingServer::start(&[]);
+    let room = String::from_utf8(
+        Command::new(binary("aparte"))
+            .args(["room", "new"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+
+    let alice = call(
+        &server,
+        &room,
+        &p("home-a"),
+        &p("alice.wav"),
+        &p("alice-heard.wav"),
+        &p("alice.json"),
+    );
+    let bob = call(
+        &server,
+        &room,
+        &p("home-b"),
+        &p("bob.wav"),
+        &p("bob-heard.wav"),
+        &p("bob.json"),
+    );
+    let (alice, bob) = (
+        alice.wait_with_output().unwrap(),
+        bob.wait_with_output().unwrap(),
+    );
+    assert!(
+        alice.status.success(),
+        "alice: {}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    assert!(
+        bob.status.success(),
+        "bob: {}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+
+    // Both people see the same SAS.
+    assert_eq!(sas_line(&alice), sas_line(&bob));
+
+    // Every frame sent was decrypted by the other side; nothing was rejected.
+    let stats = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p(f)).unwrap()).unwrap()
+    };
+    let (sa, sb) = (stats("alice.json"), stats("bob.json"));
+    for (me, other) in [(&sa, &sb), (&sb, &sa)] {
+        assert!(me["frames_sent"].as_u64().unwrap() > 100);
+        assert_eq!(
+            me["frames_decrypted"], other["frames_sent"],
+            "{me}\n{other}"
+        );
+        let rejected: u64 = me["frames_rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(rejected, 0);
+        assert_eq!(me["relayed"], false);
+    }
+
+    // What each side heard matches what the other said.
+    for (said, heard) in [
+        ("alice.wav", "bob-heard.wav"),
+        ("bob.wav", "alice-heard.wav"),
+    ] {
+        let sent = read_mono_48k(p(said)).unwrap();
+        let received = read_mono_48k(p(heard)).unwrap();
+        let (ncc, segments) = mean_ncc(&sent, &received);
+        println!("{said} → {heard}: mean NCC {ncc:.3} over {segments} speech segments");
+        assert!(
+            ncc >= MIN_MEAN_NCC,
+            "{said} → {heard}: mean NCC {ncc:.3} < {MIN_MEAN_NCC}"
+        );
+    }
+}
