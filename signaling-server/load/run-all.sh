@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every signaling/TURN load figure quoted in docs/BENCHMARKS-signaling.md, N times each,
+# on loopback only, and writes one JSON object per run to $OUT/<name>.jsonl.
+#   signaling-server/load/run-all.sh [OUT_DIR] [RUNS]
+# The 10,000-connection run needs `ulimit -n` >= 10,200 (the server and the load generator each
+# hold 10,000 sockets); the script raises the soft limit to the hard limit.
+set -euo pipefail
+OUT=${1:-target/signaling-load}
+RUNS=${2:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/aparte/target}
+cargo build --release -p aparte-signaling-server --bins
+LOAD="$CARGO_TARGET_DIR/release/aparte-signaling-load"
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+run() {
+  local name=$1; shift
+  for _ in $(seq "$RUNS"); do
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    timeout 600 "$LOAD" --json "$@" | tee -a "$OUT/$name.jsonl"
+  done
+}
+run idle-10000 idle --connections 10000 --hold 10
+run relay-500x2000 relay --pairs 500 --rate 2000 --size 300 --duration 20
+run turn-100 turn --allocations 100 --pps 50 --size 100 --duration 20
+run turn-500 turn --allocations 500 --pps 50 --size 100 --duration 20
+run turn-100-direct turn --allocations 100 --pps 50 --size 100 --duration 20 --direct
+run turn-500-direct turn --allocations 500 --pps 50 --size 100 --duration 20 --direct

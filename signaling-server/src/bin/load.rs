@@ -1,0 +1,739 @@
+//! `aparte-signaling-load`: load benchmark for the aparté signaling server and its embedded TURN
+//! relay. It starts the real server binary itself (on 127.0.0.1 only), drives it, and reports
+//! what the server process used, read from `/proc`.
+//!
+//! Modes:
+//! - `idle`: hold N joined, idle WebSocket connections; report server RSS.
+//! - `relay`: P pairs exchanging ~300-byte messages at a total rate R for a duration; report
+//!   relay latency p50/p99/max, messages lost, server CPU per message and RSS.
+//! - `turn`: K TURN allocations (real webrtc-rs client) each sending 50 packets/s of 100 bytes
+//!   through the relay to a UDP sink; report loss, latency, relay CPU per packet and RSS.
+//!
+//! Every run is bounded in count and time and only uses loopback addresses.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aparte_signaling_protocol::{turn_rest, ClientMessage, RoomId, ServerMessage};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Load benchmark for aparte-signaling (loopback only).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The server binary to start [default: aparte-signaling next to this binary].
+    #[arg(long, global = true)]
+    server_bin: Option<PathBuf>,
+    /// Extra arguments for the server (repeatable), e.g. `--server-arg=--threads=2`.
+    #[arg(long = "server-arg", global = true, allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Hold N idle, joined connections and report the server's RSS.
+    Idle {
+        /// Connections to hold (at most 20000).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// How long to hold them after the last one joined, in seconds.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
+    /// Relay messages between pairs at a fixed total rate.
+    Relay {
+        /// Pairs (rooms of two); both members send. At most 5000.
+        #[arg(long, default_value_t = 500)]
+        pairs: usize,
+        /// Total messages per second, all senders together. At most 50000.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Size of each WebSocket message, in bytes (at least 120).
+        #[arg(long, default_value_t = 300)]
+        size: usize,
+        /// Measured duration, in seconds (at most 120).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Drive the embedded TURN relay.
+    Turn {
+        /// Allocations (at most 2000).
+        #[arg(long, default_value_t = 100)]
+        allocations: usize,
+        /// Packets per second per allocation.
+        #[arg(long, default_value_t = 50)]
+        pps: u64,
+        /// Packet size, in bytes (at least 24).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Measured duration, in seconds (at most 120).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Send through the webrtc-rs TURN client's relay connection instead of raw Send
+        /// indications (the client adds its own latency; see docs/BENCHMARKS-signaling.md).
+        #[arg(long)]
+        via_client: bool,
+        /// Control run: send straight from plain UDP sockets to the sink, without the relay, to
+        /// measure what the load generator itself adds to latency.
+        #[arg(long)]
+        direct: bool,
+    },
+}
+
+/// The server process under test.
+struct ServerProc {
+    child: Child,
+    addr: SocketAddr,
+    turn_addr: Option<SocketAddr>,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_bin(cli: &Cli) -> Result<PathBuf, AnyError> {
+    if let Some(p) = &cli.server_bin {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name("aparte-signaling"))
+}
+
+fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
+    use std::io::BufRead;
+    let bin = server_bin(cli)?;
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--log", "error"])
+        .args(args)
+        .args(&cli.server_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut turn_addr = None;
+    let addr = loop {
+        let line = lines.next().ok_or("server exited before listening")??;
+        if let Some(a) = line.strip_prefix("turn listening on udp ") {
+            turn_addr = Some(a.parse()?);
+        }
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.parse()?;
+        }
+    };
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerProc {
+        child,
+        addr,
+        turn_addr,
+    })
+}
+
+/// Resident set size of `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User + system CPU time of `pid`.
+fn cpu_time(pid: u32, ticks_per_sec: f64) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; here indices 11 and 12.
+    let total = ticks(11) + ticks(12);
+    Duration::from_secs_f64(total as f64 / ticks_per_sec)
+}
+
+/// The host's count of UDP datagrams dropped for a full receive buffer (`/proc/net/snmp`).
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_join(url: &str, room: &RoomId) -> Result<(Ws, usize), AnyError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::text(ClientMessage::Hello { version: 1 }.to_json()))
+        .await?;
+    ws.send(Message::text(
+        ClientMessage::Join {
+            room: room.clone(),
+            token: None,
+        }
+        .to_json(),
+    ))
+    .await?;
+    loop {
+        let Some(frame) = ws.next().await else {
+            return Err("closed during join".into());
+        };
+        if let Message::Text(t) = frame? {
+            match ServerMessage::parse(t.as_str())? {
+                ServerMessage::Welcome { .. } => {}
+                ServerMessage::Joined { peers, .. } => return Ok((ws, peers.len())),
+                other => return Err(format!("unexpected {other:?}").into()),
+            }
+        }
+    }
+}
+
+fn main() -> Result<(), AnyError> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        match &cli.mode {
+            Mode::Idle { connections, hold } => idle(&cli, *connections, *hold).await,
+            Mode::Relay {
+                pairs,
+                rate,
+                size,
+                duration,
+            } => relay(&cli, *pairs, *rate, *size, *duration).await,
+            Mode::Turn {
+                allocations,
+                pps,
+                size,
+                duration,
+                via_client,
+                direct,
+            } => {
+                let how = if *direct {
+                    Sender::Direct
+                } else if *via_client {
+                    Sender::Client
+                } else {
+                    Sender::Raw
+                };
+                turn(&cli, *allocations, *pps, *size, *duration, how).await
+            }
+        }
+    })?;
+    if cli.json {
+        println!("{report}");
+    } else {
+        if let Some(obj) = report.as_object() {
+            for (k, v) in obj {
+                println!("{k:>28}: {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn idle(cli: &Cli, n: usize, hold: u64) -> Result<serde_json::Value, AnyError> {
+    let n = n.min(20_000);
+    let cap = (n + 100).to_string();
+    let srv = start_server(
+        cli,
+        &[
+            "--max-connections".into(),
+            cap.clone(),
+            "--max-connections-per-ip".into(),
+            cap,
+        ],
+    )?;
+    let pid = srv.child.id();
+    let url = format!("ws://{}/ws", srv.addr);
+    let baseline = rss_bytes(pid);
+    let held = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(200));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut rooms = Vec::new();
+    for i in 0..n {
+        if i % 2 == 0 {
+            rooms.push(RoomId::random(&mut rand_core::OsRng));
+        }
+        let room = rooms[rooms.len() - 1].clone();
+        let (url, sem, held) = (url.clone(), sem.clone(), held.clone());
+        let mut done = done_tx.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let ws = {
+                let _p = sem.acquire().await;
+                connect_join(&url, &room).await
+            };
+            let Ok((mut ws, _)) = ws else { return };
+            held.fetch_add(1, Ordering::Relaxed);
+            // Keep reading so pings are answered, until the run ends.
+            loop {
+                tokio::select! {
+                    _ = done.recv() => break,
+                    f = ws.next() => if f.is_none() { break },
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while held.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(hold.min(600))).await;
+    let rss = rss_bytes(pid);
+    let held_n = held.load(Ordering::Relaxed);
+    let _ = done_tx.send(());
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(json!({
+        "mode": "idle",
+        "connections_requested": n,
+        "connections_held": held_n,
+        "connect_seconds": connect_secs,
+        "server_rss_baseline_bytes": baseline,
+        "server_rss_bytes": rss,
+        "server_rss_mib": rss as f64 / 1048576.0,
+        "server_bytes_per_connection": (rss.saturating_sub(baseline)) as f64 / held_n.max(1) as f64,
+    }))
+}
+
+async fn relay(
+    cli: &Cli,
+    pairs: usize,
+    rate: u64,
+    size: usize,
+    duration: u64,
+) -> Result<serde_json::Value, AnyError> {
+    let pairs = pairs.min(5000);
+    let rate = rate.clamp(1, 50_000);
+    let duration = duration.min(120);
+    let size = size.max(120);
+    let cap = (pairs * 2 + 100).to_string();
+    let srv = start_server(
+        cli,
+        &[
+            "--max-connections".into(),
+            cap.clone(),
+            "--max-connections-per-ip".into(),
+            cap,
+        ],
+    )?;
+    let pid = srv.child.id();
+    let ticks = clock_ticks();
+    let url = format!("ws://{}/ws", srv.addr);
+    let base = Instant::now();
+    let senders = pairs * 2;
+    let period = Duration::from_secs_f64(senders as f64 / rate as f64);
+    let per_sender = (duration as f64 / period.as_secs_f64()).floor() as u64;
+
+    // Connect and join everyone first.
+    let mut conns = Vec::with_capacity(senders);
+    for _ in 0..pairs {
+        let room = RoomId::random(&mut rand_core::OsRng);
+        let (a, _) = connect_join(&url, &room).await?;
+        let (b, _) = connect_join(&url, &room).await?;
+        conns.push(a);
+        conns.push(b);
+    }
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let rss_before = rss_bytes(pid);
+    let cpu_before = cpu_time(pid, ticks);
+    let wall = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        let (mut tx, mut rx) = ws.split();
+        let offset = period.mul_f64(i as f64 / senders as f64);
+        let sent = sent.clone();
+        let send_task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + offset;
+            let mut tick = tokio::time::interval_at(start, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for seq in 0..per_sender {
+                tick.tick().await;
+                let t = base.elapsed().as_nanos() as u64;
+                let head = format!(r#"{{"type":"relay","payload":{{"t":{t},"seq":{seq},"pad":""#);
+                let pad = size.saturating_sub(head.len() + 3);
+                let text = format!("{head}{}\"}}}}", "p".repeat(pad));
+                if tx.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            tx
+        });
+        let (lat, received) = (latencies.clone(), received.clone());
+        let recv_task = tokio::spawn(async move {
+            let mut local = Vec::with_capacity(per_sender as usize);
+            let stop = tokio::time::Instant::now()
+                + Duration::from_secs(duration)
+                + Duration::from_secs(5);
+            while (local.len() as u64) < per_sender {
+                let f = tokio::time::timeout_at(stop, rx.next()).await;
+                let Ok(Some(Ok(Message::Text(t)))) = f else {
+                    if matches!(f, Ok(Some(Ok(_)))) {
+                        continue;
+                    }
+                    break;
+                };
+                let now = base.elapsed().as_nanos() as u64;
+                if let Ok(ServerMessage::Relay { payload, .. }) = ServerMessage::parse(t.as_str()) {
+                    let v: serde_json::Value =
+                        serde_json::from_str(payload.get()).unwrap_or_default();
+                    if let Some(t0) = v["t"].as_u64() {
+                        local.push(now.saturating_sub(t0) / 1000);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat.lock().await.extend(local);
+            rx
+        });
+        tasks.push((send_task, recv_task));
+    }
+    let mut keep = Vec::new();
+    for (s, r) in tasks {
+        if let (Ok(s), Ok(r)) = (s.await, r.await) {
+            keep.push((s, r));
+        }
+    }
+    let elapsed = wall.elapsed().as_secs_f64();
+    let cpu = cpu_time(pid, ticks).saturating_sub(cpu_before);
+    let rss = rss_bytes(pid);
+    drop(keep);
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_unstable();
+    let sent = sent.load(Ordering::Relaxed);
+    let recvd = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": "relay",
+        "pairs": pairs,
+        "target_rate_msgs_per_s": rate,
+        "message_bytes": size,
+        "seconds": elapsed,
+        "messages_sent": sent,
+        "messages_received": recvd,
+        "messages_lost": sent.saturating_sub(recvd),
+        "achieved_rate_msgs_per_s": recvd as f64 / elapsed,
+        "latency_p50_ms": percentile(&lat, 0.50),
+        "latency_p99_ms": percentile(&lat, 0.99),
+        "latency_max_ms": percentile(&lat, 1.0),
+        "server_cpu_seconds": cpu.as_secs_f64(),
+        "server_cpu_us_per_message": cpu.as_secs_f64() * 1e6 / recvd.max(1) as f64,
+        "server_rss_before_bytes": rss_before,
+        "server_rss_bytes": rss,
+    }))
+}
+
+async fn turn(
+    cli: &Cli,
+    k: usize,
+    pps: u64,
+    size: usize,
+    duration: u64,
+    how: Sender,
+) -> Result<serde_json::Value, AnyError> {
+    let direct = how == Sender::Direct;
+    use turn::client::{Client, ClientConfig};
+    use webrtc_util::Conn;
+
+    let k = k.min(2000);
+    let duration = duration.min(120);
+    let size = size.max(24);
+    let secret = "load-test-turn-secret";
+    let srv = start_server(
+        cli,
+        &[
+            "--turn-listen".into(),
+            "127.0.0.1:0".into(),
+            "--turn-secret".into(),
+            secret.into(),
+            "--turn-max-allocations".into(),
+            (k + 10).to_string(),
+            "--turn-max-bandwidth".into(),
+            "10000000".into(),
+        ],
+    )?;
+    let pid = srv.child.id();
+    let ticks = clock_ticks();
+    let turn_addr = srv.turn_addr.ok_or("server did not start TURN")?;
+    let rss_before = rss_bytes(pid);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+
+    let sink = {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        Arc::new(tokio::net::UdpSocket::from_std(s.into())?)
+    };
+    let sink_addr = sink.local_addr()?;
+    let base = Instant::now();
+
+    // Allocate everything first.
+    let mut allocs: Vec<(Option<Client>, Arc<dyn Conn + Send + Sync>)> = Vec::with_capacity(k);
+    for i in 0..k {
+        if direct {
+            let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            conn.send_to(&[0u8; 8], sink_addr).await?;
+            allocs.push((None, Arc::new(conn)));
+            continue;
+        }
+        let creds = turn_rest::mint(secret.as_bytes(), &format!("load{i}"), now, 3600);
+        let conn = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+        let raw_socket = Arc::clone(&conn);
+        let client = Client::new(ClientConfig {
+            stun_serv_addr: turn_addr.to_string(),
+            turn_serv_addr: turn_addr.to_string(),
+            username: creds.username,
+            password: creds.password,
+            realm: "aparte".into(),
+            software: String::new(),
+            rto_in_ms: 0,
+            conn,
+            vnet: None,
+        })
+        .await?;
+        client.listen().await?;
+        let relay = client.allocate().await?;
+        // First packet creates the permission; not measured.
+        relay.send_to(&[0u8; 8], sink_addr).await?;
+        let sender: Arc<dyn Conn + Send + Sync> = if how == Sender::Raw {
+            Arc::new(RawSendIndication {
+                socket: raw_socket,
+                server: turn_addr,
+            })
+        } else {
+            Arc::new(relay)
+        };
+        allocs.push((Some(client), sender));
+    }
+    let alloc_rss = rss_bytes(pid);
+    // Drain the warm-up packets.
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(200), sink.recv_from(&mut buf)).await
+    {}
+
+    let per_alloc = pps * duration;
+    let expected = per_alloc * k as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let sink_task = {
+        let (sink, received) = (sink.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(expected as usize);
+            let mut buf = vec![0u8; 2048];
+            let stop = tokio::time::Instant::now() + Duration::from_secs(duration + 3);
+            while (lat.len() as u64) < expected {
+                let Ok(Ok((n, _))) = tokio::time::timeout_at(stop, sink.recv_from(&mut buf)).await
+                else {
+                    break;
+                };
+                if n >= 16 {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&buf[8..16]);
+                    let t0 = u64::from_le_bytes(t);
+                    let now = base.elapsed().as_nanos() as u64;
+                    lat.push(now.saturating_sub(t0) / 1000);
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        })
+    };
+    let cpu_before = cpu_time(pid, ticks);
+    let rcvbuf_errors_before = udp_rcvbuf_errors();
+    let load_cpu_before = cpu_time(std::process::id(), ticks);
+    let wall = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / pps as f64);
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for (i, (client, relay)) in allocs.into_iter().enumerate() {
+        let sent = sent.clone();
+        let offset = period.mul_f64(i as f64 / k as f64);
+        senders.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pkt = vec![0u8; size];
+            for seq in 0..per_alloc {
+                tick.tick().await;
+                pkt[..8].copy_from_slice(&seq.to_le_bytes());
+                let t = base.elapsed().as_nanos() as u64;
+                pkt[8..16].copy_from_slice(&t.to_le_bytes());
+                if relay.send_to(&pkt, sink_addr).await.is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (client, relay)
+        }));
+    }
+    let mut keep = Vec::new();
+    for s in senders {
+        if let Ok(v) = s.await {
+            keep.push(v);
+        }
+    }
+    let mut lat = sink_task.await?;
+    let rcvbuf_errors = udp_rcvbuf_errors().saturating_sub(rcvbuf_errors_before);
+    let elapsed = wall.elapsed().as_secs_f64();
+    let cpu = cpu_time(pid, ticks).saturating_sub(cpu_before);
+    let rss = rss_bytes(pid);
+    for (client, relay) in keep {
+        let _ = relay.close().await;
+        if let Some(client) = client {
+            let _ = client.close().await;
+        }
+    }
+    let load_cpu = cpu_time(std::process::id(), ticks).saturating_sub(load_cpu_before);
+    lat.sort_unstable();
+    let sent = sent.load(Ordering::Relaxed);
+    let recvd = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": match how {
+            Sender::Direct => "turn-direct-control",
+            Sender::Client => "turn-via-webrtc-rs-client",
+            Sender::Raw => "turn",
+        },
+        "allocations": k,
+        "load_generator_cpu_seconds": load_cpu.as_secs_f64(),
+        "packets_per_s_per_allocation": pps,
+        "packet_bytes": size,
+        "seconds": elapsed,
+        "packets_sent": sent,
+        "packets_received": recvd,
+        "packets_lost": sent.saturating_sub(recvd),
+        "loss_ratio": sent.saturating_sub(recvd) as f64 / sent.max(1) as f64,
+        "host_udp_rcvbuf_errors": rcvbuf_errors,
+        "latency_p50_ms": percentile(&lat, 0.50),
+        "latency_p99_ms": percentile(&lat, 0.99),
+        "latency_max_ms": percentile(&lat, 1.0),
+        "relay_cpu_seconds": cpu.as_secs_f64(),
+        "relay_cpu_us_per_packet": cpu.as_secs_f64() * 1e6 / recvd.max(1) as f64,
+        "server_rss_before_bytes": rss_before,
+        "server_rss_with_allocations_bytes": alloc_rss,
+        "server_rss_bytes": rss,
+        "rss_bytes_per_allocation": alloc_rss.saturating_sub(rss_before) as f64 / k.max(1) as f64,
+    }))
+}
+
+/// How the TURN mode sends its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// Raw TURN Send indications from the allocation's own client socket.
+    Raw,
+    /// Through the webrtc-rs client's relay connection.
+    Client,
+    /// Straight to the sink, without the relay (control).
+    Direct,
+}
+
+/// Sends each datagram as a TURN Send indication (RFC 5766 §10) on the client's socket, the way
+/// a media client does once its permission exists. Only `send_to` is used.
+struct RawSendIndication {
+    socket: Arc<tokio::net::UdpSocket>,
+    server: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl webrtc_util::Conn for RawSendIndication {
+    async fn connect(&self, _: SocketAddr) -> Result<(), webrtc_util::Error> {
+        Err(webrtc_util::Error::Other("unsupported".into()))
+    }
+    async fn recv(&self, _: &mut [u8]) -> Result<usize, webrtc_util::Error> {
+        Err(webrtc_util::Error::Other("unsupported".into()))
+    }
+    async fn recv_from(&self, _: &mut [u8]) -> Result<(usize, SocketAddr), webrtc_util::Error> {
+        Err(webrtc_util::Error::Other("unsupported".into()))
+    }
+    async fn send(&self, _: &[u8]) -> Result<usize, webrtc_util::Error> {
+        Err(webrtc_util::Error::Other("unsupported".into()))
+    }
+    async fn send_to(&self, buf: &[u8], peer: SocketAddr) -> Result<usize, webrtc_util::Error> {
+        use stun::message::{
+            Message as StunMessage, MessageType, Setter, CLASS_INDICATION, METHOD_SEND,
+        };
+        let raw = {
+            let mut msg = StunMessage::new();
+            let setters: [Box<dyn Setter>; 4] = [
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+                Box::new(turn::proto::peeraddr::PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }),
+                Box::new(turn::proto::data::Data(buf.to_vec())),
+            ];
+            msg.build(&setters)
+                .map_err(|e| webrtc_util::Error::Other(e.to_string()))?;
+            msg.raw
+        };
+        self.socket.send_to(&raw, self.server).await?;
+        Ok(buf.len())
+    }
+    fn local_addr(&self) -> Result<SocketAddr, webrtc_util::Error> {
+        Ok(self.socket.local_addr()?)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+    async fn close(&self) -> Result<(), webrtc_util::Error> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}

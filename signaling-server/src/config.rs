@@ -1,0 +1,580 @@
+//! Configuration: command-line flags, then environment variables, then a TOML file, then
+//! built-in defaults, in that order of precedence.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Command line of `aparte-signaling`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aparte-signaling",
+    version,
+    about = "aparté signaling server: a dumb, hardened mailbox that introduces the two peers of a \
+             call and relays opaque messages between them. It never sees a key.",
+    long_about = None,
+    after_help = "Every option can also be set with the environment variable shown, or in the TOML \
+                  file given by --config (same names, with '_' for '-'). Flags win over the \
+                  environment, which wins over the file. Durations are written like 5s, 250ms, 12h."
+)]
+pub(crate) struct Cli {
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// Server options.
+    #[command(flatten)]
+    pub(crate) opts: ServeOpts,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a join token signed with the token secret (from --token-secret, the environment or the
+    /// config file) and print it.
+    Token(TokenArgs),
+    /// Room helpers.
+    Room {
+        /// What to do with rooms.
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+}
+
+/// `room` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoomCommand {
+    /// Print a fresh, unguessable room id (128 random bits), or a link when --base-url is given.
+    New {
+        /// Print `<base-url><room id>` instead of the bare id, e.g. `https://call.example/#`.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+}
+
+/// Arguments of `token`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The room the token grants, or `any` for every room.
+    #[arg(long)]
+    pub(crate) room: String,
+    /// How long the token is valid, e.g. `1h`, `30m`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub(crate) ttl: Duration,
+    /// A user label shown to the other peer (A-Z a-z 0-9 . _ @ -, at most 64).
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Every server option. All are optional here so that the file and the defaults can fill in.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServeOpts {
+    /// TOML configuration file.
+    #[arg(long, env = "APARTE_CONFIG", global = true)]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address and port to listen on for WebSocket and HTTP (port 0 picks a free port; the bound
+    /// address is printed on stdout). [default: 0.0.0.0:8443]
+    #[arg(long, env = "APARTE_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS. Without --tls-cert/--tls-key the server speaks plain HTTP
+    /// (put it behind a TLS reverse proxy).
+    #[arg(long, env = "APARTE_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "APARTE_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Secret (at least 32 bytes) that signs join tokens. Without it the server is OPEN: anyone
+    /// who knows a room id can join it.
+    #[arg(
+        long,
+        env = "APARTE_TOKEN_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub(crate) token_secret: Option<String>,
+
+    /// Behind a reverse proxy on this host: take the client IP (for the per-IP cap and logs) from
+    /// the right-most address in this header, e.g. `X-Forwarded-For`. Only honoured for
+    /// connections from a loopback address. [default: off]
+    #[arg(long, env = "APARTE_PROXY_HEADER")]
+    pub(crate) proxy_header: Option<String>,
+
+    /// Members per room. [default: 2]
+    #[arg(long, env = "APARTE_ROOM_CAPACITY")]
+    pub(crate) room_capacity: Option<usize>,
+    /// Largest accepted message, in bytes; larger ones get `message_too_large`, and frames over
+    /// four times this close the connection. [default: 65536]
+    #[arg(long, env = "APARTE_MAX_MESSAGE_BYTES")]
+    pub(crate) max_message_bytes: Option<usize>,
+    /// Sustained messages per second per connection (token bucket rate). [default: 20]
+    #[arg(long, env = "APARTE_RATE_LIMIT")]
+    pub(crate) rate_limit: Option<f64>,
+    /// Messages a connection may send in a burst (token bucket size). [default: 40]
+    #[arg(long, env = "APARTE_RATE_BURST")]
+    pub(crate) rate_burst: Option<u32>,
+    /// Maximum simultaneous WebSocket connections. [default: 10000]
+    #[arg(long, env = "APARTE_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// Maximum simultaneous connections from one IP address. [default: 16]
+    #[arg(long, env = "APARTE_MAX_CONNECTIONS_PER_IP")]
+    pub(crate) max_connections_per_ip: Option<usize>,
+    /// Time allowed from connect to a completed hello and join. [default: 10s]
+    #[arg(long, env = "APARTE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) handshake_timeout: Option<Duration>,
+    /// A WebSocket ping goes to a connection after this long without a frame from it.
+    /// [default: 2s]
+    #[arg(long, env = "APARTE_PING_INTERVAL", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) ping_interval: Option<Duration>,
+    /// A connection from which nothing (not even a pong) arrives for this long is dead; its peer
+    /// gets `peer_left`. [default: 6s]
+    #[arg(long, env = "APARTE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Messages queued for one connection before it is disconnected as a slow consumer.
+    /// [default: 64]
+    #[arg(long, env = "APARTE_SEND_QUEUE")]
+    pub(crate) send_queue: Option<usize>,
+    /// Protocol errors tolerated on one connection before it is closed. [default: 16]
+    #[arg(long, env = "APARTE_MAX_ERRORS")]
+    pub(crate) max_errors: Option<u32>,
+    /// How long shutdown waits for clients to close after telling them. [default: 5s]
+    #[arg(long, env = "APARTE_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) drain_timeout: Option<Duration>,
+
+    /// Runtime worker threads; 1 runs everything on one thread, which costs the least CPU per
+    /// message on a small VPS. [default: 1]
+    #[arg(long, env = "APARTE_THREADS")]
+    pub(crate) threads: Option<usize>,
+
+    /// Log format. [default: text]
+    #[arg(long, env = "APARTE_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `aparte_signaling=debug`. The TURN
+    /// crate logs every bad packet at error level, hence its default `off`.
+    /// [default: info,turn=off]
+    #[arg(long, env = "APARTE_LOG")]
+    pub(crate) log: Option<String>,
+
+    /// STUN URL handed to clients (repeatable), e.g. `stun:stun.example.org:3478`.
+    #[arg(long = "stun-url", env = "APARTE_STUN_URLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub(crate) stun_urls: Vec<String>,
+    /// External TURN URL handed to clients with REST credentials (repeatable), e.g.
+    /// `turn:turn.example.org:3478?transport=udp`.
+    #[arg(long = "turn-url", env = "APARTE_TURN_URLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub(crate) turn_urls: Vec<String>,
+    /// Shared secret for TURN REST credentials (coturn's static-auth-secret). Required with
+    /// --turn-url; with the embedded relay a random one is made when unset.
+    #[arg(long, env = "APARTE_TURN_SECRET", hide_env_values = true)]
+    pub(crate) turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials. [default: 12h]
+    #[arg(long, env = "APARTE_TURN_TTL", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) turn_ttl: Option<Duration>,
+
+    /// Run the embedded TURN relay on this UDP address, e.g. `0.0.0.0:3478`.
+    #[arg(long, env = "APARTE_TURN_LISTEN")]
+    pub(crate) turn_listen: Option<SocketAddr>,
+    /// Public IP of this host, announced as the relay address and in the advertised TURN URL.
+    /// [default: the --turn-listen IP]
+    #[arg(long, env = "APARTE_TURN_PUBLIC_IP")]
+    pub(crate) turn_public_ip: Option<IpAddr>,
+    /// TURN realm. [default: aparte]
+    #[arg(long, env = "APARTE_TURN_REALM")]
+    pub(crate) turn_realm: Option<String>,
+    /// Lowest UDP port for relayed addresses. [default: 49152]
+    #[arg(long, env = "APARTE_TURN_MIN_PORT")]
+    pub(crate) turn_min_port: Option<u16>,
+    /// Highest UDP port for relayed addresses. [default: 65535]
+    #[arg(long, env = "APARTE_TURN_MAX_PORT")]
+    pub(crate) turn_max_port: Option<u16>,
+    /// Live allocations per TURN user label. [default: 4]
+    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS_PER_USER")]
+    pub(crate) turn_max_allocations_per_user: Option<usize>,
+    /// Live allocations in total. [default: 1000]
+    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS")]
+    pub(crate) turn_max_allocations: Option<usize>,
+    /// Hard cap on an allocation's age, refreshes included. [default: 12h]
+    #[arg(long, env = "APARTE_TURN_MAX_LIFETIME", value_parser = parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub(crate) turn_max_lifetime: Option<Duration>,
+    /// Relayed bandwidth cap per allocation and direction, bytes per second; excess datagrams are
+    /// dropped and counted. [default: 262144]
+    #[arg(long, env = "APARTE_TURN_MAX_BANDWIDTH")]
+    pub(crate) turn_max_bandwidth: Option<u64>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A secret that never shows in `Debug` output (and so never in a log line).
+#[derive(Clone)]
+pub(crate) struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret bytes.
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The embedded TURN relay's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnRelayConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) public_ip: IpAddr,
+    pub(crate) realm: String,
+    pub(crate) min_port: u16,
+    pub(crate) max_port: u16,
+    pub(crate) max_allocations_per_user: usize,
+    pub(crate) max_allocations: usize,
+    pub(crate) max_lifetime: Duration,
+    pub(crate) max_bandwidth: u64,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    pub(crate) token_secret: Option<Secret>,
+    pub(crate) proxy_header: Option<axum::http::HeaderName>,
+    pub(crate) room_capacity: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) rate_limit: f64,
+    pub(crate) rate_burst: u32,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) send_queue: usize,
+    pub(crate) max_errors: u32,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) threads: usize,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log: String,
+    pub(crate) stun_urls: Vec<String>,
+    pub(crate) turn_urls: Vec<String>,
+    pub(crate) turn_secret: Option<Secret>,
+    pub(crate) turn_ttl: Duration,
+    pub(crate) turn_relay: Option<TurnRelayConfig>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+fn load_file(path: &Path) -> Result<ServeOpts, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn merge_vec(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    if a.is_empty() {
+        b
+    } else {
+        a
+    }
+}
+
+impl ServeOpts {
+    /// Overlays `self` (flags and environment) on the config file, if any, and on the defaults.
+    pub(crate) fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(p) => load_file(p)?,
+            None => ServeOpts::default(),
+        };
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return invalid("tls_cert and tls_key go together"),
+        };
+        let token_secret = self
+            .token_secret
+            .or(file.token_secret)
+            .map(|s| Secret(s.into_bytes()));
+        if token_secret
+            .as_ref()
+            .is_some_and(|s| s.0.len() < aparte_signaling_protocol::token::MIN_SECRET_LEN)
+        {
+            return invalid("token_secret must be at least 32 bytes");
+        }
+        let turn_listen = self.turn_listen.or(file.turn_listen);
+        let turn_urls = merge_vec(self.turn_urls, file.turn_urls);
+        let mut turn_secret = self
+            .turn_secret
+            .or(file.turn_secret)
+            .map(|s| Secret(s.into_bytes()));
+        if turn_secret.is_none() && !turn_urls.is_empty() {
+            return invalid("turn_url needs turn_secret (the TURN server's static-auth-secret)");
+        }
+        if turn_secret.is_none() && turn_listen.is_some() {
+            let mut s = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut s);
+            turn_secret = Some(Secret(
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s).into_bytes(),
+            ));
+        }
+        let turn_relay = match turn_listen {
+            None => None,
+            Some(listen) => {
+                let public_ip = match self.turn_public_ip.or(file.turn_public_ip) {
+                    Some(ip) => ip,
+                    None if !listen.ip().is_unspecified() => listen.ip(),
+                    None => return invalid("turn_public_ip is needed when turn_listen is 0.0.0.0"),
+                };
+                let min_port = self.turn_min_port.or(file.turn_min_port).unwrap_or(49152);
+                let max_port = self.turn_max_port.or(file.turn_max_port).unwrap_or(65535);
+                if min_port == 0 || min_port > max_port {
+                    return invalid("turn_min_port must be >= 1 and <= turn_max_port");
+                }
+                Some(TurnRelayConfig {
+                    listen,
+                    public_ip,
+                    realm: self
+                        .turn_realm
+                        .or(file.turn_realm)
+                        .unwrap_or_else(|| "aparte".into()),
+                    min_port,
+                    max_port,
+                    max_allocations_per_user: self
+                        .turn_max_allocations_per_user
+                        .or(file.turn_max_allocations_per_user)
+                        .unwrap_or(4),
+                    max_allocations: self
+                        .turn_max_allocations
+                        .or(file.turn_max_allocations)
+                        .unwrap_or(1000),
+                    max_lifetime: self
+                        .turn_max_lifetime
+                        .or(file.turn_max_lifetime)
+                        .unwrap_or(Duration::from_secs(12 * 3600)),
+                    max_bandwidth: self
+                        .turn_max_bandwidth
+                        .or(file.turn_max_bandwidth)
+                        .unwrap_or(256 * 1024),
+                })
+            }
+        };
+
+        let proxy_header = match self.proxy_header.or(file.proxy_header) {
+            None => None,
+            Some(h) => match axum::http::HeaderName::try_from(h.as_str()) {
+                Ok(name) => Some(name),
+                Err(_) => return invalid("proxy_header is not a valid HTTP header name"),
+            },
+        };
+        let cfg = Config {
+            proxy_header,
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+            tls,
+            token_secret,
+            room_capacity: self.room_capacity.or(file.room_capacity).unwrap_or(2),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(aparte_signaling_protocol::DEFAULT_MAX_MESSAGE_BYTES),
+            rate_limit: self.rate_limit.or(file.rate_limit).unwrap_or(20.0),
+            rate_burst: self.rate_burst.or(file.rate_burst).unwrap_or(40),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(16),
+            handshake_timeout: self
+                .handshake_timeout
+                .or(file.handshake_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            ping_interval: self
+                .ping_interval
+                .or(file.ping_interval)
+                .unwrap_or(Duration::from_secs(2)),
+            idle_timeout: self
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(Duration::from_secs(6)),
+            send_queue: self.send_queue.or(file.send_queue).unwrap_or(64),
+            max_errors: self.max_errors.or(file.max_errors).unwrap_or(16),
+            drain_timeout: self
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(Duration::from_secs(5)),
+            threads: self.threads.or(file.threads).unwrap_or(1),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            log: self
+                .log
+                .or(file.log)
+                .unwrap_or_else(|| "info,turn=off".into()),
+            stun_urls: merge_vec(self.stun_urls, file.stun_urls),
+            turn_urls,
+            turn_secret,
+            turn_ttl: self
+                .turn_ttl
+                .or(file.turn_ttl)
+                .unwrap_or(Duration::from_secs(12 * 3600)),
+            turn_relay,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl Config {
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(1..=64).contains(&self.room_capacity) {
+            return bad("room_capacity must be 1 to 64");
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return bad("max_message_bytes must be 256 to 16777216");
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit > 0.0) || self.rate_burst == 0 {
+            return bad("rate_limit and rate_burst must be positive");
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 || self.send_queue == 0 {
+            return bad("max_connections, max_connections_per_ip and send_queue must be positive");
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout must be longer than ping_interval, which must be positive");
+        }
+        if !(1..=256).contains(&self.threads) {
+            return bad("threads must be 1 to 256");
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("aparte-signaling").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = ServeOpts::default().resolve().unwrap();
+        assert_eq!(cfg.room_capacity, 2);
+        assert_eq!(cfg.max_message_bytes, 65536);
+        assert!(cfg.token_secret.is_none());
+        let cli = parse(&["--token-secret", "0123456789abcdef0123456789abcdef-secret"]);
+        let cfg = cli.opts.resolve().unwrap();
+        assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
+        assert_eq!(cfg.token_secret.unwrap().expose().len(), 39);
+        assert!(cfg.turn_relay.is_none());
+    }
+
+    #[test]
+    fn flags_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "room_capacity = 5\nmax_errors = 3\nidle_timeout = \"30s\"\nstun_urls = [\"stun:a\"]\n",
+        )
+        .unwrap();
+        let cli = parse(&["--config", path.to_str().unwrap(), "--room-capacity", "3"]);
+        let cfg = cli.opts.resolve().unwrap();
+        assert_eq!(cfg.room_capacity, 3);
+        assert_eq!(cfg.max_errors, 3);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.stun_urls, vec!["stun:a".to_string()]);
+    }
+
+    #[test]
+    fn rejects_unknown_file_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "room_capacty = 5\n").unwrap();
+        let cli = parse(&["--config", path.to_str().unwrap()]);
+        assert!(cli.opts.resolve().is_err());
+        let cli = parse(&["--token-secret", "short"]);
+        assert!(cli.opts.resolve().is_err());
+        let cli = parse(&["--ping-interval", "20s"]);
+        assert!(cli.opts.resolve().is_err());
+        let cli = parse(&["--turn-url", "turn:x"]);
+        assert!(cli.opts.resolve().is_err());
+    }
+}

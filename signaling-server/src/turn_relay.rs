@@ -1,0 +1,343 @@
+//! The embedded TURN relay: the webrtc-rs `turn` crate's UDP server, with TURN REST
+//! authentication (the same credentials the signaling server hands out) and quotas.
+//!
+//! Quotas are enforced around the crate's server, which has none of its own:
+//! - allocations per user label and in total, checked when a relay socket is requested;
+//! - a hard cap on an allocation's age: its relay socket stops working at the deadline, which
+//!   makes the crate drop the allocation;
+//! - a relayed-bandwidth cap per allocation and direction (a byte token bucket); excess
+//!   datagrams are dropped and counted.
+//!
+//! The crate processes requests of one listener one at a time, so the user label that the
+//! authentication handler saw last is the one whose allocation the generator creates next.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use aparte_signaling_protocol::turn_rest;
+use async_trait::async_trait;
+use turn::auth::{generate_auth_key, AuthHandler};
+use turn::relay::relay_range::RelayAddressGeneratorRanges;
+use turn::relay::RelayAddressGenerator;
+use turn::server::config::{ConnConfig, ServerConfig};
+use turn::server::Server;
+use webrtc_util::vnet::net::Net;
+use webrtc_util::Conn;
+
+use crate::config::TurnRelayConfig;
+use crate::limits::TokenBucket;
+use crate::metrics::Metrics;
+
+type UserCounts = Arc<Mutex<HashMap<String, usize>>>;
+
+/// The running relay.
+pub(crate) struct TurnRelay {
+    server: Server,
+    /// The UDP address it listens on.
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl TurnRelay {
+    /// Stops the relay and drops every allocation.
+    pub(crate) async fn close(self) {
+        let _ = self.server.close().await;
+    }
+}
+
+/// Starts the relay.
+pub(crate) async fn start(
+    cfg: &TurnRelayConfig,
+    secret: Vec<u8>,
+    metrics: Arc<Metrics>,
+) -> Result<TurnRelay, turn::Error> {
+    let socket = bind_udp(cfg.listen)?;
+    let local_addr = socket.local_addr()?;
+    let current_user: Arc<Mutex<Option<String>>> = Arc::default();
+    let auth = RestAuth {
+        secret,
+        metrics: Arc::clone(&metrics),
+        current_user: Arc::clone(&current_user),
+    };
+    let generator = QuotaGenerator {
+        inner: RelayAddressGeneratorRanges {
+            relay_address: cfg.public_ip,
+            min_port: cfg.min_port,
+            max_port: cfg.max_port,
+            max_retries: 32,
+            address: bind_ip(cfg.listen.ip()),
+            net: Arc::new(Net::new(None)),
+        },
+        cfg: cfg.clone(),
+        metrics,
+        current_user,
+        users: UserCounts::default(),
+    };
+    let server = Server::new(ServerConfig {
+        conn_configs: vec![ConnConfig {
+            conn: Arc::new(socket),
+            relay_addr_generator: Box::new(generator),
+        }],
+        realm: cfg.realm.clone(),
+        auth_handler: Arc::new(auth),
+        channel_bind_timeout: std::time::Duration::ZERO,
+        alloc_close_notify: None,
+    })
+    .await?;
+    Ok(TurnRelay { server, local_addr })
+}
+
+/// Socket buffer size asked for the listening socket (the kernel caps it at `rmem_max` /
+/// `wmem_max`). One socket carries every client's traffic; with the 208 KiB Linux default a
+/// scheduling hiccup of a few milliseconds at 25,000 packets/s overflows it.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Binds the listening UDP socket with large buffers.
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer than asked is not an error.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
+fn bind_ip(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// TURN REST authentication: recompute the password from the username, refuse expired ones.
+struct RestAuth {
+    secret: Vec<u8>,
+    metrics: Arc<Metrics>,
+    current_user: Arc<Mutex<Option<String>>>,
+}
+
+impl AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        _src_addr: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
+        let label = match turn_rest::check_username(username, unix_now()) {
+            Ok((_, label)) => label,
+            Err(e) => {
+                self.metrics.turn_reject(match e {
+                    turn_rest::TurnAuthError::Expired => "expired",
+                    turn_rest::TurnAuthError::Malformed => "malformed_username",
+                });
+                return Err(turn::Error::Other(e.to_string()));
+            }
+        };
+        *self
+            .current_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(label.to_owned());
+        let password = turn_rest::password(&self.secret, username);
+        Ok(generate_auth_key(username, realm, &password))
+    }
+}
+
+/// Hands out relay sockets within the allocation quotas, wrapped in [`QuotaConn`].
+struct QuotaGenerator {
+    inner: RelayAddressGeneratorRanges,
+    cfg: TurnRelayConfig,
+    metrics: Arc<Metrics>,
+    current_user: Arc<Mutex<Option<String>>>,
+    users: UserCounts,
+}
+
+#[async_trait]
+impl RelayAddressGenerator for QuotaGenerator {
+    fn validate(&self) -> Result<(), turn::Error> {
+        self.inner.validate()
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        let user = self
+            .current_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        {
+            let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+            let total: usize = users.values().sum();
+            if total >= self.cfg.max_allocations {
+                self.metrics.turn_reject("too_many_allocations");
+                return Err(turn::Error::Other("allocation quota reached".into()));
+            }
+            let n = users.entry(user.clone()).or_insert(0);
+            if *n >= self.cfg.max_allocations_per_user {
+                self.metrics.turn_reject("too_many_allocations_per_user");
+                return Err(turn::Error::Other(
+                    "per-user allocation quota reached".into(),
+                ));
+            }
+            *n += 1;
+        }
+        let guard = AllocationGuard {
+            user,
+            users: Arc::clone(&self.users),
+            metrics: Arc::clone(&self.metrics),
+            released: AtomicBool::new(false),
+        };
+        let (conn, addr) = self.inner.allocate_conn(use_ipv4, requested_port).await?;
+        self.metrics.turn_allocations.inc();
+        self.metrics.turn_allocations_total.inc();
+        let now = Instant::now();
+        let rate = self.cfg.max_bandwidth as f64;
+        let burst = u32::try_from(self.cfg.max_bandwidth).unwrap_or(u32::MAX);
+        let wrapped = QuotaConn {
+            inner: conn,
+            deadline: tokio::time::Instant::now() + self.cfg.max_lifetime,
+            up: Mutex::new(TokenBucket::new(rate, burst, now)),
+            down: Mutex::new(TokenBucket::new(rate, burst, now)),
+            metrics: Arc::clone(&self.metrics),
+            guard,
+        };
+        Ok((Arc::new(wrapped), addr))
+    }
+}
+
+/// Frees the allocation's quota slot once, on close or drop.
+struct AllocationGuard {
+    user: String,
+    users: UserCounts,
+    metrics: Arc<Metrics>,
+    released: AtomicBool,
+}
+
+impl AllocationGuard {
+    fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics.turn_allocations.dec();
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = users.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Drop for AllocationGuard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A relay socket with a bandwidth cap, an age cap and byte counting.
+struct QuotaConn {
+    inner: Arc<dyn Conn + Send + Sync>,
+    deadline: tokio::time::Instant,
+    /// Client → peer.
+    up: Mutex<TokenBucket>,
+    /// Peer → client.
+    down: Mutex<TokenBucket>,
+    metrics: Arc<Metrics>,
+    guard: AllocationGuard,
+}
+
+impl QuotaConn {
+    fn admit(&self, bucket: &Mutex<TokenBucket>, n: usize) -> bool {
+        let ok = bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take_n(n as f64, Instant::now());
+        if ok {
+            self.metrics.turn_relayed_bytes.inc_by(n as u64);
+        } else {
+            self.metrics.turn_dropped_bytes.inc_by(n as u64);
+        }
+        ok
+    }
+
+    fn expired() -> webrtc_util::Error {
+        webrtc_util::Error::Other("allocation reached its maximum lifetime".into())
+    }
+}
+
+#[async_trait]
+impl Conn for QuotaConn {
+    async fn connect(&self, addr: SocketAddr) -> Result<(), webrtc_util::Error> {
+        self.inner.connect(addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> Result<usize, webrtc_util::Error> {
+        self.recv_from(buf).await.map(|(n, _)| n)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), webrtc_util::Error> {
+        loop {
+            let res = tokio::time::timeout_at(self.deadline, self.inner.recv_from(buf)).await;
+            let Ok(res) = res else {
+                self.metrics.turn_reject("max_lifetime");
+                self.guard.release();
+                return Err(Self::expired());
+            };
+            let (n, from) = res?;
+            if self.admit(&self.down, n) {
+                return Ok((n, from));
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> Result<usize, webrtc_util::Error> {
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(Self::expired());
+        }
+        if self.admit(&self.up, buf.len()) {
+            self.inner.send(buf).await
+        } else {
+            Ok(buf.len())
+        }
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> Result<usize, webrtc_util::Error> {
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(Self::expired());
+        }
+        if self.admit(&self.up, buf.len()) {
+            self.inner.send_to(buf, target).await
+        } else {
+            Ok(buf.len())
+        }
+    }
+
+    fn local_addr(&self) -> Result<SocketAddr, webrtc_util::Error> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+
+    async fn close(&self) -> Result<(), webrtc_util::Error> {
+        self.guard.release();
+        self.inner.close().await
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
