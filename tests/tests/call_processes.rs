@@ -30,8 +30,7 @@ fn call(
             "call",
             "--server",
             &server.url(),
-            "--room",
-            room,
+            &format!("--room={room}"),
             "--loopback-only",
             "--tofu",
         ])

@@ -39,11 +39,19 @@ impl RoomId {
         }
     }
 
-    /// A fresh room id from 16 random bytes (128 bits), base64url without padding.
+    /// A fresh room id from 17 random bytes, base64url without padding (23 characters).
+    ///
+    /// An id that would start with `-` is drawn again, so it can never be mistaken for a
+    /// command-line flag (`aparte call --room -xyz…`); that leaves over 135 random bits.
     pub fn random<R: RngCore + CryptoRng>(rng: &mut R) -> RoomId {
-        let mut bytes = [0u8; 16];
-        rng.fill_bytes(&mut bytes);
-        RoomId(URL_SAFE_NO_PAD.encode(bytes))
+        let mut bytes = [0u8; 17];
+        loop {
+            rng.fill_bytes(&mut bytes);
+            let id = URL_SAFE_NO_PAD.encode(bytes);
+            if !id.starts_with('-') {
+                return RoomId(id);
+            }
+        }
     }
 
     /// The id as a string.
@@ -73,12 +81,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn random_ids_never_look_like_a_flag() {
+        for _ in 0..20_000 {
+            let id = RoomId::random(&mut rand_core::OsRng);
+            assert!(!id.as_str().starts_with('-'));
+            assert_eq!(id.as_str().len(), 23);
+            assert!(RoomId::parse(id.as_str()).is_ok());
+        }
+    }
+
+    #[test]
     fn random_ids_are_valid_and_distinct() {
         let mut rng = rand_core::OsRng;
         let a = RoomId::random(&mut rng);
         let b = RoomId::random(&mut rng);
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 22);
+        assert_eq!(a.as_str().len(), 23);
         assert_eq!(RoomId::parse(a.as_str()), Ok(a));
     }
 
