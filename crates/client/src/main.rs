@@ -15,6 +15,8 @@ use aparte_signaling_protocol::RoomId;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
+mod demo;
+
 /// aparté: two-party voice calls that nobody in between can listen to.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -40,6 +42,13 @@ enum Command {
     Id,
     /// List known peers and whether they are verified.
     Peers,
+    /// Run a complete encrypted call on this machine: a signaling server with its TURN relay
+    /// on loopback, and two peers (Alice and Bob) speaking to each other through the relay.
+    Demo {
+        /// Where to write the speech samples, what each side heard, and the call statistics.
+        #[arg(long, default_value = "aparte-demo")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +121,7 @@ async fn main() -> ExitCode {
     let home = home(&cli.home);
     let result = match cli.command {
         Command::Call(args) => call(args, &home).await,
+        Command::Demo { out_dir } => demo::run(&out_dir).await,
         Command::Room {
             command: RoomCommand::New { server },
         } => {

@@ -1,0 +1,241 @@
+//! `aparte demo`: a whole encrypted call on one machine, through the real signaling server and
+//! its TURN relay, with the two people played by the demo. It compares the two SAS values the
+//! way people would (they must be equal), confirms them on both sides, and reports.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aparte_client::audio::{Input, Output};
+use aparte_client::call::{run_call, CallOptions, CallReport, CallUpdate, UserAction};
+use aparte_e2ee::identity::KnownPeers;
+use aparte_session::{Policy, SecurityStatus};
+use aparte_signaling_protocol::RoomId;
+use tokio::sync::mpsc;
+
+const ALICE_SAYS: &str = "Hello Bob, this is Alice. This call is encrypted end to end, and the relay in between cannot hear a word.";
+const BOB_SAYS: &str =
+    "Hi Alice, Bob here. I can hear you clearly. Let us compare the safety words.";
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the demo, writing its files under `out_dir`.
+pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let file = |name: &str| out_dir.join(name);
+    println!(
+        "aparté demo: a two-person call through a signaling server and TURN relay on this machine"
+    );
+    speak(ALICE_SAYS, &file("alice-says.wav"))?;
+    speak(BOB_SAYS, &file("bob-says.wav"))?;
+
+    let (server, url) = start_server()?;
+    println!("signaling server at {url} (with its embedded TURN relay); calls are relay-only");
+    let room = RoomId::random(&mut rand_core::OsRng);
+    let options = |input: &str, output: &str| CallOptions {
+        server: url.clone(),
+        room: room.clone(),
+        token: None,
+        input: Input::Wav(file(input)),
+        output: Output::Wav(file(output)),
+        relay_only: true,
+        loopback_only: true,
+        duration: None,
+        policy: Policy::Interactive,
+        identity: None,
+        peer_name: None,
+        known_peers: KnownPeers::new(),
+    };
+    let (alice_actions, alice_rx) = mpsc::channel(4);
+    let (bob_actions, bob_rx) = mpsc::channel(4);
+    let (alice_updates, alice_updates_rx) = mpsc::channel(64);
+    let (bob_updates, bob_updates_rx) = mpsc::channel(64);
+    let people = tokio::spawn(play_the_people(
+        alice_updates_rx,
+        bob_updates_rx,
+        alice_actions,
+        bob_actions,
+    ));
+    let alice = run_call(
+        options("alice-says.wav", "alice-heard.wav"),
+        alice_rx,
+        alice_updates,
+    );
+    // Bob joins second, so he sends the offer and initiates the handshake.
+    let bob = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_call(
+            options("bob-says.wav", "bob-heard.wav"),
+            bob_rx,
+            bob_updates,
+        )
+        .await
+    };
+    let (alice, bob) = tokio::join!(alice, bob);
+    let sas_equal = people.await.map_err(|e| e.to_string())?;
+    drop(server);
+    let (alice, bob) = (
+        alice.map_err(|e| e.to_string())?,
+        bob.map_err(|e| e.to_string())?,
+    );
+
+    for (name, report) in [("alice", &alice), ("bob", &bob)] {
+        let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        std::fs::write(file(&format!("{name}-stats.json")), json + "\n")
+            .map_err(|e| e.to_string())?;
+        print_report(name, report);
+    }
+    println!();
+    println!("what Alice heard: {}", file("alice-heard.wav").display());
+    println!("what Bob heard:   {}", file("bob-heard.wav").display());
+    println!("statistics:       {}", file("alice-stats.json").display());
+    if !sas_equal || !alice.verified || !bob.verified {
+        return Err("the call did not verify".into());
+    }
+    Ok(())
+}
+
+fn print_report(name: &str, r: &CallReport) {
+    let rejected: u64 = r.frames_rejected.values().sum();
+    println!(
+        "{name:>5}: {} | relayed: {} | sent {} frames, decrypted {}, rejected {}, concealed {} | e2ee overhead {:.1} B/frame | setup {} ms | CPU {:.2} s",
+        r.security,
+        r.relayed,
+        r.frames_sent,
+        r.frames_decrypted,
+        rejected,
+        r.frames_concealed,
+        r.e2ee_overhead_bytes_per_frame,
+        r.setup_ms.map_or("-".into(), |m| m.to_string()),
+        r.cpu_seconds
+    );
+}
+
+/// Plays both people: waits until each side shows its SAS, compares them as two people
+/// reading them aloud would, and confirms on both sides only if they match.
+async fn play_the_people(
+    mut alice: mpsc::Receiver<CallUpdate>,
+    mut bob: mpsc::Receiver<CallUpdate>,
+    alice_actions: mpsc::Sender<UserAction>,
+    bob_actions: mpsc::Sender<UserAction>,
+) -> bool {
+    let (mut sas_a, mut sas_b) = (None, None);
+    let mut decided = None;
+    loop {
+        let (who, update) = tokio::select! {
+            Some(u) = alice.recv() => ("alice", u),
+            Some(u) = bob.recv() => ("bob", u),
+            else => break,
+        };
+        match update {
+            CallUpdate::Security(SecurityStatus::Encrypted {
+                sas,
+                confirmed_locally: false,
+            }) => {
+                println!(
+                    "{who:>5} sees the SAS: \"{}\" ({})",
+                    sas.words_string(),
+                    sas.digits()
+                );
+                if who == "alice" {
+                    sas_a = Some(sas);
+                } else {
+                    sas_b = Some(sas);
+                }
+            }
+            CallUpdate::Security(SecurityStatus::Verified { .. }) => {
+                println!("{who:>5}: encrypted and VERIFIED");
+            }
+            CallUpdate::Security(status) => println!("{who:>5}: {}", status.label()),
+            CallUpdate::Link(state) => println!("{who:>5}: link {state:?}"),
+            _ => {}
+        }
+        if decided.is_none() {
+            if let (Some(a), Some(b)) = (&sas_a, &sas_b) {
+                let equal = a == b;
+                println!(
+                    "the two people compare their SAS: {}",
+                    if equal {
+                        "they match"
+                    } else {
+                        "MISMATCH: someone is in the middle"
+                    }
+                );
+                let action = if equal {
+                    UserAction::ConfirmSas
+                } else {
+                    UserAction::RejectSas
+                };
+                let _ = alice_actions.send(action).await;
+                let _ = bob_actions.send(action).await;
+                decided = Some(equal);
+            }
+        }
+    }
+    decided.unwrap_or(false)
+}
+
+fn speak(text: &str, path: &PathBuf) -> Result<(), String> {
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .map_err(|e| format!("espeak-ng is needed for the demo's speech samples ({e}); install it with `bash scripts/install-deps`"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("espeak-ng failed".into())
+    }
+}
+
+/// Starts `aparte-signaling` (built next to this binary) with its TURN relay on loopback.
+fn start_server() -> Result<(Server, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let server_bin = exe.with_file_name("aparte-signaling");
+    let mut child = Command::new(&server_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--log",
+            "error,turn=off",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {} ({e}); build it with `cargo build --release --bins`",
+                server_bin.display()
+            )
+        })?;
+    let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+    let server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining the server's stdout for its whole life, so it never writes to a closed pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    return Ok((server, format!("ws://{addr}/ws")));
+                }
+            }
+            Err(_) => return Err("the signaling server did not start listening".into()),
+        }
+    }
+}
