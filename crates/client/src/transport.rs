@@ -191,6 +191,13 @@ impl Transport {
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);
+        // webrtc-rs waits before nominating non-host pairs (srflx 500 ms, prflx 1 s, relay
+        // 2 s). On a two-party call the first working pair is good enough; a peer-reflexive
+        // pair (common when a candidate's check beats its signaling) otherwise costs a second
+        // of setup.
+        settings.set_host_acceptance_min_wait(Some(Duration::ZERO));
+        settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
+        settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
         if config.loopback_only {
             settings.set_include_loopback_candidate(true);
