@@ -95,6 +95,19 @@ impl Drop for SignalingServer {
     }
 }
 
+/// A fresh room id from `aparte room new`, as a user would make one.
+pub fn new_room() -> String {
+    let out = Command::new(binary("aparte"))
+        .args(["room", "new"])
+        .output()
+        .expect("run aparte room new");
+    assert!(out.status.success(), "aparte room new failed");
+    String::from_utf8(out.stdout)
+        .expect("utf-8 room id")
+        .trim()
+        .to_owned()
+}
+
 /// Speaks `text` with espeak-ng into a WAV file at `path` (22.05 kHz mono).
 pub fn speak(text: &str, path: &Path) {
     let status = Command::new("espeak-ng")

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aparte_e2e_tests::{binary, SignalingServer, WAIT};
+use aparte_e2e_tests::{binary, new_room, SignalingServer, WAIT};
 
 /// Reports must arrive within this long after the kill (server heartbeat: 6–8 s).
 const REPORT_WITHIN: Duration = Duration::from_secs(12);
@@ -70,16 +70,7 @@ fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, within: Duration) -> V
 fn a_killed_peer_is_reported_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let server = SignalingServer::start(&[]);
-    let room = String::from_utf8(
-        Command::new(binary("aparte"))
-            .args(["room", "new"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let room = new_room();
     let (mut alice, alice_lines) = call(&server, &room, &dir.path().join("a"));
     let (mut bob, bob_lines) = call(&server, &room, &dir.path().join("b"));
     wait_for(&alice_lines, "link: Connected", WAIT);

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use aparte_e2e_tests::{binary, speak, SignalingServer};
+use aparte_e2e_tests::{binary, new_room, speak, SignalingServer};
 use aparte_media::metrics::{align_segments, rms};
 use aparte_media::wav::read_mono_48k;
 
@@ -84,16 +84,7 @@ fn speech_both_ways_through_a_real_signaling_server_matches_what_was_sent() {
     );
 
     let server = SignalingServer::start(&[]);
-    let room = String::from_utf8(
-        Command::new(binary("aparte"))
-            .args(["room", "new"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let room = new_room();
 
     let alice = call(
         &server,
