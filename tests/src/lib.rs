@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a test waits for a process to report something before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -117,4 +117,67 @@ pub fn speak(text: &str, path: &Path) {
         .status()
         .expect("espeak-ng is required (scripts/install-deps installs it)");
     assert!(status.success(), "espeak-ng failed");
+}
+
+/// A running `aparte call` process whose stderr status lines are read as they come.
+pub struct CallProcess {
+    /// The process.
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl CallProcess {
+    /// Starts `aparte call` on loopback against `server_url` with `--tofu --no-identity` plus
+    /// `args`, keeping its identity files under `home`.
+    pub fn spawn(server_url: &str, room: &str, home: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary("aparte"))
+            .env("APARTE_HOME", home)
+            .args(["call", "--server", server_url, &format!("--room={room}")])
+            .args(["--loopback-only", "--tofu", "--no-identity"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aparte call");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a status line (already seen or new) contains `needle`; panics with
+    /// everything seen otherwise.
+    pub fn wait_for(&mut self, needle: &str, within: Duration) {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {within:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
 }

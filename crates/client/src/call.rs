@@ -29,6 +29,9 @@ use crate::transport::{
 const MAX_PENDING_DATA: usize = 32;
 /// Handshake messages held before the security session exists, at most.
 const MAX_EARLY_HANDSHAKE: usize = 8;
+/// A call whose keys are not confirmed on a connected link this long after both peers joined
+/// is given up (ICE or the handshake is stuck).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the input ends, keep the call up this long so the peer's tail arrives.
 const TAIL: Duration = Duration::from_millis(1500);
 
@@ -257,9 +260,13 @@ pub async fn run_call(
             event = sig_rx.recv(), if signaling_open => match event {
                 Some(event) => call.on_signaling(event).await?,
                 None => {
-                    // Media keeps flowing peer to peer without the signaling server.
+                    // Media keeps flowing peer to peer without the signaling server, but a call
+                    // that is not set up yet cannot finish its handshake without it.
                     signaling_open = false;
                     let _ = call.updates.send(CallUpdate::SignalingLost("closed".into())).await;
+                    if !call.is_set_up() {
+                        call.ended_by = Some("signaling lost before the call was set up".into());
+                    }
                 }
             },
             Some(event) = transport_rx.recv() => call.on_transport(event, &audio).await,
@@ -269,6 +276,9 @@ pub async fn run_call(
                 None => actions_open = false,
             },
             _ = tick.tick() => {
+                if !call.is_set_up() && call.both_joined.elapsed() >= SETUP_TIMEOUT {
+                    call.ended_by = Some("call setup timed out".into());
+                }
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
                     let at = *input_ended_at.get_or_insert_with(Instant::now);
                     if call.options.duration.is_none() && at.elapsed() >= TAIL
@@ -287,10 +297,9 @@ pub async fn run_call(
         }
         // Audio flows only with confirmed keys on a connected link; re-checked after every
         // event so media starts the moment both hold.
-        audio.sending.store(
-            call.connected && call.security.as_ref().is_some_and(|s| s.media_allowed()),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        audio
+            .sending
+            .store(call.is_set_up(), std::sync::atomic::Ordering::SeqCst);
     }
     // Let the Bye and the last frames leave before closing.
     audio
@@ -355,6 +364,11 @@ fn unix_now() -> u64 {
 }
 
 impl Call {
+    /// Keys confirmed on a connected link: the call no longer needs the signaling server.
+    fn is_set_up(&self) -> bool {
+        self.connected && self.security.as_ref().is_some_and(|s| s.media_allowed())
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.both_joined.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -375,6 +389,9 @@ impl Call {
             }
             SignalingEvent::Closed(reason) => {
                 let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
+                if !self.is_set_up() {
+                    self.ended_by = Some("signaling lost before the call was set up".into());
+                }
             }
             _ => {}
         }

@@ -1,0 +1,65 @@
+//! The signaling server is only needed to set a call up: when it is killed and restarted in
+//! the middle of a call, the encrypted media keeps flowing peer to peer and nothing is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+
+const SECONDS: u64 = 6;
+
+#[test]
+fn media_keeps_flowing_when_the_signaling_server_restarts_mid_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SignalingServer::start(&[]);
+    let room = new_room();
+    let stats = |name: &str| dir.path().join(format!("{name}.json"));
+    let duration = SECONDS.to_string();
+    let spawn = |name: &str| {
+        let json = stats(name);
+        CallProcess::spawn(
+            &server.url(),
+            &room,
+            &dir.path().join(name),
+            &[
+                "--input",
+                "tone",
+                "--duration",
+                &duration,
+                "--stats-json",
+                json.to_str().unwrap(),
+            ],
+        )
+    };
+    let (mut alice, mut bob) = (spawn("alice"), spawn("bob"));
+    // Set up: link connected and keys confirmed (the SAS is shown) on both sides.
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("link: Connected", WAIT);
+        peer.wait_for("SAS:", WAIT);
+    }
+
+    drop(server); // kill the signaling server mid-call…
+    alice.wait_for("signaling connection lost", WAIT);
+    bob.wait_for("signaling connection lost", WAIT);
+    let _restarted = SignalingServer::start(&[]); // …and bring a new one up, as an operator would
+
+    assert!(alice.child.wait().unwrap().success());
+    assert!(bob.child.wait().unwrap().success());
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
+    };
+    let (a, b) = (read("alice"), read("bob"));
+    for (me, other) in [(&a, &b), (&b, &a)] {
+        let sent = other["frames_sent"].as_u64().unwrap();
+        let decrypted = me["frames_decrypted"].as_u64().unwrap();
+        // 50 frames a second for the whole call, most of it after the server died.
+        assert!(sent >= 50 * (SECONDS - 1), "only {sent} frames sent");
+        // At most the frame in flight at hang-up is missing.
+        assert!(decrypted + 1 >= sent, "sent {sent}, decrypted {decrypted}");
+        assert_eq!(
+            me["ended_by"]
+                .as_str()
+                .map(|s| s == "duration reached" || s == "peer hung up"),
+            Some(true),
+            "{me}"
+        );
+    }
+}
