@@ -128,13 +128,13 @@ pub struct CallProcess {
 }
 
 impl CallProcess {
-    /// Starts `aparte call` on loopback against `server_url` with `--tofu --no-identity` plus
-    /// `args`, keeping its identity files under `home`.
+    /// Starts `aparte call` on loopback against `server_url` with `--tofu` plus `args`,
+    /// keeping its identity files under `home`.
     pub fn spawn(server_url: &str, room: &str, home: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(binary("aparte"))
             .env("APARTE_HOME", home)
             .args(["call", "--server", server_url, &format!("--room={room}")])
-            .args(["--loopback-only", "--tofu", "--no-identity"])
+            .args(["--loopback-only", "--tofu"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,6 +154,11 @@ impl CallProcess {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// The status lines read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
     }
 
     /// Waits until a status line (already seen or new) contains `needle`; panics with

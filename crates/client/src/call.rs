@@ -497,6 +497,12 @@ impl Call {
                         SecurityStatus::Failed(_) => {
                             self.ended_by = Some("security failure".into())
                         }
+                        // A scripted call has nobody to accept a changed identity: refuse it.
+                        SecurityStatus::IdentityChanged { .. }
+                            if self.options.policy != Policy::Interactive =>
+                        {
+                            self.ended_by = Some("peer identity changed: call refused".into())
+                        }
                         SecurityStatus::Ended { by_peer: true } => {
                             self.ended_by = Some("peer hung up".into())
                         }
