@@ -84,6 +84,9 @@ pub enum SignalingError {
     /// The server closed the connection.
     #[error("the signaling server closed the connection")]
     Closed,
+    /// Nothing answers WebSocket requests at that URL path.
+    #[error("{0}: no WebSocket endpoint there (HTTP 404); aparte-signaling listens on /ws, e.g. ws://host:port/ws")]
+    WrongPath(String),
     /// A peer sent a payload that does not parse.
     #[error("bad message from the peer: {0}")]
     BadPeerMessage(&'static str),
@@ -133,7 +136,16 @@ impl Signaling {
         room: &RoomId,
         token: Option<String>,
     ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| match &e {
+                tokio_tungstenite::tungstenite::Error::Http(response)
+                    if response.status().as_u16() == 404 =>
+                {
+                    SignalingError::WrongPath(url.to_owned())
+                }
+                _ => SignalingError::WebSocket(e),
+            })?;
         let (mut sink, mut stream) = ws.split();
         let hello = ClientMessage::Hello {
             version: PROTOCOL_VERSION,
