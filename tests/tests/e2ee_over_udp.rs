@@ -127,14 +127,14 @@ fn hostile_udp_relay_sees_only_ciphertext_and_every_attack_is_rejected() {
             }
             report.captured.push(datagram.clone());
             n_seen += 1;
-            if n_seen % 7 == 0 {
+            if n_seen.is_multiple_of(7) {
                 let mut bad = datagram.clone();
                 let bit = (n_seen as usize * 13) % (bad.len() * 8);
                 bad[bit / 8] ^= 1 << (bit % 8);
                 relay_sock.send_to(&bad, bob_addr).unwrap();
                 report.injected_tampered += 1;
             }
-            if n_seen % 10 == 0 {
+            if n_seen.is_multiple_of(10) {
                 held = Some(datagram.clone()); // deliver after the next one
             } else {
                 relay_sock.send_to(&datagram, bob_addr).unwrap();
@@ -144,7 +144,7 @@ fn hostile_udp_relay_sees_only_ciphertext_and_every_attack_is_rejected() {
                     report.forwarded_genuine += 1;
                 }
             }
-            if n_seen % 5 == 0 {
+            if n_seen.is_multiple_of(5) {
                 relay_sock.send_to(&datagram, bob_addr).unwrap();
                 report.injected_replays += 1;
             }
