@@ -80,6 +80,13 @@ impl Side {
     }
 }
 
+/// Delivers the next queued handshake message from `from` to `to`.
+fn deliver_one(from: &mut Side, to: &mut Side) {
+    let m = from.handshake_out.pop_front().unwrap();
+    let ev = to.sec.on_handshake(&m, 0, 1).unwrap();
+    to.absorb(ev);
+}
+
 /// Delivers queued messages both ways until nothing moves; handshake before data.
 fn pump(a: &mut Side, b: &mut Side) {
     loop {
@@ -333,15 +340,9 @@ fn scripted_confirmation_that_outruns_the_last_handshake_message_is_not_lost() {
         KnownPeers::new(),
     );
     // Commit → Bob, Response → Alice, Reveal → Bob (Bob completes), but hold Bob's Confirm.
-    let m = a.handshake_out.pop_front().unwrap();
-    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
-    b.absorb(ev);
-    let m = b.handshake_out.pop_front().unwrap();
-    let ev = a.sec.on_handshake(&m, 0, 1).unwrap();
-    a.absorb(ev);
-    let m = a.handshake_out.pop_front().unwrap();
-    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
-    b.absorb(ev);
+    deliver_one(&mut a, &mut b); // Commit
+    deliver_one(&mut b, &mut a); // Response
+    deliver_one(&mut a, &mut b); // Reveal
     let confirm = b.handshake_out.pop_front().unwrap();
     assert!(b.sec.media_allowed());
     assert!(!a.sec.media_allowed(), "no media before key confirmation");
@@ -423,12 +424,8 @@ fn a_tampered_handshake_fails_the_session_and_blocks_media() {
         KnownPeers::new(),
         KnownPeers::new(),
     );
-    let m = a.handshake_out.pop_front().unwrap();
-    let ev = b.sec.on_handshake(&m, 0, 1).unwrap();
-    b.absorb(ev);
-    let m = b.handshake_out.pop_front().unwrap();
-    let ev = a.sec.on_handshake(&m, 0, 1).unwrap();
-    a.absorb(ev);
+    deliver_one(&mut a, &mut b); // Commit
+    deliver_one(&mut b, &mut a); // Response
     let mut reveal = a.handshake_out.pop_front().unwrap();
     *reveal.last_mut().unwrap() ^= 1;
     assert!(b.sec.on_handshake(&reveal, 0, 1).is_err());
