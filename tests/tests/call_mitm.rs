@@ -224,7 +224,8 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
         CallProcess::spawn(&url, &room, &home(n), &a)
     };
     let mut alice = spawn("alice", &["--no-identity"]);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // alice joins first
+    // Alice joins first (Mallory numbers peers by arrival): wait until she is in the room.
+    tokio::task::block_in_place(|| alice.wait_for("waiting for the peer", WAIT));
     let mut bob = spawn("bob", &["--no-identity"]);
     let (a_exit, b_exit) = tokio::task::spawn_blocking(move || {
         alice.wait_for("SAS:", WAIT);
@@ -288,7 +289,8 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
     let url = start_mitm().await;
     let room = new_room();
     let mut alice = spawn_on(&url, &room, "alice2", "bob");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // alice joins first
+    // Alice joins first (Mallory numbers peers by arrival): wait until she is in the room.
+    tokio::task::block_in_place(|| alice.wait_for("waiting for the peer", WAIT));
     let mut bob = spawn_on(&url, &room, "bob2", "alice");
     tokio::task::spawn_blocking(move || {
         for peer in [&mut alice, &mut bob] {
