@@ -141,6 +141,9 @@ pub enum TransportError {
     /// The SDP has no usable DTLS fingerprint.
     #[error("SDP without a single, consistent DTLS fingerprint")]
     NoFingerprint,
+    /// An empty media payload (it would never be sent).
+    #[error("empty media payload")]
+    EmptyPayload,
     /// A payload exceeds what the path can carry.
     #[error("payload of {len} bytes exceeds the {max}-byte limit")]
     TooLarge {
@@ -361,7 +364,11 @@ impl Transport {
 
     /// Sends one audio payload (one 20 ms frame) as one RTP packet.
     pub async fn send_media(&self, payload: Bytes) -> Result<(), TransportError> {
-        if payload.len() > MAX_MEDIA_PAYLOAD || payload.is_empty() {
+        if payload.is_empty() {
+            // webrtc-rs would drop an empty sample silently.
+            return Err(TransportError::EmptyPayload);
+        }
+        if payload.len() > MAX_MEDIA_PAYLOAD {
             return Err(TransportError::TooLarge {
                 len: payload.len(),
                 max: MAX_MEDIA_PAYLOAD,
