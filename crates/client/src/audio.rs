@@ -1,8 +1,12 @@
-//! The audio thread: capture (WAV, tone, silence), Opus encoding, jitter buffer, decoding with
-//! concealment, and playout (WAV or nothing), paced every 20 ms by its own clock.
+//! The audio thread: capture (microphone, WAV, tone, silence), Opus encoding, jitter buffer,
+//! decoding with concealment, and playout (speaker, WAV or nothing), paced every 20 ms by its
+//! own clock.
 //!
 //! It talks to the network task only through non-blocking queues: a full queue drops a frame
-//! (counted) instead of stalling, so the audio never waits on the network.
+//! (counted) instead of stalling, so the audio never waits on the network. Sound devices sit
+//! behind the `AudioSource` and [`AudioSink`] traits ([`crate::capture`], [`crate::playback`]),
+//! and their callbacks talk to this thread through wait-free rings, so they never wait on it
+//! either.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -18,6 +22,10 @@ use aparte_media::wav::MonoWavWriter;
 use aparte_media::{FRAME_MS, FRAME_SAMPLES};
 use tokio::sync::mpsc;
 
+use crate::capture::MicSource;
+use crate::devices::{DeviceCounters, DeviceError, DeviceStats};
+use crate::playback::Speaker;
+
 /// Where the audio to send comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -27,6 +35,9 @@ pub enum Input {
     Tone(f64),
     /// Silence.
     Silence,
+    /// A microphone: the default input device, or the one with this name (see
+    /// `aparte devices`).
+    Mic(Option<String>),
 }
 
 /// Where received audio goes.
@@ -36,6 +47,9 @@ pub enum Output {
     Wav(PathBuf),
     /// Decoded and discarded.
     Null,
+    /// A speaker: the default output device, or the one with this name (see
+    /// `aparte devices`).
+    Speaker(Option<String>),
 }
 
 /// Audio failures.
@@ -53,6 +67,43 @@ pub enum AudioError {
     /// The jitter buffer configuration is invalid.
     #[error("jitter buffer: {0}")]
     Jitter(#[from] aparte_media::jitter::JitterError),
+    /// A sound device could not be found or opened.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A sound device failed during the call.
+    #[error("audio output: {0}")]
+    Playback(String),
+}
+
+/// Where the audio thread puts decoded audio, one 20 ms frame of 48 kHz mono at a time.
+///
+/// Implementations must not wait on anything slow: the audio thread calls this every 20 ms.
+pub trait AudioSink: Send {
+    /// Plays or stores one frame.
+    fn write_frame(&mut self, samples: &[f32]) -> Result<(), AudioError>;
+    /// Ends playout (a WAV file gets its final header here).
+    fn finish(self: Box<Self>) -> Result<(), AudioError>;
+}
+
+impl AudioSink for MonoWavWriter {
+    fn write_frame(&mut self, samples: &[f32]) -> Result<(), AudioError> {
+        Ok(self.write_f32(samples)?)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), AudioError> {
+        Ok(self.finalize()?)
+    }
+}
+
+impl AudioSink for Speaker {
+    fn write_frame(&mut self, samples: &[f32]) -> Result<(), AudioError> {
+        Speaker::write_frame(self, samples).map_err(AudioError::Playback)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), AudioError> {
+        // Dropping the stream stops the device; what is still queued (under 100 ms) is cut off.
+        Ok(())
+    }
 }
 
 /// Counters the audio thread keeps.
@@ -72,6 +123,8 @@ pub struct AudioStats {
     pub output_dbfs: f32,
     /// The jitter buffer's counters.
     pub jitter: JitterStats,
+    /// Microphone and speaker queue counters (all zero without a sound device).
+    pub devices: DeviceStats,
 }
 
 /// A received packet for the audio thread: (RTP sequence, arrival ms since call start, Opus).
@@ -87,8 +140,10 @@ pub struct AudioPipeline {
     pub sending: Arc<AtomicBool>,
     /// Set by the thread when the input has ended.
     pub input_ended: Arc<AtomicBool>,
-    /// Counters.
+    /// Counters (see [`Self::snapshot`] for a copy that includes the device counters).
     pub stats: Arc<Mutex<AudioStats>>,
+    /// Counters the device callbacks keep, lock-free.
+    pub device_counters: Arc<DeviceCounters>,
     /// When the pipeline started (arrival times are measured from here).
     pub started: Instant,
     stop: Arc<AtomicBool>,
@@ -96,16 +151,27 @@ pub struct AudioPipeline {
 }
 
 impl AudioPipeline {
-    /// Opens input and output and starts the thread.
+    /// Opens input and output (sound devices included, so a missing one fails here, before
+    /// any network activity) and starts the thread.
     pub fn start(input: &Input, output: &Output) -> Result<Self, AudioError> {
+        let device_counters = Arc::new(DeviceCounters::default());
         let source: Box<dyn AudioSource> = match input {
             Input::Wav(path) => Box::new(WavSource::open(path)?),
             Input::Tone(hz) => Box::new(ToneSource::new(*hz, 0.3)?),
             Input::Silence => Box::new(SilenceSource::new()),
+            Input::Mic(name) => Box::new(MicSource::open(
+                name.as_deref(),
+                Arc::clone(&device_counters),
+            )?),
         };
-        let sink = match output {
-            Output::Wav(path) => Some(MonoWavWriter::create(path)?),
+        let live_input = matches!(input, Input::Mic(_));
+        let sink: Option<Box<dyn AudioSink>> = match output {
+            Output::Wav(path) => Some(Box::new(MonoWavWriter::create(path)?)),
             Output::Null => None,
+            Output::Speaker(name) => Some(Box::new(Speaker::open(
+                name.as_deref(),
+                Arc::clone(&device_counters),
+            )?)),
         };
         let encoder = Encoder::new(EncoderConfig::default())?;
         let decoder = Decoder::new()?;
@@ -131,6 +197,7 @@ impl AudioPipeline {
             stats: Arc::clone(&stats),
             started,
             playing: false,
+            live_input,
         };
         let thread = std::thread::Builder::new()
             .name("aparte-audio".into())
@@ -144,10 +211,18 @@ impl AudioPipeline {
             sending,
             input_ended,
             stats,
+            device_counters,
             started,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// A copy of the counters, device counters included.
+    pub fn snapshot(&self) -> AudioStats {
+        let mut stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.devices = self.device_counters.snapshot();
+        stats
     }
 
     /// Milliseconds since the pipeline started.
@@ -168,14 +243,21 @@ impl AudioPipeline {
                 }
             }
         }
-        let stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(stats)
+        Ok(self.snapshot())
+    }
+}
+
+impl Drop for AudioPipeline {
+    /// A call that fails half-way (`?` in `run_call`) drops the pipeline without `stop`; the
+    /// thread must not run on, holding a sound device, after that.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
 struct Worker {
     source: Box<dyn AudioSource>,
-    sink: Option<MonoWavWriter>,
+    sink: Option<Box<dyn AudioSink>>,
     encoder: Encoder,
     decoder: Decoder,
     jitter: JitterBuffer,
@@ -187,6 +269,9 @@ struct Worker {
     stats: Arc<Mutex<AudioStats>>,
     started: Instant,
     playing: bool,
+    /// A live source (microphone) keeps capturing while we do not send; its frames are then
+    /// pulled and discarded so the first frame sent is fresh, not the oldest in a queue.
+    live_input: bool,
 }
 
 impl Worker {
@@ -207,13 +292,19 @@ impl Worker {
             }
         }
         if let Some(sink) = self.sink.take() {
-            sink.finalize()?;
+            sink.finish()?;
         }
         Ok(())
     }
 
     fn send_tick(&mut self, frame: &mut Frame) {
-        if !self.sending.load(Ordering::SeqCst) || self.input_ended.load(Ordering::SeqCst) {
+        if self.input_ended.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.sending.load(Ordering::SeqCst) {
+            if self.live_input && self.source.next_frame(frame).is_err() {
+                self.input_ended.store(true, Ordering::SeqCst);
+            }
             return;
         }
         match self.source.next_frame(frame) {
@@ -262,7 +353,12 @@ impl Worker {
             stats.frames_played += 1;
             drop(stats);
             if let Some(sink) = self.sink.as_mut() {
-                sink.write_f32(&samples)?;
+                match sink.write_frame(&samples) {
+                    // A speaker that went away (counted in the device stats) must not stop
+                    // the thread: our side of the call keeps sending.
+                    Err(AudioError::Playback(_)) => self.sink = None,
+                    other => other?,
+                }
             }
         }
         Ok(())

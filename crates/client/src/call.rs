@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::audio::{AudioPipeline, AudioStats, Input, Output};
+use crate::devices::DeviceStats;
 use crate::signaling::{PeerMessage, Signaling, SignalingEvent};
 use crate::transport::{
     IceServer, LinkState, SdpRole, Signal, Transport, TransportConfig, TransportEvent,
@@ -120,6 +121,8 @@ pub struct LiveStats {
     pub input_dbfs: f32,
     /// Output level, dBFS.
     pub output_dbfs: f32,
+    /// Microphone and speaker queue counters.
+    pub devices: DeviceStats,
 }
 
 /// The figures written by `--stats-json` at the end of a call.
@@ -163,6 +166,8 @@ pub struct CallReport {
     pub duration_s: f64,
     /// How the call ended.
     pub ended_by: String,
+    /// Microphone and speaker overruns and underruns (all zero without a sound device).
+    pub audio_devices: DeviceStats,
 }
 
 /// Call failures.
@@ -192,6 +197,9 @@ pub async fn run_call(
     updates: mpsc::Sender<CallUpdate>,
 ) -> Result<CallReport, CallError> {
     let cpu_start = cpu_seconds();
+    // Audio first: a missing microphone or unreadable WAV file is reported before we join a
+    // room and make the peer wait. Nothing is sent or played until the call is set up.
+    let mut audio = AudioPipeline::start(&options.input, &options.output)?;
     let (signaling, joined, mut sig_rx) =
         Signaling::join(&options.server, &options.room, options.token.clone()).await?;
     let _ = updates
@@ -222,7 +230,6 @@ pub async fn run_call(
         loopback_only: options.loopback_only,
     };
     let (transport, mut transport_rx) = Transport::new(&config, role).await?;
-    let mut audio = AudioPipeline::start(&options.input, &options.output)?;
     let mut call = Call {
         options,
         signaling,
@@ -618,7 +625,7 @@ impl Call {
     }
 
     fn live(&self, audio: &AudioPipeline) -> LiveStats {
-        let stats = *audio.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = audio.snapshot();
         let decrypted = self
             .security
             .as_ref()
@@ -638,6 +645,7 @@ impl Call {
             }),
             input_dbfs: stats.input_dbfs,
             output_dbfs: stats.output_dbfs,
+            devices: stats.devices,
         }
     }
 
@@ -671,6 +679,7 @@ impl Call {
             cpu_seconds: cpu,
             duration_s: self.both_joined.elapsed().as_secs_f64(),
             ended_by: self.ended_by.clone().unwrap_or_default(),
+            audio_devices: audio.devices,
         }
     }
 }

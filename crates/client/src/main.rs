@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use aparte_client::audio::{Input, Output};
 use aparte_client::call::{run_call, CallOptions, CallReport, CallUpdate, UserAction};
+use aparte_client::config::{self, Settings};
+use aparte_client::devices::DeviceStats;
 use aparte_e2ee::identity::{KnownPeers, PeerName};
 use aparte_e2ee::store;
 use aparte_session::{Policy, SecurityStatus};
@@ -21,10 +23,13 @@ mod demo;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// Where aparté keeps its identity key and known peers (default: the platform config dir,
-    /// e.g. ~/.config/aparte).
+    /// Where aparté keeps its identity key and known peers (default: `home` in the config file,
+    /// else the platform config dir, e.g. ~/.config/aparte).
     #[arg(long, env = "APARTE_HOME", global = true)]
     home: Option<PathBuf>,
+    /// Config file with defaults (default: config.toml in the home folder). Flags override it.
+    #[arg(long, env = "APARTE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Place (or answer) a call in a room.
-    Call(CallArgs),
+    Call(Box<CallArgs>),
     /// Room helpers.
     Room {
         #[command(subcommand)]
@@ -42,6 +47,13 @@ enum Command {
     Id,
     /// List known peers and whether they are verified.
     Peers,
+    /// List microphones and speakers (names for --input-device / --output-device).
+    Devices,
+    /// The config file: where it is, whether it is valid, an example.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run a complete encrypted call on this machine: a signaling server with its TURN relay
     /// on loopback, and two peers (Alice and Bob) speaking to each other through the relay.
     Demo {
@@ -61,26 +73,48 @@ enum RoomCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the config file's path (and say on stderr whether it exists).
+    Path,
+    /// Parse the config file and print the settings it holds.
+    Check,
+    /// Print a commented example config file.
+    Example,
+}
+
 #[derive(clap::Args, Debug)]
 struct CallArgs {
-    /// Signaling server URL, e.g. ws://127.0.0.1:8080/ or wss://signal.example.org/.
+    /// Signaling server URL, e.g. ws://127.0.0.1:8080/ or wss://signal.example.org/ (config:
+    /// `server`).
     #[arg(long, env = "APARTE_SERVER")]
-    server: String,
+    server: Option<String>,
     /// Room id (make one with `aparte room new`).
     #[arg(long)]
     room: String,
     /// Join token, when the server requires one.
     #[arg(long, env = "APARTE_TOKEN")]
     token: Option<String>,
-    /// What to send: a WAV file path, `tone` (440 Hz) or `silence`.
-    #[arg(long, default_value = "tone")]
-    input: String,
-    /// Where received audio goes: a WAV file path or `null`.
-    #[arg(long, default_value = "null")]
-    output: String,
-    /// Use only the TURN relay: the peer never learns your address.
+    /// What to send: `mic` (a microphone), a WAV file path, `tone` (440 Hz) or `silence`
+    /// [default: tone].
     #[arg(long)]
+    input: Option<String>,
+    /// Where received audio goes: `speaker`, a WAV file path or `null` [default: null].
+    #[arg(long)]
+    output: Option<String>,
+    /// The microphone for `--input mic` (a name from `aparte devices`; default: the system's).
+    #[arg(long)]
+    input_device: Option<String>,
+    /// The speaker for `--output speaker` (a name from `aparte devices`; default: the
+    /// system's).
+    #[arg(long)]
+    output_device: Option<String>,
+    /// Use only the TURN relay: the peer never learns your address.
+    #[arg(long, overrides_with = "no_relay_only")]
     relay_only: bool,
+    /// Allow direct paths even if the config file sets `relay_only = true`.
+    #[arg(long, overrides_with = "relay_only")]
+    no_relay_only: bool,
     /// Use only loopback addresses (single-machine tests).
     #[arg(long, hide = true)]
     loopback_only: bool,
@@ -107,21 +141,50 @@ struct CallArgs {
     no_identity: bool,
 }
 
-fn home(cli_home: &Option<PathBuf>) -> PathBuf {
-    cli_home.clone().unwrap_or_else(|| {
-        dirs::config_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join("aparte")
-    })
+/// The config file's settings (empty when the default file does not exist).
+fn file_settings(cli: &Cli) -> Result<(Option<config::Location>, Settings), String> {
+    let location = config::locate(cli.config.as_deref(), cli.home.as_deref());
+    let settings = match &location {
+        Some(location) => config::load(location).map_err(|e| e.to_string())?,
+        None => Settings::default(),
+    };
+    Ok((location, settings))
+}
+
+/// The home folder: `--home`/`APARTE_HOME`, else the config file's `home`, else the platform
+/// default.
+fn home(cli_home: &Option<PathBuf>, file: &Settings) -> PathBuf {
+    cli_home
+        .clone()
+        .or_else(|| file.home.clone())
+        .or_else(config::default_home)
+        .unwrap_or_else(|| PathBuf::from("aparte"))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let home = home(&cli.home);
-    let result = match cli.command {
-        Command::Call(args) => call(args, &home).await,
-        Command::Demo { out_dir } => demo::run(&out_dir).await,
+    let result = run(cli).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    // Only the commands that use settings read the config file, so a broken file does not get
+    // in the way of `devices`, `room new`, `demo` or `config path`.
+    let settings = || file_settings(&cli).map(|(_, s)| s);
+    match &cli.command {
+        Command::Call(args) => {
+            let file = settings()?;
+            let home = home(&cli.home, &file);
+            call(args, file, &home).await
+        }
+        Command::Demo { out_dir } => demo::run(out_dir).await,
         Command::Room {
             command: RoomCommand::New { server },
         } => {
@@ -132,38 +195,90 @@ async fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Id => identity(&home).map(|(id, created)| {
-            if created {
-                eprintln!("created a new identity in {}", home.display());
+        Command::Id => {
+            let home = home(&cli.home, &settings()?);
+            identity(&home).map(|(id, created)| {
+                if created {
+                    eprintln!("created a new identity in {}", home.display());
+                }
+                println!("{}", id.public().fingerprint());
+            })
+        }
+        Command::Devices => aparte_client::devices::list()
+            .map(|list| print!("{list}"))
+            .map_err(|e| e.to_string()),
+        Command::Config { command } => config_command(&cli, command),
+        Command::Peers => {
+            let home = home(&cli.home, &settings()?);
+            store::load_known_peers(&home.join("known_peers"))
+                .map_err(|e| e.to_string())
+                .map(|peers| {
+                    if peers.is_empty() {
+                        println!("no known peers");
+                    }
+                    for (name, record) in peers.iter() {
+                        let state = if record.verified {
+                            "verified"
+                        } else {
+                            "unverified"
+                        };
+                        println!(
+                            "{:<24} {}  {}",
+                            name.as_str(),
+                            record.identity.fingerprint(),
+                            state
+                        );
+                    }
+                })
+        }
+    }
+}
+
+fn config_command(cli: &Cli, command: &ConfigCommand) -> Result<(), String> {
+    match command {
+        ConfigCommand::Example => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        ConfigCommand::Path => {
+            let location = config::locate(cli.config.as_deref(), cli.home.as_deref())
+                .ok_or("this platform has no config folder; pass --config FILE")?;
+            println!("{}", location.path.display());
+            if !location.path.exists() {
+                eprintln!("(it does not exist yet: built-in defaults apply; `aparte config example` prints a template)");
             }
-            println!("{}", id.public().fingerprint());
-        }),
-        Command::Peers => store::load_known_peers(&home.join("known_peers"))
-            .map_err(|e| e.to_string())
-            .map(|peers| {
-                if peers.is_empty() {
-                    println!("no known peers");
+            Ok(())
+        }
+        ConfigCommand::Check => {
+            let (location, file) = file_settings(cli)?;
+            let Some(location) = location else {
+                return Err("this platform has no config folder; pass --config FILE".into());
+            };
+            if !location.path.exists() {
+                println!(
+                    "{}: does not exist (built-in defaults apply)",
+                    location.path.display()
+                );
+                return Ok(());
+            }
+            println!("{}: valid", location.path.display());
+            let show = |key: &str, value: Option<String>| {
+                if let Some(v) = value {
+                    println!("  {key} = {v}");
                 }
-                for (name, record) in peers.iter() {
-                    let state = if record.verified {
-                        "verified"
-                    } else {
-                        "unverified"
-                    };
-                    println!(
-                        "{:<24} {}  {}",
-                        name.as_str(),
-                        record.identity.fingerprint(),
-                        state
-                    );
-                }
-            }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            };
+            show("server", file.server.clone());
+            show(
+                "token",
+                file.token.as_ref().map(|_| "(set, not shown)".to_owned()),
+            );
+            show("input", file.input.clone());
+            show("output", file.output.clone());
+            show("input_device", file.input_device.clone());
+            show("output_device", file.output_device.clone());
+            show("relay_only", file.relay_only.map(|b| b.to_string()));
+            show("home", file.home.as_ref().map(|h| h.display().to_string()));
+            Ok(())
         }
     }
 }
@@ -173,15 +288,49 @@ fn identity(home: &std::path::Path) -> Result<(aparte_e2ee::identity::IdentityKe
         .map_err(|e| e.to_string())
 }
 
-async fn call(args: CallArgs, home: &std::path::Path) -> Result<(), String> {
+/// The call's settings: flags (and their environment variables) over the config file.
+fn call_settings(args: &CallArgs, file: Settings) -> Result<Settings, String> {
+    let flags = Settings {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        input: args.input.clone(),
+        output: args.output.clone(),
+        input_device: args.input_device.clone(),
+        output_device: args.output_device.clone(),
+        relay_only: match (args.relay_only, args.no_relay_only) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        home: None,
+    };
+    let settings = flags.over(file);
+    // A device named on the command line but not used is a mistake worth saying; one from the
+    // config file is just a default for when the microphone or speaker is used.
+    if args.input_device.is_some() && settings.input_or_default() != "mic" {
+        return Err("--input-device only applies to --input mic".into());
+    }
+    if args.output_device.is_some() && settings.output_or_default() != "speaker" {
+        return Err("--output-device only applies to --output speaker".into());
+    }
+    Ok(settings)
+}
+
+async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result<(), String> {
+    let settings = call_settings(args, file)?;
     let room = RoomId::parse(&args.room).map_err(|e| format!("--room: {e}"))?;
-    let input = match args.input.as_str() {
+    let server = settings.server.clone().ok_or(
+        "no signaling server: pass --server URL, set APARTE_SERVER, or set `server` in the config file (`aparte config path` shows where)",
+    )?;
+    let input = match settings.input_or_default() {
         "tone" => Input::Tone(440.0),
         "silence" => Input::Silence,
+        "mic" => Input::Mic(settings.input_device.clone()),
         path => Input::Wav(PathBuf::from(path)),
     };
-    let output = match args.output.as_str() {
+    let output = match settings.output_or_default() {
         "null" => Output::Null,
+        "speaker" => Output::Speaker(settings.output_device.clone()),
         path => Output::Wav(PathBuf::from(path)),
     };
     let duration = match args.duration {
@@ -209,12 +358,12 @@ async fn call(args: CallArgs, home: &std::path::Path) -> Result<(), String> {
     };
     let interactive = policy == Policy::Interactive;
     let options = CallOptions {
-        server: args.server.clone(),
+        server,
         room,
-        token: args.token.clone(),
+        token: settings.token.clone(),
         input,
         output,
-        relay_only: args.relay_only,
+        relay_only: settings.relay_only.unwrap_or(false),
         loopback_only: args.loopback_only,
         duration,
         policy,
@@ -271,10 +420,27 @@ async fn call(args: CallArgs, home: &std::path::Path) -> Result<(), String> {
         report.frames_rejected.values().sum::<u64>(),
         report.frames_concealed
     );
+    if report.audio_devices != DeviceStats::default() {
+        eprintln!("sound devices: {}", device_counts(&report.audio_devices));
+    }
     if let Some(path) = &args.stats_json {
         write_report(path, &report)?;
     }
     Ok(())
+}
+
+/// Microphone and speaker queue problems, in samples at the device rate (frames for the
+/// microphone's short frames).
+fn device_counts(d: &DeviceStats) -> String {
+    format!(
+        "mic dropped {} short {}  speaker gaps {} dropped {}  xruns {} errors {}",
+        d.capture_overrun_samples,
+        d.capture_underrun_frames,
+        d.playout_underrun_samples,
+        d.playout_overrun_samples,
+        d.driver_xruns,
+        d.stream_errors
+    )
 }
 
 fn write_report(path: &std::path::Path, report: &CallReport) -> Result<(), String> {
@@ -359,6 +525,9 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                     live.input_dbfs,
                     live.output_dbfs
                 );
+                if live.devices != DeviceStats::default() {
+                    let _ = write!(err, "  {}", device_counts(&live.devices));
+                }
             }
         }
         CallUpdate::PeerLeft => {
