@@ -1,0 +1,189 @@
+//! The real engines on real speech: Whisper (CTranslate2) on espeak-ng speech, and the
+//! Apertium pipeline. Needs the models (`bash scripts/install-models`, which `scripts/test`
+//! runs) and espeak-ng; a missing one fails the test with the command that installs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use aparte_translate::apertium::{ApertiumTranslator, DEFAULT_MODES_DIR};
+use aparte_translate::models::{ModelDir, ModelName};
+use aparte_translate::resample::Downsampler;
+use aparte_translate::wer::{normalize_words, word_error_rate};
+use aparte_translate::whisper::{WhisperConfig, WhisperRecognizer};
+use aparte_translate::{AsrTask, Language, SpeechRecognizer, TextTranslator};
+
+const ENGLISH: [&str; 4] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call me tomorrow morning at the office.",
+    "We will meet at the train station after lunch.",
+    "My sister bought a new car last week.",
+];
+
+/// espeak-ng speech, as 16 kHz mono samples.
+fn speech(voice: &str, text: &str) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("speech.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is needed: bash scripts/install-deps");
+    assert!(status.success());
+    let call_audio = aparte_media::wav::read_mono_48k(&wav).unwrap();
+    let mut down = Downsampler::new().unwrap();
+    let mut out = down.push(&call_audio);
+    out.extend(down.push(&vec![0.0; 960 * 10])); // flush the resampler's delay
+    out
+}
+
+fn load(model: ModelName) -> WhisperRecognizer {
+    let models = ModelDir::default_location();
+    WhisperRecognizer::load(&models, model, WhisperConfig::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn english_speech_is_recognized_with_tiny_en() {
+    let mut asr = load(ModelName::TinyEn);
+    let task = AsrTask {
+        language: Some(Language::English),
+        translate_to_english: false,
+    };
+    let (mut errors, mut words) = (0.0, 0usize);
+    let (mut busy, mut audio_s) = (0.0, 0.0);
+    for sentence in ENGLISH {
+        let audio = speech("en-us", sentence);
+        let t = Instant::now();
+        let got = asr.recognize(&audio, &task).unwrap();
+        busy += t.elapsed().as_secs_f64();
+        audio_s += audio.len() as f64 / 16_000.0;
+        let n = normalize_words(sentence).len();
+        let wer = word_error_rate(sentence, &got.text);
+        println!("wer {wer:.3} | {sentence} | {}", got.text);
+        errors += wer * n as f64;
+        words += n;
+        assert_eq!(got.language, Some(Language::English));
+    }
+    let wer = errors / words as f64;
+    println!("tiny.en: WER {:.1}% over {words} words, RTF {:.2}", wer * 100.0, busy / audio_s);
+    assert!(wer <= 0.10, "WER {wer}");
+}
+
+#[test]
+fn silence_and_noise_give_no_text() {
+    let mut asr = load(ModelName::TinyEn);
+    let silence = vec![0.0f32; 16_000 * 2];
+    let got = asr.recognize(&silence, &AsrTask::default()).unwrap();
+    assert_eq!(got.text, "", "no_speech_prob {}", got.no_speech_prob);
+    // Hostile audio: NaN, infinities and full-scale garbage must not crash the model.
+    let garbage: Vec<f32> = (0..16_000)
+        .map(|i| match i % 4 {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => 1e9,
+            _ => -1.0,
+        })
+        .collect();
+    asr.recognize(&garbage, &AsrTask::default()).unwrap();
+    asr.recognize(&[], &AsrTask::default()).unwrap();
+    // 40 s (longer than Whisper's 30 s window) is cut, not an error.
+    asr.recognize(&vec![0.0; 16_000 * 40], &AsrTask::default()).unwrap();
+}
+
+#[test]
+fn english_only_model_refuses_other_tasks() {
+    let mut asr = load(ModelName::TinyEn);
+    let err = asr
+        .recognize(
+            &[0.0; 1600],
+            &AsrTask {
+                language: Some(Language::Spanish),
+                translate_to_english: false,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("base model"), "{err}");
+}
+
+#[test]
+fn spanish_speech_becomes_english_with_the_base_model() {
+    let mut asr = load(ModelName::Base);
+    let task = AsrTask {
+        language: Some(Language::Spanish),
+        translate_to_english: true,
+    };
+    let cases = [
+        ("Mi casa es muy grande y tiene un jardín.", &["house", "big", "garden"][..]),
+        ("El perro bebe agua en la cocina.", &["dog", "water", "kitchen"][..]),
+    ];
+    for (spanish, keywords) in cases {
+        let got = asr.recognize(&speech("es", spanish), &task).unwrap();
+        println!("{spanish} -> {}", got.text);
+        let words = normalize_words(&got.text);
+        for k in keywords {
+            assert!(
+                words.iter().any(|w| w.starts_with(k)),
+                "'{k}' missing from '{}'",
+                got.text
+            );
+        }
+        assert_eq!(got.language, Some(Language::English));
+    }
+}
+
+#[test]
+fn the_multilingual_model_detects_the_language() {
+    let mut asr = load(ModelName::Base);
+    let got = asr
+        .recognize(&speech("es", "Buenos días, ¿cómo estás?"), &AsrTask::default())
+        .unwrap();
+    assert_eq!(got.language, Some(Language::Spanish), "{}", got.text);
+}
+
+fn oneshot_apertium(text: &str) -> String {
+    let out = Command::new("apertium")
+        .args(["-u", "eng-spa"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("apertium is needed: bash scripts/install-models");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn the_apertium_pipeline_matches_one_shot_apertium() {
+    let mut mt =
+        ApertiumTranslator::start(Language::English, Language::Spanish, Path::new(DEFAULT_MODES_DIR))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut sentences: Vec<&str> = ENGLISH.to_vec();
+    sentences.extend([
+        "Price: 5$ [test] a/b <x> @me *star* #tag",
+        "Unknownword xyzzy is here.",
+        "",
+        "Hello",
+    ]);
+    let mut slowest = 0.0f64;
+    for round in 0..2 {
+        for s in &sentences {
+            let t = Instant::now();
+            let ours = mt.translate(s).unwrap();
+            if round == 1 {
+                slowest = slowest.max(t.elapsed().as_secs_f64());
+            }
+            assert_eq!(ours, oneshot_apertium(s), "for '{s}'");
+        }
+    }
+    println!("slowest warm pipeline answer: {:.1} ms", slowest * 1000.0);
+    let too_long = "word ".repeat(1000);
+    assert!(mt.translate(&too_long).is_err());
+    // Still usable after a refused request.
+    assert_eq!(mt.translate("Hello").unwrap(), oneshot_apertium("Hello"));
+}
