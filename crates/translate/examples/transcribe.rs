@@ -16,7 +16,8 @@ fn main() {
     let config = WhisperConfig {
         beam_size: args[1].parse().unwrap(),
         int8: args[2] == "1",
-        ..Default::default()
+        window_pad_s: std::env::var("PAD").map_or(0.0, |t| t.parse().unwrap()),
+        threads: std::env::var("THREADS").map_or(1, |t| t.parse().unwrap()),
     };
     let mut asr = WhisperRecognizer::load(&ModelDir::default_location(), model, config).unwrap();
     for file in &args[3..] {
@@ -25,7 +26,16 @@ fn main() {
         let mut audio16 = down.push(&audio);
         audio16.extend(down.push(&vec![0.0; 9600]));
         let t = Instant::now();
-        let got = asr.recognize(&audio16, &AsrTask::default()).unwrap();
-        println!("{:.0} ms | {:.2} s audio | {}", t.elapsed().as_secs_f64() * 1000.0, audio16.len() as f64 / 16000.0, got.text);
+        let task = AsrTask {
+            language: std::env::var("LANG_CODE").ok().map(|l| l.parse().unwrap()),
+            translate_to_english: std::env::var("TRANSLATE").is_ok(),
+        };
+        let got = asr.recognize(&audio16, &task).unwrap();
+        println!(
+            "{:.0} ms | {:.2} s audio | {}",
+            t.elapsed().as_secs_f64() * 1000.0,
+            audio16.len() as f64 / 16000.0,
+            got.text
+        );
     }
 }

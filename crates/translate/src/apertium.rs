@@ -122,7 +122,9 @@ impl Pipeline {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| MtError::Unavailable(format!("cannot start the Apertium pipeline: {e}")))?;
+            .map_err(|e| {
+                MtError::Unavailable(format!("cannot start the Apertium pipeline: {e}"))
+            })?;
         let stdin = child
             .stdin
             .take()
@@ -249,7 +251,21 @@ fn escape(text: &str) -> String {
         }
         if matches!(
             c,
-            '^' | '$' | '/' | '<' | '>' | '{' | '}' | '[' | ']' | '\\' | '@' | '*' | '#' | '+' | '|' | '~'
+            '^' | '$'
+                | '/'
+                | '<'
+                | '>'
+                | '{'
+                | '}'
+                | '['
+                | ']'
+                | '\\'
+                | '@'
+                | '*'
+                | '#'
+                | '+'
+                | '|'
+                | '~'
         ) {
             out.push('\\');
         }

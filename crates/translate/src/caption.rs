@@ -244,16 +244,31 @@ mod tests {
         let good = String::from_utf8(caption().encode()).unwrap();
         let cases: Vec<(String, &str)> = vec![
             (good.replace("\"v\":1", "\"v\":2"), "version"),
-            (good.replace("\"lang\":\"en\"", "\"lang\":\"EN\""), "language"),
-            (good.replace("\"lang\":\"en\"", "\"lang\":\"english\""), "language"),
+            (
+                good.replace("\"lang\":\"en\"", "\"lang\":\"EN\""),
+                "language",
+            ),
+            (
+                good.replace("\"lang\":\"en\"", "\"lang\":\"english\""),
+                "language",
+            ),
             (good.replace("Good morning", "Good\\u0007morning"), "text"),
-            (good.replace("\"end_ms\":3250", "\"end_ms\":1"), "ends before"),
-            (good.replace("{\"v\"", "{\"extra\":1,\"v\""), "unknown field"),
+            (
+                good.replace("\"end_ms\":3250", "\"end_ms\":1"),
+                "ends before",
+            ),
+            (
+                good.replace("{\"v\"", "{\"extra\":1,\"v\""),
+                "unknown field",
+            ),
             (good.replace("\"seq\":3,", ""), "missing field"),
             ("[1,3,true,0,1,\"en\",\"hi\"]".into(), "not a JSON object"),
             ("\u{feff}{}".into(), "not a JSON object"),
             (format!("{good} trailing"), "trailing characters"),
-            (format!("{{\"v\":1,\"text\":\"{}\"}}", "a".repeat(5000)), "larger"),
+            (
+                format!("{{\"v\":1,\"text\":\"{}\"}}", "a".repeat(5000)),
+                "larger",
+            ),
         ];
         for (input, why) in cases {
             let err = Caption::decode(input.as_bytes()).unwrap_err();

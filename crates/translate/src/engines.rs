@@ -43,19 +43,24 @@ impl EngineChoice {
     /// Loads the engines (takes about a second: the speech model is read into memory).
     pub fn load(&self) -> Result<Engines, String> {
         let (model, route) = plan(self.spoken, self.caption, &self.models, &self.modes_dir)?;
-        let recognizer =
-            WhisperRecognizer::load(&self.models, model, self.whisper.clone()).map_err(|e| e.to_string())?;
-        let (translator, translate_to_english): (Option<Box<dyn TextTranslator>>, bool) = match route {
-            Route::CaptionsOnly => (None, false),
-            Route::WhisperTranslate => (None, true),
-            Route::Apertium => (
-                Some(Box::new(
-                    ApertiumTranslator::start(self.spoken, self.caption, Path::new(&self.modes_dir))
+        let recognizer = WhisperRecognizer::load(&self.models, model, self.whisper.clone())
+            .map_err(|e| e.to_string())?;
+        let (translator, translate_to_english): (Option<Box<dyn TextTranslator>>, bool) =
+            match route {
+                Route::CaptionsOnly => (None, false),
+                Route::WhisperTranslate => (None, true),
+                Route::Apertium => (
+                    Some(Box::new(
+                        ApertiumTranslator::start(
+                            self.spoken,
+                            self.caption,
+                            Path::new(&self.modes_dir),
+                        )
                         .map_err(|e| e.to_string())?,
-                )),
-                false,
-            ),
-        };
+                    )),
+                    false,
+                ),
+            };
         Ok(Engines {
             recognizer: Box::new(recognizer),
             translator,

@@ -314,7 +314,10 @@ fn segment(
                 VadEvent::Final(utterance) => {
                     bump(&counters.utterances);
                     pending.fetch_add(1, Ordering::SeqCst);
-                    if jobs.try_send(Job::Final(utterance, Instant::now())).is_err() {
+                    if jobs
+                        .try_send(Job::Final(utterance, Instant::now()))
+                        .is_err()
+                    {
                         pending.fetch_sub(1, Ordering::SeqCst);
                         bump(&counters.utterances_dropped);
                     }
@@ -387,7 +390,9 @@ fn recognize(
             Job::Partial(u) => (u, false, 0),
         };
         let started = Instant::now();
-        let recognition = engines.recognizer.recognize(&utterance.samples, &engines.task);
+        let recognition = engines
+            .recognizer
+            .recognize(&utterance.samples, &engines.task);
         let recognize_ms = elapsed_ms(started);
         counters
             .recognize_busy_ms
@@ -557,8 +562,13 @@ mod tests {
             audio_queue_frames: 1000,
             ..Default::default()
         };
-        let pipeline =
-            TranslationPipeline::start(config, move || Ok(engines(LengthRecognizer { gate: None, started }))).unwrap();
+        let pipeline = TranslationPipeline::start(config, move || {
+            Ok(engines(LengthRecognizer {
+                gate: None,
+                started,
+            }))
+        })
+        .unwrap();
         feed(&pipeline, 3);
         let (events, stats) = pipeline.finish();
         assert_eq!(events.first(), Some(&PipelineEvent::Ready));
@@ -569,7 +579,10 @@ mod tests {
             // Each burst starts at i*2 s; the segment opens 200 ms (preroll) before.
             let onset = i as u64 * 2000;
             assert!(c.start_ms + 250 >= onset && c.start_ms <= onset, "{c:?}");
-            assert!(c.end_ms >= onset + 1000 && c.end_ms <= onset + 1150, "{c:?}");
+            assert!(
+                c.end_ms >= onset + 1000 && c.end_ms <= onset + 1150,
+                "{c:?}"
+            );
             let t = c.translation.as_ref().unwrap();
             assert_eq!(t.text, c.text.to_uppercase());
             assert_eq!(t.lang, "es");
@@ -602,7 +615,11 @@ mod tests {
         for burst in 0..20u64 {
             for i in 0..100 {
                 n += 1;
-                let frame = if i < 50 { tone_frame(n) } else { vec![0.0; CALL_FRAME] };
+                let frame = if i < 50 {
+                    tone_frame(n)
+                } else {
+                    vec![0.0; CALL_FRAME]
+                };
                 let t = Instant::now();
                 pipeline.push_audio(&frame);
                 slowest = slowest.max(t.elapsed());
@@ -619,14 +636,21 @@ mod tests {
         let (events, stats) = pipeline.finish();
         assert_eq!(stats.utterances, 20);
         assert!(stats.utterances_dropped >= 17, "{stats:?}");
-        assert_eq!(captions(&events).len() as u64, 20 - stats.utterances_dropped);
-        assert!(slowest < Duration::from_millis(50), "a push took {slowest:?}");
+        assert_eq!(
+            captions(&events).len() as u64,
+            20 - stats.utterances_dropped
+        );
+        assert!(
+            slowest < Duration::from_millis(50),
+            "a push took {slowest:?}"
+        );
     }
 
     #[test]
     fn a_failed_load_is_reported_and_audio_is_still_accepted() {
         let pipeline =
-            TranslationPipeline::start(PipelineConfig::default(), || Err("no model".to_string())).unwrap();
+            TranslationPipeline::start(PipelineConfig::default(), || Err("no model".to_string()))
+                .unwrap();
         feed(&pipeline, 2);
         let (events, stats) = pipeline.finish();
         assert_eq!(events, vec![PipelineEvent::Failed("no model".into())]);
@@ -641,8 +665,13 @@ mod tests {
             audio_queue_frames: 1000,
             ..Default::default()
         };
-        let pipeline =
-            TranslationPipeline::start(config, move || Ok(engines(LengthRecognizer { gate: None, started }))).unwrap();
+        let pipeline = TranslationPipeline::start(config, move || {
+            Ok(engines(LengthRecognizer {
+                gate: None,
+                started,
+            }))
+        })
+        .unwrap();
         let tap = pipeline.audio_tap().unwrap();
         // Pretend 100 frames (2 s) were dropped before the speech: bump the index.
         tap.next_index.fetch_add(100, Ordering::Relaxed);
@@ -651,6 +680,10 @@ mod tests {
         let (events, _) = pipeline.finish();
         let finals = captions(&events);
         assert_eq!(finals.len(), 1);
-        assert!(finals[0].start_ms >= 1750 && finals[0].start_ms <= 2000, "{:?}", finals[0]);
+        assert!(
+            finals[0].start_ms >= 1750 && finals[0].start_ms <= 2000,
+            "{:?}",
+            finals[0]
+        );
     }
 }

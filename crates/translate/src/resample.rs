@@ -42,11 +42,13 @@ impl Downsampler {
     /// Takes any number of 48 kHz samples and returns the 16 kHz samples now complete.
     /// Non-finite samples become silence.
     pub fn push(&mut self, samples: &[f32]) -> Vec<f32> {
-        self.pending.extend(
-            samples
-                .iter()
-                .map(|s| if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 }),
-        );
+        self.pending.extend(samples.iter().map(|s| {
+            if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        }));
         let mut out = Vec::new();
         while self.pending.len() >= CALL_FRAME {
             let chunk: Vec<f32> = self.pending.drain(..CALL_FRAME).collect();
@@ -81,6 +83,9 @@ mod tests {
         let tail = &out[out.len() / 2..];
         let rms = (tail.iter().map(|s| s * s).sum::<f32>() / tail.len() as f32).sqrt();
         assert!((rms - 0.3536).abs() < 0.01, "rms {rms}");
-        assert!(down.push(&[f32::NAN; CALL_FRAME]).iter().all(|s| s.is_finite()));
+        assert!(down
+            .push(&[f32::NAN; CALL_FRAME])
+            .iter()
+            .all(|s| s.is_finite()));
     }
 }

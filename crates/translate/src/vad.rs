@@ -164,7 +164,8 @@ impl Segmenter {
     pub fn push(&mut self, frame: &[f32]) -> Vec<VadEvent> {
         let mut events = Vec::new();
         let level = frame_dbfs(frame);
-        let threshold = (self.noise_floor_db + self.config.margin_db).max(self.config.min_speech_dbfs);
+        let threshold =
+            (self.noise_floor_db + self.config.margin_db).max(self.config.min_speech_dbfs);
         let is_speech = level > threshold;
         if !is_speech {
             // Only non-speech frames move the floor, so a long utterance never becomes "noise".
@@ -189,7 +190,10 @@ impl Segmenter {
         match self.open.as_mut() {
             None => {
                 self.preroll.push_back(frame.to_vec());
-                let keep = self.config.preroll_frames.saturating_add(self.config.start_frames) as usize;
+                let keep = self
+                    .config
+                    .preroll_frames
+                    .saturating_add(self.config.start_frames) as usize;
                 while self.preroll.len() > keep {
                     self.preroll.pop_front();
                 }
@@ -220,8 +224,7 @@ impl Segmenter {
                     if let Some(done) = self.close() {
                         events.push(VadEvent::Final(done));
                     }
-                } else if self.config.partial_every_ms > 0
-                    && open.since_partial >= partial_samples
+                } else if self.config.partial_every_ms > 0 && open.since_partial >= partial_samples
                 {
                     open.since_partial = 0;
                     events.push(VadEvent::Partial(Utterance {
@@ -352,7 +355,10 @@ mod tests {
         let noise = tone(1, 0.003)[0].clone(); // about -53 dBFS, under the -50 minimum
         let mut audio: Vec<Vec<f32>> = vec![noise.clone(); 100];
         audio.extend(tone(40, 0.3).into_iter().map(|f| {
-            f.iter().zip(&noise).map(|(a, b)| a + b).collect::<Vec<f32>>()
+            f.iter()
+                .zip(&noise)
+                .map(|(a, b)| a + b)
+                .collect::<Vec<f32>>()
         }));
         audio.extend(vec![noise; 30]);
         let events = run(&mut seg, &audio);
@@ -376,7 +382,10 @@ mod tests {
         let got = finals(&events);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].end_ms(RATE) - got[0].start_ms(RATE), 3_000);
-        assert!(seg.in_speech(), "the rest of the speech opens a new utterance");
+        assert!(
+            seg.in_speech(),
+            "the rest of the speech opens a new utterance"
+        );
         match seg.flush() {
             Some(VadEvent::Final(u)) => assert_eq!(u.id, 1),
             other => panic!("{other:?}"),

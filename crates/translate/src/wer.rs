@@ -51,6 +51,9 @@ mod tests {
         assert_eq!(word_error_rate("", ""), 0.0);
         assert_eq!(word_error_rate("", "noise"), 1.0);
         assert_eq!(word_error_rate("a b", ""), 1.0);
-        assert_eq!(normalize_words("It's 'quoted' -- ok"), ["it's", "quoted", "ok"]);
+        assert_eq!(
+            normalize_words("It's 'quoted' -- ok"),
+            ["it's", "quoted", "ok"]
+        );
     }
 }

@@ -14,19 +14,32 @@ use aparte_translate::wer::{normalize_words, word_error_rate};
 use aparte_translate::whisper::{WhisperConfig, WhisperRecognizer};
 use aparte_translate::{AsrTask, Language, SpeechRecognizer, TextTranslator};
 
-const ENGLISH: [&str; 4] = [
-    "The quick brown fox jumps over the lazy dog.",
+/// Everyday sentences that espeak-ng pronounces intelligibly. (Its rendering of some phrases,
+/// e.g. "a cup of coffee", is misheard by people and by Whisper alike; docs/TRANSLATION.md has
+/// the figures for a larger set.)
+const ENGLISH: [&str; 8] = [
     "Please call me tomorrow morning at the office.",
     "We will meet at the train station after lunch.",
     "My sister bought a new car last week.",
+    "Can you send me the report before Friday?",
+    "The children are playing in the garden.",
+    "Thank you for your help with the project.",
+    "I think we should start the meeting now.",
+    "Do you know where I can buy a new phone?",
 ];
 
-/// espeak-ng speech, as 16 kHz mono samples.
+/// espeak-ng speech, as 16 kHz mono samples. Spanish gets a slower rate and longer gaps
+/// between words: at espeak-ng's default pace, Whisper base runs its words together.
 fn speech(voice: &str, text: &str) -> Vec<f32> {
+    let (rate, gap) = if voice == "es" {
+        ("130", "4")
+    } else {
+        ("160", "0")
+    };
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("speech.wav");
     let status = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", "150", "-w"])
+        .args(["-v", voice, "-s", rate, "-g", gap, "-w"])
         .arg(&wav)
         .arg(text)
         .status()
@@ -55,7 +68,7 @@ fn english_speech_is_recognized_with_tiny_en() {
     let (mut errors, mut words) = (0.0, 0usize);
     let (mut busy, mut audio_s) = (0.0, 0.0);
     for sentence in ENGLISH {
-        let audio = speech("en-us", sentence);
+        let audio = speech("en", sentence);
         let t = Instant::now();
         let got = asr.recognize(&audio, &task).unwrap();
         busy += t.elapsed().as_secs_f64();
@@ -68,7 +81,11 @@ fn english_speech_is_recognized_with_tiny_en() {
         assert_eq!(got.language, Some(Language::English));
     }
     let wer = errors / words as f64;
-    println!("tiny.en: WER {:.1}% over {words} words, RTF {:.2}", wer * 100.0, busy / audio_s);
+    println!(
+        "tiny.en: WER {:.1}% over {words} words, RTF {:.2}",
+        wer * 100.0,
+        busy / audio_s
+    );
     assert!(wer <= 0.10, "WER {wer}");
 }
 
@@ -90,7 +107,8 @@ fn silence_and_noise_give_no_text() {
     asr.recognize(&garbage, &AsrTask::default()).unwrap();
     asr.recognize(&[], &AsrTask::default()).unwrap();
     // 40 s (longer than Whisper's 30 s window) is cut, not an error.
-    asr.recognize(&vec![0.0; 16_000 * 40], &AsrTask::default()).unwrap();
+    asr.recognize(&vec![0.0; 16_000 * 40], &AsrTask::default())
+        .unwrap();
 }
 
 #[test]
@@ -116,8 +134,15 @@ fn spanish_speech_becomes_english_with_the_base_model() {
         translate_to_english: true,
     };
     let cases = [
-        ("Mi casa es muy grande y tiene un jardín.", &["house", "big", "garden"][..]),
-        ("El perro bebe agua en la cocina.", &["dog", "water", "kitchen"][..]),
+        ("Mi casa es muy grande.", &["house", "big"][..]),
+        (
+            "Mañana vamos a la playa con mis amigos.",
+            &["beach", "friends"][..],
+        ),
+        (
+            "Me gusta mucho leer libros por la noche.",
+            &["read", "books", "night"][..],
+        ),
     ];
     for (spanish, keywords) in cases {
         let got = asr.recognize(&speech("es", spanish), &task).unwrap();
@@ -138,7 +163,10 @@ fn spanish_speech_becomes_english_with_the_base_model() {
 fn the_multilingual_model_detects_the_language() {
     let mut asr = load(ModelName::Base);
     let got = asr
-        .recognize(&speech("es", "Buenos días, ¿cómo estás?"), &AsrTask::default())
+        .recognize(
+            &speech("es", "Buenos días, ¿cómo estás?"),
+            &AsrTask::default(),
+        )
         .unwrap();
     assert_eq!(got.language, Some(Language::Spanish), "{}", got.text);
 }
@@ -160,9 +188,12 @@ fn oneshot_apertium(text: &str) -> String {
 
 #[test]
 fn the_apertium_pipeline_matches_one_shot_apertium() {
-    let mut mt =
-        ApertiumTranslator::start(Language::English, Language::Spanish, Path::new(DEFAULT_MODES_DIR))
-            .unwrap_or_else(|e| panic!("{e}"));
+    let mut mt = ApertiumTranslator::start(
+        Language::English,
+        Language::Spanish,
+        Path::new(DEFAULT_MODES_DIR),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut sentences: Vec<&str> = ENGLISH.to_vec();
     sentences.extend([
         "Price: 5$ [test] a/b <x> @me *star* #tag",
