@@ -1,7 +1,11 @@
 //! Shared helpers for aparté's end-to-end tests: finding the workspace binaries, running a
-//! real signaling server process, and making speech WAVs with espeak-ng. The scenarios
-//! themselves live in `tests/tests/`.
+//! real signaling server process, making speech WAVs with espeak-ng, an in-process recording
+//! (and, on demand, hostile or lossy) TURN relay ([`relay`]), and two in-process call
+//! endpoints over real WebRTC ([`call`]). The scenarios themselves live in `tests/tests/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod call;
+pub mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
