@@ -22,6 +22,7 @@ use aparte_media::wav::MonoWavWriter;
 use aparte_media::{FRAME_MS, FRAME_SAMPLES};
 use tokio::sync::mpsc;
 
+use crate::captions::AudioTaps;
 use crate::capture::MicSource;
 use crate::devices::{DeviceCounters, DeviceError, DeviceStats};
 use crate::playback::Speaker;
@@ -154,6 +155,16 @@ impl AudioPipeline {
     /// Opens input and output (sound devices included, so a missing one fails here, before
     /// any network activity) and starts the thread.
     pub fn start(input: &Input, output: &Output) -> Result<Self, AudioError> {
+        Self::start_with_taps(input, output, AudioTaps::default())
+    }
+
+    /// Like [`Self::start`], and also offers what is sent and what is played to the caption
+    /// pipelines (non-blocking; see [`crate::captions`]).
+    pub fn start_with_taps(
+        input: &Input,
+        output: &Output,
+        taps: AudioTaps,
+    ) -> Result<Self, AudioError> {
         let device_counters = Arc::new(DeviceCounters::default());
         let source: Box<dyn AudioSource> = match input {
             Input::Wav(path) => Box::new(WavSource::open(path)?),
@@ -198,6 +209,7 @@ impl AudioPipeline {
             started,
             playing: false,
             live_input,
+            taps,
         };
         let thread = std::thread::Builder::new()
             .name("aparte-audio".into())
@@ -272,6 +284,8 @@ struct Worker {
     /// A live source (microphone) keeps capturing while we do not send; its frames are then
     /// pulled and discarded so the first frame sent is fresh, not the oldest in a queue.
     live_input: bool,
+    /// Caption pipelines' inputs.
+    taps: AudioTaps,
 }
 
 impl Worker {
@@ -299,6 +313,11 @@ impl Worker {
 
     fn send_tick(&mut self, frame: &mut Frame) {
         if self.input_ended.load(Ordering::SeqCst) {
+            // Keep our caption stream's clock running on silence, so the last utterance is
+            // closed by a pause as any other is.
+            if let Some(tap) = &self.taps.outgoing {
+                tap.push(&[0.0; FRAME_SAMPLES]);
+            }
             return;
         }
         if !self.sending.load(Ordering::SeqCst) {
@@ -313,6 +332,9 @@ impl Worker {
                 self.input_ended.store(true, Ordering::SeqCst);
                 return;
             }
+        }
+        if let Some(tap) = &self.taps.outgoing {
+            tap.push(frame);
         }
         let level = aparte_media::metrics::dbfs(frame);
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,6 +374,9 @@ impl Worker {
             stats.output_dbfs = aparte_media::metrics::dbfs(&samples) as f32;
             stats.frames_played += 1;
             drop(stats);
+            if let Some(tap) = &self.taps.incoming {
+                tap.push(&samples);
+            }
             if let Some(sink) = self.sink.as_mut() {
                 match sink.write_frame(&samples) {
                     // A speaker that went away (counted in the device stats) must not stop

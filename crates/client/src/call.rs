@@ -19,7 +19,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use aparte_translate::{Caption, PipelineEvent};
+
 use crate::audio::{AudioPipeline, AudioStats, Input, Output};
+use crate::captions::{CaptionReport, CaptionSource, Captions, Direction, TranslationOptions};
 use crate::devices::DeviceStats;
 use crate::signaling::{PeerMessage, Signaling, SignalingEvent};
 use crate::transport::{
@@ -35,6 +40,8 @@ const MAX_EARLY_HANDSHAKE: usize = 8;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the input ends, keep the call up this long so the peer's tail arrives.
 const TAIL: Duration = Duration::from_millis(1500);
+/// With captions on, wait at most this much longer for the last caption to be made and sent.
+const CAPTION_TAIL: Duration = Duration::from_secs(10);
 
 /// Everything a call needs.
 #[derive(Debug, Clone)]
@@ -63,6 +70,8 @@ pub struct CallOptions {
     pub peer_name: Option<PeerName>,
     /// The known-peers store.
     pub known_peers: KnownPeers,
+    /// Live captions and translation.
+    pub translation: TranslationOptions,
 }
 
 /// What the person (or a script) does during a call.
@@ -98,6 +107,10 @@ pub enum CallUpdate {
     PeerLeft,
     /// The signaling connection was lost (the call continues peer to peer).
     SignalingLost(String),
+    /// A caption to show.
+    Caption(CaptionSource, Caption),
+    /// News about translation (models loaded, or why they are not).
+    Translation(String),
 }
 
 /// Figures for a live status line.
@@ -168,6 +181,9 @@ pub struct CallReport {
     pub ended_by: String,
     /// Microphone and speaker overruns and underruns (all zero without a sound device).
     pub audio_devices: DeviceStats,
+    /// Captions and translation (absent when not asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captions: Option<CaptionReport>,
 }
 
 /// Call failures.
@@ -188,6 +204,9 @@ pub enum CallError {
     /// The call was abandoned before the peer arrived.
     #[error("{0}")]
     Aborted(&'static str),
+    /// Translation was asked for and cannot run here (the message says what is missing).
+    #[error("translation: {0}")]
+    Translation(String),
 }
 
 /// Runs one call to its end.
@@ -199,7 +218,11 @@ pub async fn run_call(
     let cpu_start = cpu_seconds();
     // Audio first: a missing microphone or unreadable WAV file is reported before we join a
     // room and make the peer wait. Nothing is sent or played until the call is set up.
-    let mut audio = AudioPipeline::start(&options.input, &options.output)?;
+    // Caption pipelines likewise: a missing model is reported now. Models load in the
+    // background while we connect.
+    let (mut captions, taps) =
+        Captions::start(&options.translation).map_err(CallError::Translation)?;
+    let mut audio = AudioPipeline::start_with_taps(&options.input, &options.output, taps)?;
     let (signaling, joined, mut sig_rx) =
         Signaling::join(&options.server, &options.room, options.token.clone()).await?;
     let _ = updates
@@ -252,6 +275,8 @@ pub async fn run_call(
         media_since: None,
         ended_by: None,
         both_joined,
+        received_app: VecDeque::new(),
+        played: Arc::clone(&audio.stats),
     };
     if role == SdpRole::Offerer {
         if let Signal::Offer(sdp) = call.transport.create_offer().await? {
@@ -261,6 +286,7 @@ pub async fn run_call(
 
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut input_ended_at: Option<Instant> = None;
+    let mut settled_ticks = 0u32;
     let (mut signaling_open, mut actions_open) = (true, true);
     while call.ended_by.is_none() {
         tokio::select! {
@@ -278,6 +304,9 @@ pub async fn run_call(
             },
             Some(event) = transport_rx.recv() => call.on_transport(event, &audio).await,
             Some(packet) = audio.outgoing.recv() => call.send_audio(packet).await,
+            Some((direction, event)) = captions.next() => {
+                call.on_pipeline(direction, event, &mut captions).await
+            }
             action = actions.recv(), if actions_open => match action {
                 Some(action) => call.on_action(action).await,
                 None => actions_open = false,
@@ -288,7 +317,13 @@ pub async fn run_call(
                 }
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
                     let at = *input_ended_at.get_or_insert_with(Instant::now);
-                    if call.options.duration.is_none() && at.elapsed() >= TAIL
+                    // With captions on, also wait (a bounded time) until the last utterance
+                    // has been captioned and sent, two ticks in a row.
+                    settled_ticks = if captions.outgoing_settled() { settled_ticks + 1 } else { 0 };
+                    let captions_done = !captions.has_outgoing()
+                        || settled_ticks >= 2
+                        || at.elapsed() >= TAIL + CAPTION_TAIL;
+                    if call.options.duration.is_none() && at.elapsed() >= TAIL && captions_done
                         && matches!(call.options.input, Input::Wav(_)) {
                         call.hang_up("input ended").await;
                     }
@@ -302,6 +337,7 @@ pub async fn run_call(
                 let _ = call.updates.try_send(CallUpdate::Live(live));
             }
         }
+        call.take_received_captions(&mut captions).await;
         // Audio flows only with confirmed keys on a connected link; re-checked after every
         // event so media starts the moment both hold.
         audio
@@ -314,9 +350,16 @@ pub async fn run_call(
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let relayed = call.transport.is_relayed().await;
     let audio_stats = audio.stop()?;
+    // The audio thread held the pipelines' taps; with it gone they finish.
+    let caption_report = captions.finish();
+    let caption_report = (call.options.translation.enabled()
+        || caption_report.received_finals + caption_report.received_partials > 0)
+        .then_some(caption_report);
     call.signaling.leave().await;
     let _ = call.transport.close().await;
-    Ok(call.report(audio_stats, relayed, cpu_seconds() - cpu_start))
+    let mut report = call.report(audio_stats, relayed, cpu_seconds() - cpu_start);
+    report.captions = caption_report;
+    Ok(report)
 }
 
 async fn wait_for_peer(
@@ -361,6 +404,10 @@ struct Call {
     media_since: Option<Instant>,
     ended_by: Option<String>,
     both_joined: Instant,
+    /// Application data (captions) that arrived, waiting to be handled.
+    received_app: VecDeque<Vec<u8>>,
+    /// The audio thread's counters (for where playout is when a caption arrives).
+    played: Arc<std::sync::Mutex<AudioStats>>,
 }
 
 fn unix_now() -> u64 {
@@ -523,7 +570,11 @@ impl Call {
                         let _ = self.updates.send(CallUpdate::PeersChanged(peers)).await;
                     }
                 }
-                Event::App(_) => {}
+                Event::App(body) => {
+                    if self.received_app.len() < MAX_PENDING_DATA {
+                        self.received_app.push_back(body);
+                    }
+                }
             }
         }
     }
@@ -680,6 +731,89 @@ impl Call {
             duration_s: self.both_joined.elapsed().as_secs_f64(),
             ended_by: self.ended_by.clone().unwrap_or_default(),
             audio_devices: audio.devices,
+            captions: None,
+        }
+    }
+
+    /// A caption pipeline reported something.
+    async fn on_pipeline(
+        &mut self,
+        direction: Direction,
+        event: PipelineEvent,
+        captions: &mut Captions,
+    ) {
+        let update = match event {
+            PipelineEvent::Ready => CallUpdate::Translation(match direction {
+                Direction::Outgoing => "captions of your speech are on".into(),
+                Direction::Incoming => "captions of the peer's speech are on".into(),
+            }),
+            PipelineEvent::Failed(why) => {
+                captions.report.errors.push(why.clone());
+                CallUpdate::Translation(format!("translation is off: {why}"))
+            }
+            PipelineEvent::Caption(caption, timing) => {
+                if caption.is_final {
+                    captions.report.processing_ms.push(timing.total_ms());
+                }
+                let source = match direction {
+                    Direction::Outgoing => {
+                        self.send_caption(&caption, &mut captions.report).await;
+                        CaptionSource::Mine
+                    }
+                    Direction::Incoming => CaptionSource::PeerRecognizedHere,
+                };
+                captions.shown(source, &caption);
+                CallUpdate::Caption(source, caption)
+            }
+        };
+        let _ = self.updates.try_send(update);
+    }
+
+    async fn send_caption(&mut self, caption: &Caption, report: &mut CaptionReport) {
+        let event = self
+            .security
+            .as_mut()
+            .filter(|_| self.connected)
+            .and_then(|s| s.send_app(caption.encode()).ok());
+        match event {
+            Some(event) => {
+                self.carry_out(vec![event]).await;
+                if caption.is_final {
+                    report.sent_finals += 1;
+                } else {
+                    report.sent_partials += 1;
+                }
+            }
+            None => report.send_failed += 1,
+        }
+    }
+
+    /// Handles captions that arrived from the peer (already authenticated and decrypted by
+    /// the session: a forged or replayed frame never gets here).
+    async fn take_received_captions(&mut self, captions: &mut Captions) {
+        while let Some(body) = self.received_app.pop_front() {
+            let Ok(caption) = Caption::decode(&body) else {
+                captions.report.received_malformed += 1;
+                continue;
+            };
+            if caption.is_final {
+                captions.report.received_finals += 1;
+                let played_ms = self
+                    .played
+                    .lock()
+                    .map_or(0, |s| s.frames_played)
+                    .saturating_mul(u64::from(aparte_media::FRAME_MS));
+                captions
+                    .report
+                    .received_lag_ms
+                    .push(played_ms.saturating_sub(caption.end_ms));
+            } else {
+                captions.report.received_partials += 1;
+            }
+            captions.shown(CaptionSource::Peer, &caption);
+            let _ = self
+                .updates
+                .try_send(CallUpdate::Caption(CaptionSource::Peer, caption));
         }
     }
 }

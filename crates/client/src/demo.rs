@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use aparte_client::audio::{Input, Output};
 use aparte_client::call::{run_call, CallOptions, CallReport, CallUpdate, UserAction};
+use aparte_client::captions::{CaptionSource, TranslationOptions};
 use aparte_e2ee::identity::KnownPeers;
 use aparte_session::{Policy, SecurityStatus};
 use aparte_signaling_protocol::RoomId;
+use aparte_translate::engines::EngineChoice;
+use aparte_translate::Language;
 use tokio::sync::mpsc;
 
 const ALICE_SAYS: &str = "Hello Bob, this is Alice. This call is encrypted end to end, and the relay in between cannot hear a word.";
@@ -40,7 +43,20 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     let (server, url) = start_server()?;
     println!("signaling server at {url} (with its embedded TURN relay); calls are relay-only");
     let room = RoomId::random(&mut rand_core::OsRng);
-    let options = |input: &str, output: &str| CallOptions {
+    // Each side captions its own speech (Whisper tiny.en) and translates it into Spanish
+    // (Apertium) on its own CPU; the peer gets the captions inside the call's encryption.
+    let translation = |captions: &str| TranslationOptions {
+        outgoing: Some(EngineChoice::new(Language::English, Language::Spanish)),
+        incoming: None,
+        captions_file: Some(file(captions)),
+    };
+    translation("-")
+        .outgoing
+        .as_ref()
+        .map(EngineChoice::check)
+        .transpose()
+        .map_err(|e| format!("the demo shows translated captions: {e}"))?;
+    let options = |input: &str, output: &str, captions: &str| CallOptions {
         server: url.clone(),
         room: room.clone(),
         token: None,
@@ -53,6 +69,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         identity: None,
         peer_name: None,
         known_peers: KnownPeers::new(),
+        translation: translation(captions),
     };
     let (alice_actions, alice_rx) = mpsc::channel(4);
     let (bob_actions, bob_rx) = mpsc::channel(4);
@@ -65,7 +82,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         bob_actions,
     ));
     let alice = run_call(
-        options("alice-says.wav", "alice-heard.wav"),
+        options("alice-says.wav", "alice-heard.wav", "alice-read.vtt"),
         alice_rx,
         alice_updates,
     );
@@ -73,7 +90,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     let bob = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         run_call(
-            options("bob-says.wav", "bob-heard.wav"),
+            options("bob-says.wav", "bob-heard.wav", "bob-read.vtt"),
             bob_rx,
             bob_updates,
         )
@@ -96,7 +113,13 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     println!();
     println!("what Alice heard: {}", file("alice-heard.wav").display());
     println!("what Bob heard:   {}", file("bob-heard.wav").display());
+    println!("captions Alice read: {}", file("alice-read.vtt").display());
+    println!("captions Bob read:   {}", file("bob-read.vtt").display());
     println!("statistics:       {}", file("alice-stats.json").display());
+    let received = |r: &CallReport| r.captions.as_ref().map_or(0, |c| c.received_finals);
+    if received(&alice) == 0 || received(&bob) == 0 {
+        return Err("no translated caption crossed the call".into());
+    }
     if !sas_equal || !alice.verified || !bob.verified {
         return Err("the call did not verify".into());
     }
@@ -156,6 +179,16 @@ async fn play_the_people(
             }
             CallUpdate::Security(status) => println!("{who:>5}: {}", status.label()),
             CallUpdate::Link(state) => println!("{who:>5}: link {state:?}"),
+            CallUpdate::Caption(CaptionSource::Peer, caption) if caption.is_final => {
+                let speaker = if who == "alice" { "Bob" } else { "Alice" };
+                println!(
+                    "{who:>5} reads {speaker}'s caption, translated on {speaker}'s machine: \"{}\"  ({}: \"{}\")",
+                    caption.display_text(),
+                    caption.lang,
+                    caption.text
+                );
+            }
+            CallUpdate::Translation(news) => println!("{who:>5}: {news}"),
             _ => {}
         }
         if decided.is_none() {
@@ -185,7 +218,7 @@ async fn play_the_people(
 
 fn speak(text: &str, path: &PathBuf) -> Result<(), String> {
     let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
+        .args(["-v", "en", "-s", "160", "-w"])
         .arg(path)
         .arg(text)
         .status()

@@ -10,9 +10,11 @@
 
 pub mod audio;
 pub mod call;
+pub mod captions;
 pub mod capture;
 pub mod config;
 pub mod devices;
+pub mod offline;
 pub mod playback;
 pub mod resample;
 pub mod sdp;

@@ -8,12 +8,18 @@ use std::time::Duration;
 
 use aparte_client::audio::{Input, Output};
 use aparte_client::call::{run_call, CallOptions, CallReport, CallUpdate, UserAction};
+use aparte_client::captions::{CaptionSource, TranslationOptions};
 use aparte_client::config::{self, Settings};
 use aparte_client::devices::DeviceStats;
+use aparte_client::offline;
 use aparte_e2ee::identity::{KnownPeers, PeerName};
 use aparte_e2ee::store;
 use aparte_session::{Policy, SecurityStatus};
 use aparte_signaling_protocol::RoomId;
+use aparte_translate::apertium::DEFAULT_MODES_DIR;
+use aparte_translate::engines::EngineChoice;
+use aparte_translate::models::ModelDir;
+use aparte_translate::Language;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -53,6 +59,33 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Which languages this machine can caption and translate, and which models it has.
+    Languages {
+        /// Where the speech models are.
+        #[arg(long, env = "APARTE_MODEL_DIR")]
+        model_dir: Option<PathBuf>,
+    },
+    /// Caption and translate a WAV file on this machine, with the pipeline calls use (no
+    /// network involved). Prints one line per utterance.
+    Translate {
+        /// The WAV file (any common format).
+        file: PathBuf,
+        /// The language spoken in it.
+        #[arg(long)]
+        lang: String,
+        /// The caption language [default: --lang, i.e. a transcript].
+        #[arg(long)]
+        to: Option<String>,
+        /// Also write the captions as WebVTT.
+        #[arg(long)]
+        captions: Option<PathBuf>,
+        /// Print each caption as a JSON line (the wire format).
+        #[arg(long)]
+        json: bool,
+        /// Where the speech models are.
+        #[arg(long, env = "APARTE_MODEL_DIR")]
+        model_dir: Option<PathBuf>,
     },
     /// Run a complete encrypted call on this machine: a signaling server with its TURN relay
     /// on loopback, and two peers (Alice and Bob) speaking to each other through the relay.
@@ -139,6 +172,75 @@ struct CallArgs {
     /// Call without a long-term identity (no key continuity).
     #[arg(long)]
     no_identity: bool,
+    /// The language you speak (e.g. en, es). Turns on captions of your speech, recognized on
+    /// this machine and sent to the peer inside the call's encryption (see `aparte languages`).
+    #[arg(long)]
+    lang: Option<String>,
+    /// The language the peer reads: your captions are translated into it on this machine
+    /// [default: same as --lang, i.e. captions without translation].
+    #[arg(long)]
+    peer_lang: Option<String>,
+    /// Also recognize and translate the peer's incoming audio here (for a peer without
+    /// translation); needs --peer-lang (what they speak) and --lang (what you read).
+    #[arg(long, requires_all = ["lang", "peer_lang"])]
+    translate_incoming: bool,
+    /// Write the captions of what the peer says as WebVTT to this file.
+    #[arg(long)]
+    captions: Option<PathBuf>,
+    /// Where the speech models are [default: $APARTE_MODEL_DIR or ~/.local/share/aparte/models].
+    #[arg(long, env = "APARTE_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+}
+
+fn translate_command(
+    file: &std::path::Path,
+    lang: &str,
+    to: Option<&str>,
+    captions: Option<&std::path::Path>,
+    json: bool,
+    model_dir: &Option<PathBuf>,
+) -> Result<(), String> {
+    let spoken: Language = lang.parse().map_err(|e| format!("--lang: {e}"))?;
+    let caption: Language = match to {
+        Some(code) => code.parse().map_err(|e| format!("--to: {e}"))?,
+        None => spoken,
+    };
+    let choice = EngineChoice {
+        models: model_dir
+            .clone()
+            .map_or_else(ModelDir::default_location, ModelDir::new),
+        ..EngineChoice::new(spoken, caption)
+    };
+    offline::translate_file(file, choice, captions, json)
+}
+
+/// The translation flags as pipeline choices.
+fn translation_options(args: &CallArgs) -> Result<TranslationOptions, String> {
+    let parse = |flag: &str, v: &Option<String>| -> Result<Option<Language>, String> {
+        v.as_deref()
+            .map(|code| code.parse().map_err(|e| format!("{flag}: {e}")))
+            .transpose()
+    };
+    let lang = parse("--lang", &args.lang)?;
+    let peer_lang = parse("--peer-lang", &args.peer_lang)?;
+    let models = args
+        .model_dir
+        .clone()
+        .map_or_else(ModelDir::default_location, ModelDir::new);
+    let choice = |spoken: Language, caption: Language| EngineChoice {
+        models: models.clone(),
+        ..EngineChoice::new(spoken, caption)
+    };
+    let outgoing = lang.map(|l| choice(l, peer_lang.unwrap_or(l)));
+    let incoming = match (args.translate_incoming, peer_lang, lang) {
+        (true, Some(theirs), Some(mine)) => Some(choice(theirs, mine)),
+        _ => None,
+    };
+    Ok(TranslationOptions {
+        outgoing,
+        incoming,
+        captions_file: args.captions.clone(),
+    })
 }
 
 /// The config file's settings (empty when the default file does not exist).
@@ -185,6 +287,31 @@ async fn run(cli: Cli) -> Result<(), String> {
             call(args, file, &home).await
         }
         Command::Demo { out_dir } => demo::run(out_dir).await,
+        Command::Languages { model_dir } => {
+            let models = model_dir
+                .clone()
+                .map_or_else(ModelDir::default_location, ModelDir::new);
+            print!(
+                "{}",
+                offline::languages(&models, std::path::Path::new(DEFAULT_MODES_DIR))
+            );
+            Ok(())
+        }
+        Command::Translate {
+            file,
+            lang,
+            to,
+            captions,
+            json,
+            model_dir,
+        } => translate_command(
+            file,
+            lang,
+            to.as_deref(),
+            captions.as_deref(),
+            *json,
+            model_dir,
+        ),
         Command::Room {
             command: RoomCommand::New { server },
         } => {
@@ -370,6 +497,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
         identity,
         peer_name,
         known_peers,
+        translation: translation_options(args)?,
     };
 
     let (actions_tx, actions) = mpsc::channel(8);
@@ -532,6 +660,34 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
         }
         CallUpdate::PeerLeft => {
             let _ = writeln!(err, "\nthe peer left the call");
+        }
+        CallUpdate::Caption(source, caption) => {
+            // Captions are the call's content: shown to the user, never logged.
+            let who = match source {
+                CaptionSource::Mine => "you",
+                CaptionSource::Peer => "peer",
+                CaptionSource::PeerRecognizedHere => "peer*",
+            };
+            if caption.is_final {
+                let _ = write!(err, "{}", if tty { "\r\x1b[K" } else { "" });
+                let _ = match &caption.translation {
+                    Some(t) => writeln!(
+                        err,
+                        "[{who}] {}  ({}: {})",
+                        t.text, caption.lang, caption.text
+                    ),
+                    None => writeln!(err, "[{who}] {}", caption.text),
+                };
+            } else if tty {
+                let _ = write!(err, "\r\x1b[K[{who} …] {}", caption.display_text());
+            }
+        }
+        CallUpdate::Translation(news) => {
+            let _ = writeln!(
+                err,
+                "{}translation: {news}",
+                if tty { "\r\x1b[K" } else { "" }
+            );
         }
         CallUpdate::SignalingLost(reason) => {
             let _ = writeln!(

@@ -32,7 +32,10 @@ pub mod whisper;
 
 pub use caption::{Caption, Translation};
 pub use languages::Language;
-pub use pipeline::{PipelineConfig, PipelineEvent, PipelineStats, TranslationPipeline};
+pub use pipeline::{
+    AudioTap, CaptionTiming, PipelineConfig, PipelineEvent, PipelineStats, StatsHandle,
+    TranslationPipeline,
+};
 
 /// What to ask the recognizer for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

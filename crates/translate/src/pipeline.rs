@@ -94,6 +94,8 @@ pub struct PipelineStats {
     pub utterances: u64,
     /// Utterances dropped because the recognizer was behind.
     pub utterances_dropped: u64,
+    /// Utterances the recognizer has finished with (captioned, silent or failed).
+    pub utterances_done: u64,
     /// Partial captions computed.
     pub partials: u64,
     /// Partial captions skipped because the recognizer was busy.
@@ -115,6 +117,11 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
+    /// True when every utterance found so far has been captioned, found silent, or dropped.
+    pub fn settled(&self) -> bool {
+        self.utterances_done.saturating_add(self.utterances_dropped) >= self.utterances
+    }
+
     /// Recognition real-time factor: seconds of work per second of audio.
     pub fn real_time_factor(&self) -> f64 {
         if self.audio_recognized_ms == 0 {
@@ -131,6 +138,7 @@ struct Counters {
     frames_dropped: AtomicU64,
     utterances: AtomicU64,
     utterances_dropped: AtomicU64,
+    utterances_done: AtomicU64,
     partials: AtomicU64,
     partials_skipped: AtomicU64,
     finals: AtomicU64,
@@ -154,6 +162,7 @@ impl Counters {
             frames_dropped: get(&self.frames_dropped),
             utterances: get(&self.utterances),
             utterances_dropped: get(&self.utterances_dropped),
+            utterances_done: get(&self.utterances_done),
             partials: get(&self.partials),
             partials_skipped: get(&self.partials_skipped),
             finals: get(&self.finals),
@@ -164,6 +173,17 @@ impl Counters {
             audio_recognized_ms: get(&self.audio_recognized_ms),
             recognize_busy_ms: get(&self.recognize_busy_ms),
         }
+    }
+}
+
+/// Reads a pipeline's counters from anywhere (the pipeline itself may live on another thread).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    /// Counters so far.
+    pub fn snapshot(&self) -> PipelineStats {
+        self.0.snapshot()
     }
 }
 
@@ -278,6 +298,11 @@ impl TranslationPipeline {
     /// Counters so far.
     pub fn stats(&self) -> PipelineStats {
         self.counters.snapshot()
+    }
+
+    /// A handle to read the counters from elsewhere.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::clone(&self.counters))
     }
 
     /// Ends the audio stream, lets the last utterance through, and returns the events not yet
@@ -403,6 +428,8 @@ fn recognize(
                 .saturating_sub(utterance.start_ms(ASR_RATE as u32)),
             Ordering::Relaxed,
         );
+        // Counted when this iteration ends, after the caption (if any) was handed on.
+        let _done = is_final.then(|| DoneGuard(counters));
         let recognition = match recognition {
             Ok(r) => r,
             Err(_) => {
@@ -463,6 +490,15 @@ fn recognize(
                 translate_ms,
             },
         ));
+    }
+}
+
+/// Counts a final utterance as done when dropped.
+struct DoneGuard<'a>(&'a Counters);
+
+impl Drop for DoneGuard<'_> {
+    fn drop(&mut self) {
+        bump(&self.0.utterances_done);
     }
 }
 

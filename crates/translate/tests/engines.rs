@@ -218,3 +218,71 @@ fn the_apertium_pipeline_matches_one_shot_apertium() {
     // Still usable after a refused request.
     assert_eq!(mt.translate("Hello").unwrap(), oneshot_apertium("Hello"));
 }
+
+#[test]
+fn overload_drops_utterances_with_a_count_and_never_blocks_the_caller() {
+    use aparte_translate::engines::EngineChoice;
+    use aparte_translate::{PipelineConfig, PipelineEvent, TranslationPipeline};
+    use std::time::Duration;
+
+    // 8 sentences x 6 = 48 utterances (about 3 minutes of speech) pushed as fast as possible:
+    // far faster than one core can recognize them.
+    let mut call_audio = Vec::new();
+    for sentence in ENGLISH {
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("s.wav");
+        assert!(Command::new("espeak-ng")
+            .args(["-v", "en", "-s", "160", "-w"])
+            .arg(&wav)
+            .arg(sentence)
+            .status()
+            .unwrap()
+            .success());
+        call_audio.extend(aparte_media::wav::read_mono_48k(&wav).unwrap());
+        call_audio.extend(std::iter::repeat_n(0.0, 48_000));
+    }
+    let choice = EngineChoice {
+        models: ModelDir::default_location(),
+        ..EngineChoice::new(Language::English, Language::English)
+    };
+    let config = PipelineConfig {
+        partials: false,
+        // Room for all the audio: the drops must happen where the models are slow.
+        audio_queue_frames: 100_000,
+        ..Default::default()
+    };
+    let pipeline = TranslationPipeline::start(config, move || choice.load()).unwrap();
+    assert_eq!(
+        pipeline.next_event(Duration::from_secs(60)),
+        Some(PipelineEvent::Ready)
+    );
+    let mut slowest = Duration::ZERO;
+    let mut pushed = 0u64;
+    for _ in 0..6 {
+        for frame in call_audio.chunks(960) {
+            let t = Instant::now();
+            pipeline.push_audio(frame);
+            slowest = slowest.max(t.elapsed());
+            pushed += 1;
+        }
+    }
+    let (events, stats) = pipeline.finish();
+    let finals = events
+        .iter()
+        .filter(|e| matches!(e, PipelineEvent::Caption(c, _) if c.is_final))
+        .count() as u64;
+    println!("overload: {stats:?}; slowest push {slowest:?}");
+    assert_eq!(stats.frames_in, pushed);
+    assert_eq!(stats.utterances, 48, "{stats:?}");
+    assert!(stats.utterances_dropped > 0, "{stats:?}");
+    assert_eq!(
+        finals + stats.utterances_dropped + stats.no_speech,
+        48,
+        "{stats:?}"
+    );
+    // A push is a try_send: a blocked one would take as long as a recognition (~100s of ms).
+    assert!(
+        slowest < Duration::from_millis(50),
+        "slowest push {slowest:?}"
+    );
+}
