@@ -46,6 +46,12 @@ pub struct Settings {
     pub relay_only: Option<bool>,
     /// Folder for the identity key and known peers.
     pub home: Option<PathBuf>,
+    /// The language you speak: turns on captions of your speech (`--lang`).
+    pub lang: Option<String>,
+    /// The language the peer reads: captions are translated into it (`--peer-lang`).
+    pub peer_lang: Option<String>,
+    /// Where the speech models are (`--model-dir`).
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -60,6 +66,9 @@ impl Settings {
             output_device: self.output_device.or(lower.output_device),
             relay_only: self.relay_only.or(lower.relay_only),
             home: self.home.or(lower.home),
+            lang: self.lang.or(lower.lang),
+            peer_lang: self.peer_lang.or(lower.peer_lang),
+            model_dir: self.model_dir.or(lower.model_dir),
         }
     }
 
@@ -156,6 +165,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     if let Some(home) = settings.home.take() {
         settings.home = Some(base.join(home));
     }
+    if let Some(models) = settings.model_dir.take() {
+        settings.model_dir = Some(base.join(models));
+    }
     let resolve = |value: Option<String>, keywords: &[&str]| {
         value.map(|v| {
             if keywords.contains(&v.as_str()) {
@@ -180,6 +192,9 @@ pub const EXAMPLE: &str = r#"# aparté config file (TOML). Every key is optional
 # output_device = "default"              # a name from `aparte devices` (with output = "speaker")
 # relay_only = false                     # true: only the TURN relay, the peer never sees your IP
 # home = "/path/to/folder"               # identity key and known peers (default: this folder)
+# lang = "en"                            # the language you speak: captions of your speech
+# peer_lang = "es"                       # the language your peer reads: captions translated
+# model_dir = "/path/to/models"          # speech models (default: ~/.local/share/aparte/models)
 "#;
 
 #[cfg(test)]

@@ -182,7 +182,7 @@ struct CallArgs {
     peer_lang: Option<String>,
     /// Also recognize and translate the peer's incoming audio here (for a peer without
     /// translation); needs --peer-lang (what they speak) and --lang (what you read).
-    #[arg(long, requires_all = ["lang", "peer_lang"])]
+    #[arg(long)]
     translate_incoming: bool,
     /// Write the captions of what the peer says as WebVTT to this file.
     #[arg(long)]
@@ -215,15 +215,15 @@ fn translate_command(
 }
 
 /// The translation flags as pipeline choices.
-fn translation_options(args: &CallArgs) -> Result<TranslationOptions, String> {
+fn translation_options(args: &CallArgs, settings: &Settings) -> Result<TranslationOptions, String> {
     let parse = |flag: &str, v: &Option<String>| -> Result<Option<Language>, String> {
         v.as_deref()
             .map(|code| code.parse().map_err(|e| format!("{flag}: {e}")))
             .transpose()
     };
-    let lang = parse("--lang", &args.lang)?;
-    let peer_lang = parse("--peer-lang", &args.peer_lang)?;
-    let models = args
+    let lang = parse("--lang", &settings.lang)?;
+    let peer_lang = parse("--peer-lang", &settings.peer_lang)?;
+    let models = settings
         .model_dir
         .clone()
         .map_or_else(ModelDir::default_location, ModelDir::new);
@@ -234,6 +234,11 @@ fn translation_options(args: &CallArgs) -> Result<TranslationOptions, String> {
     let outgoing = lang.map(|l| choice(l, peer_lang.unwrap_or(l)));
     let incoming = match (args.translate_incoming, peer_lang, lang) {
         (true, Some(theirs), Some(mine)) => Some(choice(theirs, mine)),
+        (true, _, _) => {
+            return Err(
+                "--translate-incoming needs --peer-lang (what the peer speaks) and --lang (what you read), as flags or in the config file".into(),
+            )
+        }
         _ => None,
     };
     Ok(TranslationOptions {
@@ -430,6 +435,9 @@ fn call_settings(args: &CallArgs, file: Settings) -> Result<Settings, String> {
             _ => None,
         },
         home: None,
+        lang: args.lang.clone(),
+        peer_lang: args.peer_lang.clone(),
+        model_dir: args.model_dir.clone(),
     };
     let settings = flags.over(file);
     // A device named on the command line but not used is a mistake worth saying; one from the
@@ -497,7 +505,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
         identity,
         peer_name,
         known_peers,
-        translation: translation_options(args)?,
+        translation: translation_options(args, &settings)?,
     };
 
     let (actions_tx, actions) = mpsc::channel(8);

@@ -408,6 +408,19 @@ fn captions_travel_encrypted_and_bye_ends_the_call() {
     assert_eq!(ev, vec![Event::App(b"hola mundo".to_vec())]);
     // A replayed caption is rejected like a replayed audio frame.
     assert!(b.sec.on_data_frame(&frame, 0, 1).is_err());
+    // So is a tampered one, whichever byte is changed; the genuine frame still gets through.
+    let Event::SendData(next) = a.sec.send_app(b"segunda".to_vec()).unwrap() else {
+        panic!()
+    };
+    for i in 0..next.len() {
+        let mut tampered = next.clone();
+        tampered[i] ^= 0x01;
+        assert!(b.sec.on_data_frame(&tampered, 0, 1).is_err(), "byte {i}");
+    }
+    // Reflected back to its sender, it is refused too.
+    assert!(a.sec.on_data_frame(&next, 0, 1).is_err());
+    let ev = b.sec.on_data_frame(&next, 0, 1).unwrap();
+    assert_eq!(ev, vec![Event::App(b"segunda".to_vec())]);
     let ev = a.sec.hang_up();
     a.absorb(ev);
     pump(&mut a, &mut b);
