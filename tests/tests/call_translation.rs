@@ -9,7 +9,9 @@
 //!    - tcpdump captures ALL loopback traffic during the call (signaling and relay included),
 //!      and no caption text, nor any 4-word run of it, appears in it. Positive control: the
 //!      same scan finds a marker the test itself sent over loopback UDP during the capture.
-//! 2. The same pipeline runs in a network namespace with only a downed loopback, under
+//! 2. A listener without a translating peer recognizes the peer's decoded audio itself
+//!    (`--translate-incoming`), with the same accuracy bound.
+//! 3. The same pipeline runs in a network namespace with only a downed loopback, under
 //!    strace: it still captions, and no engine opens an Internet socket.
 //!
 //! Needs the models (`bash scripts/install-models`), Apertium, espeak-ng, tcpdump, strace and
@@ -314,5 +316,70 @@ fn the_pipeline_works_with_no_network_and_opens_no_socket() {
         "no network: {} captions, {} socket/connect calls traced (none for the Internet)",
         captions.len(),
         trace.lines().filter(|l| l.contains("socket(")).count()
+    );
+}
+
+#[test]
+fn a_listener_can_translate_the_peers_audio_itself() {
+    // Alice has no translation; Bob recognizes her decoded audio (after Opus, the jitter
+    // buffer and the relay) on his own machine and reads it in Spanish.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    speech(&p("alice.wav"));
+    let server = SignalingServer::start(&["--turn-listen", "127.0.0.1:0"]);
+    let room = new_room();
+    let alice = call(
+        &server,
+        &room,
+        &p("home-a"),
+        &["--input", p("alice.wav").to_str().unwrap()],
+    );
+    let bob = call(
+        &server,
+        &room,
+        &p("home-b"),
+        &[
+            "--input",
+            "silence",
+            "--lang",
+            "es",
+            "--peer-lang",
+            "en",
+            "--translate-incoming",
+            "--captions",
+            p("bob.vtt").to_str().unwrap(),
+            "--stats-json",
+            p("bob.json").to_str().unwrap(),
+        ],
+    );
+    let (alice, bob) = (
+        alice.wait_with_output().unwrap(),
+        bob.wait_with_output().unwrap(),
+    );
+    let log = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(alice.status.success(), "alice:\n{}", log(&alice));
+    assert!(bob.status.success(), "bob:\n{}", log(&bob));
+    let vtt = std::fs::read_to_string(p("bob.vtt")).unwrap();
+    let cues = cues(&vtt);
+    let heard: Vec<&str> = cues.iter().map(|(_, o)| o.as_str()).collect();
+    // The call ends when Alice's file does, so Bob's last utterance may still be in his
+    // recognizer then; every cue he did write must be right.
+    assert!(cues.len() >= SCRIPT.len() - 1, "{vtt}\nbob:\n{}", log(&bob));
+    let reference: Vec<&str> = SCRIPT[..cues.len()].to_vec();
+    let wer = word_error_rate(&reference.join(" "), &heard.join(" "));
+    println!(
+        "captions of the peer made here: WER {:.1}% over {} cues",
+        wer * 100.0,
+        cues.len()
+    );
+    assert!(wer <= 0.10, "WER {wer}: {heard:?}");
+    for (translation, original) in &cues {
+        assert_eq!(translation, &apertium_oneshot(original), "for '{original}'");
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bob.json")).unwrap()).unwrap();
+    assert_eq!(
+        stats["captions"]["incoming"]["frames_dropped"], 0,
+        "{stats}"
     );
 }
