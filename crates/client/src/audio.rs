@@ -184,6 +184,20 @@ impl AudioPipeline {
                 Arc::clone(&device_counters),
             )?)),
         };
+        Self::start_custom(source, sink, live_input, taps, device_counters)
+    }
+
+    /// Starts the thread on any source and sink (benchmarks and tests use their own, for
+    /// instance to timestamp what is captured and played). `live_input`: the source keeps
+    /// producing while nothing is sent (a microphone), so its frames are then discarded.
+    /// `device_counters` are what the source's and sink's device callbacks count into.
+    pub fn start_custom(
+        source: Box<dyn AudioSource>,
+        sink: Option<Box<dyn AudioSink>>,
+        live_input: bool,
+        taps: AudioTaps,
+        device_counters: Arc<DeviceCounters>,
+    ) -> Result<Self, AudioError> {
         let encoder = Encoder::new(EncoderConfig::default())?;
         let decoder = Decoder::new()?;
         let jitter = JitterBuffer::new(JitterConfig::default())?;
@@ -305,6 +319,10 @@ impl Worker {
                 deadline = now;
             }
         }
+        // The call is over: concealment since the peer's last packet was the end of its
+        // stream, not loss (see `JitterBuffer::end_of_stream`).
+        self.jitter.end_of_stream();
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).jitter = self.jitter.stats();
         if let Some(sink) = self.sink.take() {
             sink.finish()?;
         }

@@ -130,6 +130,12 @@ pub struct LiveStats {
     pub playout_delay_ms: u32,
     /// Outgoing bitrate including e2ee overhead, kbit/s.
     pub send_kbps: f64,
+    /// Round-trip time from the last RTCP receiver report, ms (`None` until one arrived).
+    pub rtt_ms: Option<f64>,
+    /// Packets missing from what we receive (RTP sequence gaps), percent, call so far.
+    pub loss_percent: f64,
+    /// Share of our packets lost between the peer's last two RTCP reports, percent.
+    pub peer_loss_percent: Option<f64>,
     /// Input level, dBFS.
     pub input_dbfs: f32,
     /// Output level, dBFS.
@@ -157,8 +163,12 @@ pub struct CallReport {
     pub frames_decrypted: u64,
     /// Frames rejected, by reason.
     pub frames_rejected: std::collections::BTreeMap<String, u64>,
-    /// Frames concealed by the jitter buffer (lost or late).
+    /// Frames concealed by the jitter buffer (lost or late), not counting the end of the
+    /// peer's stream.
     pub frames_concealed: u64,
+    /// Frames concealed after the peer's last packet, before its stream was known to have
+    /// ended (not loss: those frames were never sent, as far as we can tell).
+    pub frames_concealed_at_end: u64,
     /// Frames rebuilt from FEC.
     pub frames_fec_recovered: u64,
     /// Late packets dropped by the jitter buffer.
@@ -173,6 +183,17 @@ pub struct CallReport {
     pub playout_delay_ms: u32,
     /// Jitter estimate at the end, ms.
     pub jitter_ms: u32,
+    /// Round-trip time from the last RTCP receiver report, ms (`None` if none arrived).
+    pub rtt_ms: Option<f64>,
+    /// RTP packets received from the peer (before decryption).
+    pub packets_received: u64,
+    /// RTP packets from the peer missing by sequence number over the call.
+    pub packets_lost: u64,
+    /// `packets_lost` in percent of the packets expected.
+    pub loss_percent: f64,
+    /// Our packets the peer reported lost over the call (RTCP), percent (`None` if it never
+    /// reported).
+    pub peer_loss_percent: Option<f64>,
     /// Process CPU seconds used (user + system) over the call.
     pub cpu_seconds: f64,
     /// Call length from both-joined to hang-up, seconds.
@@ -684,6 +705,7 @@ impl Call {
             .map_or(0, |m| m.accepted);
         let elapsed = self.both_joined.elapsed().as_secs_f64();
         let sent_bits = self.bytes_sent as f64 * 8.0;
+        let link = self.transport.link_stats();
         LiveStats {
             elapsed_s: elapsed,
             frames_sent: self.frames_sent,
@@ -694,6 +716,9 @@ impl Call {
             send_kbps: self.media_since.map_or(0.0, |t| {
                 sent_bits / t.elapsed().as_secs_f64().max(0.001) / 1000.0
             }),
+            rtt_ms: link.rtt_ms,
+            loss_percent: link.received_loss_percent(),
+            peer_loss_percent: link.peer_loss_percent,
             input_dbfs: stats.input_dbfs,
             output_dbfs: stats.output_dbfs,
             devices: stats.devices,
@@ -706,6 +731,7 @@ impl Call {
             .iter()
             .map(|r| (r.as_str().to_owned(), media.map_or(0, |m| m.rejected(*r))))
             .collect();
+        let link = self.transport.link_stats();
         CallReport {
             offerer: self.role == SdpRole::Offerer,
             security: self.last_security.clone(),
@@ -716,6 +742,7 @@ impl Call {
             frames_decrypted: media.map_or(0, |m| m.accepted),
             frames_rejected,
             frames_concealed: audio.jitter.concealed,
+            frames_concealed_at_end: audio.jitter.concealed_at_end,
             frames_fec_recovered: audio.jitter.fec_recovered,
             frames_late: audio.jitter.late,
             frames_played: audio.frames_played,
@@ -727,6 +754,11 @@ impl Call {
             setup_ms: self.setup_ms,
             playout_delay_ms: audio.jitter.current_delay_ms,
             jitter_ms: audio.jitter.jitter_ms,
+            rtt_ms: link.rtt_ms,
+            packets_received: link.received_packets,
+            packets_lost: link.received_lost,
+            loss_percent: link.received_loss_percent(),
+            peer_loss_percent: link.peer_total_loss_percent(),
             cpu_seconds: cpu,
             duration_s: self.both_joined.elapsed().as_secs_f64(),
             ended_by: self.ended_by.clone().unwrap_or_default(),

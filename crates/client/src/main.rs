@@ -650,11 +650,15 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
             if tty {
                 let _ = write!(
                     err,
-                    "\r\x1b[K{:>6.1}s  sent {}  recv {}  lost {}  jitter {} ms  delay {} ms  {:.1} kbit/s  in {:.0} dBFS  out {:.0} dBFS",
+                    "\r\x1b[K{:>6.1}s  sent {}  recv {}  lost {}  rtt {} ms  loss {:.1} % (peer {})  jitter {} ms  delay {} ms  {:.1} kbit/s  in {:.0} dBFS  out {:.0} dBFS",
                     live.elapsed_s,
                     live.frames_sent,
                     live.frames_decrypted,
                     live.concealed,
+                    live.rtt_ms.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
+                    live.loss_percent,
+                    live.peer_loss_percent
+                        .map_or_else(|| "-".to_owned(), |p| format!("{p:.1} %")),
                     live.jitter_ms,
                     live.playout_delay_ms,
                     live.send_kbps,

@@ -7,8 +7,8 @@
 //! shape this code are listed in `docs/WEBRTC.md`.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
@@ -31,9 +31,15 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::packet::Packet as RtcpPacket;
+use webrtc::rtcp::receiver_report::ReceiverReport;
+use webrtc::rtcp::reception_report::ReceptionReport;
+use webrtc::rtcp::sender_report::SenderReport;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
+use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
@@ -49,6 +55,13 @@ pub const MAX_DATA_MESSAGE: usize = 16 * 1024;
 /// Queue of events to the caller. Media is dropped (and counted) rather than blocking
 /// webrtc-rs internals when the caller falls behind.
 const EVENT_QUEUE: usize = 1024;
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+/// A round-trip time above this (one minute, in 1/65536 s) is a bogus report, not a path.
+const MAX_RTT_UNITS: u32 = 60 << 16;
+/// A sequence-number jump beyond this (either way) is a sender restart, not loss
+/// (RFC 3550 appendix A.1 uses 3000 as the largest dropout).
+const MAX_SEQUENCE_JUMP: i32 = 3000;
 
 /// A STUN or TURN server, as the signaling server's join answer lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +167,192 @@ pub enum TransportError {
     },
 }
 
+/// Round-trip time and packet loss of the media stream, from RTCP and from the sequence
+/// numbers of the RTP packets received.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkStats {
+    /// Round-trip time from the peer's last RTCP receiver report (RFC 3550 section 6.4.1:
+    /// arrival − LSR − DLSR), in ms. `None` until a report that answers one of our sender
+    /// reports has arrived.
+    pub rtt_ms: Option<f64>,
+    /// Share of our packets lost between the peer's last two receiver reports, percent
+    /// (from their cumulative counts and what we sent in between; webrtc-rs's own 8-bit
+    /// "fraction lost" read 0 % on a path losing 9 %, so it is not used). `None` until the
+    /// peer has reported.
+    pub peer_loss_percent: Option<f64>,
+    /// Our packets the peer reported lost since the call started (RTCP cumulative count).
+    pub peer_packets_lost: u64,
+    /// Our packets sent when that report arrived (the base for the peer's total loss).
+    pub packets_sent_at_report: u64,
+    /// RTP packets we received (counted before decryption, before any queue).
+    pub received_packets: u64,
+    /// Packets missing from what we received, by sequence number (expected − received).
+    pub received_lost: u64,
+}
+
+impl LinkStats {
+    /// Packets missing from what we received, in percent of those expected.
+    pub fn received_loss_percent(&self) -> f64 {
+        let expected = self.received_packets.saturating_add(self.received_lost);
+        if expected == 0 {
+            0.0
+        } else {
+            self.received_lost as f64 * 100.0 / expected as f64
+        }
+    }
+
+    /// Our packets the peer reported lost since the call started, in percent (`None` before
+    /// its first report).
+    pub fn peer_total_loss_percent(&self) -> Option<f64> {
+        (self.peer_loss_percent.is_some() && self.packets_sent_at_report > 0).then(|| {
+            (self.peer_packets_lost as f64 * 100.0 / self.packets_sent_at_report as f64).min(100.0)
+        })
+    }
+
+    /// Takes in one RTCP reception report about our stream, received when the middle 32
+    /// bits of the NTP clock read `now_ntp_mid`, with `sent` packets sent so far.
+    pub fn on_reception_report(
+        &mut self,
+        report: &ReceptionReportData,
+        now_ntp_mid: u32,
+        sent: u64,
+    ) {
+        if let Some(rtt) = rtt_units(now_ntp_mid, report.last_sender_report, report.delay) {
+            self.rtt_ms = Some(f64::from(rtt) * 1000.0 / 65536.0);
+        }
+        let lost = u64::from(report.total_lost);
+        let (d_lost, d_sent) = match self.peer_loss_percent {
+            Some(_) => (
+                lost.saturating_sub(self.peer_packets_lost),
+                sent.saturating_sub(self.packets_sent_at_report),
+            ),
+            None => (lost, sent),
+        };
+        if d_sent > 0 || self.peer_loss_percent.is_none() {
+            let percent = if d_sent == 0 {
+                0.0
+            } else {
+                d_lost as f64 * 100.0 / d_sent as f64
+            };
+            self.peer_loss_percent = Some(percent.min(100.0));
+        }
+        self.peer_packets_lost = lost;
+        self.packets_sent_at_report = sent;
+    }
+}
+
+/// The fields of an RTCP reception report (RFC 3550 section 6.4.1) that [`LinkStats`] uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceptionReportData {
+    /// Packets lost since the stream began (24 bits on the wire).
+    pub total_lost: u32,
+    /// LSR: the middle 32 bits of the NTP timestamp of the last sender report received, or 0.
+    pub last_sender_report: u32,
+    /// DLSR: delay since that sender report, in 1/65536 s.
+    pub delay: u32,
+}
+
+impl From<&ReceptionReport> for ReceptionReportData {
+    fn from(r: &ReceptionReport) -> Self {
+        Self {
+            total_lost: r.total_lost,
+            last_sender_report: r.last_sender_report,
+            delay: r.delay,
+        }
+    }
+}
+
+/// Round-trip time in 1/65536 s from a report that echoes one of our sender reports: `None`
+/// when it does not (LSR 0) or the result is not plausible (negative, or over a minute).
+fn rtt_units(now_ntp_mid: u32, lsr: u32, dlsr: u32) -> Option<u32> {
+    if lsr == 0 {
+        return None;
+    }
+    // The NTP field wraps every 18 hours: modular arithmetic, then a sanity bound.
+    let rtt = now_ntp_mid.wrapping_sub(lsr).wrapping_sub(dlsr);
+    (rtt <= MAX_RTT_UNITS).then_some(rtt)
+}
+
+/// The middle 32 bits of the current NTP time (what LSR echoes), from the system clock, as
+/// webrtc-rs stamps its sender reports.
+fn ntp_mid_now() -> u32 {
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_unix.as_secs().wrapping_add(NTP_UNIX_OFFSET);
+    let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    // Truncation is the point: RFC 3550's "middle 32 bits" of the 64-bit NTP time.
+    ((secs << 16) | (frac >> 16)) as u32
+}
+
+/// Counts packets missing from a received RTP stream by sequence number (RFC 3550 A.3:
+/// expected = highest − first + 1, lost = expected − received), across wraparound. A jump of
+/// more than 3000 either way starts a new count (a sender restart), keeping the totals so far.
+/// Reordered packets are not loss; duplicates (which SRTP already refuses) do not hide loss
+/// beyond their own count. Sans-IO; no input panics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequenceLoss {
+    /// (first, highest) extended sequence numbers of the current run.
+    run: Option<(u64, u64)>,
+    received_in_run: u64,
+    expected_before: u64,
+    received_before: u64,
+}
+
+impl SequenceLoss {
+    /// Records one received packet.
+    pub fn on_packet(&mut self, sequence: u16) {
+        let ext = match self.run {
+            None => None,
+            Some((_, highest)) => {
+                // Truncation is the point: the difference is taken modulo 2^16.
+                let delta = i32::from(sequence.wrapping_sub(highest as u16) as i16);
+                (delta.abs() <= MAX_SEQUENCE_JUMP)
+                    .then(|| highest.saturating_add_signed(i64::from(delta)))
+            }
+        };
+        match (ext, self.run.as_mut()) {
+            (Some(ext), Some((first, highest))) => {
+                *first = (*first).min(ext);
+                *highest = (*highest).max(ext);
+                self.received_in_run = self.received_in_run.saturating_add(1);
+            }
+            _ => {
+                self.expected_before = self.expected_before.saturating_add(self.expected_in_run());
+                self.received_before = self.received_before.saturating_add(self.received_in_run);
+                let start = (1u64 << 32) + u64::from(sequence);
+                self.run = Some((start, start));
+                self.received_in_run = 1;
+            }
+        }
+    }
+
+    fn expected_in_run(&self) -> u64 {
+        self.run.map_or(0, |(first, highest)| highest - first + 1)
+    }
+
+    /// Packets received.
+    pub fn received(&self) -> u64 {
+        self.received_before.saturating_add(self.received_in_run)
+    }
+
+    /// Packets missing (never negative: duplicates only offset loss in their own run).
+    pub fn lost(&self) -> u64 {
+        let run_lost = self.expected_in_run().saturating_sub(self.received_in_run);
+        let before_lost = self.expected_before.saturating_sub(self.received_before);
+        run_lost.saturating_add(before_lost)
+    }
+}
+
+/// What the transport's background tasks measure, read by [`Transport::link_stats`].
+#[derive(Debug, Default)]
+struct SharedStats {
+    rtcp: LinkStats,
+    sequence: SequenceLoss,
+    /// Media packets handed to the track.
+    sent: u64,
+}
+
 /// One WebRTC peer connection carrying one audio track and one data channel.
 pub struct Transport {
     role: SdpRole,
@@ -162,6 +361,8 @@ pub struct Transport {
     data: Arc<RTCDataChannel>,
     /// Remote candidates that arrived before the remote description.
     early_candidates: Mutex<Option<Vec<String>>>,
+    /// RTT and loss, updated by the RTP reader and the RTCP statistics poller.
+    stats: Arc<StdMutex<SharedStats>>,
 }
 
 fn opus_capability() -> RTCRtpCodecCapability {
@@ -239,9 +440,6 @@ impl Transport {
         let sender = pc
             .add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
             .await?;
-        // RTCP must be read for the report interceptors (loss, RTT) to work.
-        tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
-
         // Both sides create the same pre-negotiated channel, so neither waits for the other.
         let data = pc
             .create_data_channel(
@@ -253,7 +451,11 @@ impl Transport {
                 }),
             )
             .await?;
-        install_handlers(&pc, &data, &events);
+        let stats = Arc::new(StdMutex::new(SharedStats::default()));
+        // The peer's receiver reports on our stream arrive here (RTT, its loss); reading
+        // them also keeps webrtc-rs's RTCP interceptors going.
+        tokio::spawn(read_sender_rtcp(sender, Arc::clone(&stats)));
+        install_handlers(&pc, &data, &events, &stats);
 
         let transport = Self {
             role,
@@ -261,6 +463,7 @@ impl Transport {
             track,
             data,
             early_candidates: Mutex::new(Some(Vec::new())),
+            stats,
         };
         Ok((transport, rx))
     }
@@ -381,6 +584,7 @@ impl Transport {
                 ..Default::default()
             })
             .await?;
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
         Ok(())
     }
 
@@ -408,6 +612,18 @@ impl Transport {
         matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
     }
 
+    /// Round-trip time and loss so far. RTT and the peer's loss come from its RTCP receiver
+    /// reports (webrtc-rs sends one about once a second); received loss from the RTP
+    /// sequence numbers. Cheap: it reads counters the background readers keep.
+    pub fn link_stats(&self) -> LinkStats {
+        let shared = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        LinkStats {
+            received_packets: shared.sequence.received(),
+            received_lost: shared.sequence.lost(),
+            ..shared.rtcp
+        }
+    }
+
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
         self.pc.close().await?;
@@ -422,6 +638,7 @@ fn install_handlers(
     pc: &Arc<RTCPeerConnection>,
     data: &Arc<RTCDataChannel>,
     events: &mpsc::Sender<TransportEvent>,
+    stats: &Arc<StdMutex<SharedStats>>,
 ) {
     let tx = events.clone();
     pc.on_ice_candidate(Box::new(move |candidate: Option<RTCIceCandidate>| {
@@ -454,12 +671,19 @@ fn install_handlers(
     }));
 
     let tx = events.clone();
-    pc.on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            tokio::spawn(read_track(track, tx));
-        })
-    }));
+    let stats = Arc::clone(stats);
+    pc.on_track(Box::new(
+        move |track: Arc<TrackRemote>, receiver: Arc<RTCRtpReceiver>, _| {
+            let tx = tx.clone();
+            let stats = Arc::clone(&stats);
+            Box::pin(async move {
+                tokio::spawn(read_track(track, tx, stats));
+                // The peer's sender reports must be read for our receiver reports to echo them
+                // (LSR/DLSR), which is what gives the peer its RTT.
+                tokio::spawn(drain_receiver_rtcp(receiver));
+            })
+        },
+    ));
 
     let tx = events.clone();
     data.on_open(Box::new(move || {
@@ -479,12 +703,86 @@ fn install_handlers(
 /// Consecutive read errors after which the track is considered dead.
 const MAX_READ_ERRORS: u32 = 100;
 
-async fn read_track(track: Arc<TrackRemote>, tx: mpsc::Sender<TransportEvent>) {
+/// Whether a read error means the stream is gone for good.
+fn is_closed(e: &webrtc::Error) -> bool {
+    matches!(
+        e,
+        webrtc::Error::ErrClosedPipe | webrtc::Error::ErrRTPReceiverNil
+    ) || e.to_string().contains("closed")
+}
+
+/// Reads the RTCP the peer sends about our stream and keeps RTT and its loss figures. A
+/// malformed packet is skipped; persistent errors end the loop.
+async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, stats: Arc<StdMutex<SharedStats>>) {
+    let mut errors = 0u32;
+    loop {
+        match sender.read_rtcp().await {
+            Ok((packets, _)) => {
+                errors = 0;
+                let now = ntp_mid_now();
+                let mut shared = stats.lock().unwrap_or_else(|e| e.into_inner());
+                let sent = shared.sent;
+                for report in packets.iter().flat_map(|p| reception_reports(p.as_ref())) {
+                    shared.rtcp.on_reception_report(&report.into(), now, sent);
+                }
+            }
+            Err(e) if is_closed(&e) => return,
+            Err(_) => {
+                errors = errors.saturating_add(1);
+                if errors >= MAX_READ_ERRORS {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The reception reports in an RTCP packet (receiver reports, and sender reports of a peer
+/// that also sends).
+fn reception_reports(packet: &(dyn RtcpPacket + Send + Sync)) -> &[ReceptionReport] {
+    let any = packet.as_any();
+    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        &rr.reports
+    } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+        &sr.reports
+    } else {
+        &[]
+    }
+}
+
+/// Reads (and discards) the RTCP that arrives for the received track, so webrtc-rs's report
+/// interceptor sees the peer's sender reports.
+async fn drain_receiver_rtcp(receiver: Arc<RTCRtpReceiver>) {
+    let mut errors = 0u32;
+    loop {
+        match receiver.read_rtcp().await {
+            Ok(_) => errors = 0,
+            Err(e) if is_closed(&e) => return,
+            Err(_) => {
+                errors = errors.saturating_add(1);
+                if errors >= MAX_READ_ERRORS {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_track(
+    track: Arc<TrackRemote>,
+    tx: mpsc::Sender<TransportEvent>,
+    stats: Arc<StdMutex<SharedStats>>,
+) {
     let mut errors = 0u32;
     loop {
         match track.read_rtp().await {
             Ok((packet, _)) => {
                 errors = 0;
+                stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sequence
+                    .on_packet(packet.header.sequence_number);
                 let event = TransportEvent::Media {
                     sequence: packet.header.sequence_number,
                     timestamp: packet.header.timestamp,
@@ -497,8 +795,7 @@ async fn read_track(track: Arc<TrackRemote>, tx: mpsc::Sender<TransportEvent>) {
                 // jitter buffer then conceals.
                 let _ = tx.try_send(event);
             }
-            Err(webrtc::Error::ErrClosedPipe) | Err(webrtc::Error::ErrRTPReceiverNil) => return,
-            Err(e) if e.to_string().contains("closed") => return,
+            Err(e) if is_closed(&e) => return,
             // A malformed or oversized packet is dropped; persistent errors end the loop.
             Err(_) => {
                 errors = errors.saturating_add(1);
@@ -507,5 +804,149 @@ async fn read_track(track: Arc<TrackRemote>, tx: mpsc::Sender<TransportEvent>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(sequences: impl IntoIterator<Item = u16>) -> SequenceLoss {
+        let mut loss = SequenceLoss::default();
+        for s in sequences {
+            loss.on_packet(s);
+        }
+        loss
+    }
+
+    #[test]
+    fn in_order_stream_has_no_loss() {
+        let loss = count(0..500);
+        assert_eq!((loss.received(), loss.lost()), (500, 0));
+        assert_eq!(SequenceLoss::default().lost(), 0);
+    }
+
+    #[test]
+    fn gaps_are_loss_and_reordering_is_not() {
+        // 10 and 20..=22 missing; 31 arrives before 30.
+        let mut seq: Vec<u16> = (0..50).filter(|s| ![10, 20, 21, 22].contains(s)).collect();
+        let i = seq.iter().position(|&s| s == 30).unwrap();
+        seq.swap(i, i + 1);
+        let loss = count(seq);
+        assert_eq!((loss.received(), loss.lost()), (46, 4));
+        let stats = LinkStats {
+            received_packets: loss.received(),
+            received_lost: loss.lost(),
+            ..LinkStats::default()
+        };
+        assert!((stats.received_loss_percent() - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn wraparound_and_a_late_first_packet_are_counted() {
+        let mut seq: Vec<u16> = (0..100u16).map(|i| 65_500u16.wrapping_add(i)).collect();
+        seq.retain(|&s| s != 2);
+        seq.swap(0, 1); // the second packet arrives first
+        let loss = count(seq);
+        assert_eq!((loss.received(), loss.lost()), (99, 1));
+    }
+
+    #[test]
+    fn a_sender_restart_is_not_thousands_of_losses() {
+        let loss = count((0..100).chain(40_000..40_100).chain([40_105]));
+        assert_eq!((loss.received(), loss.lost()), (201, 5)); // 40100..=40104
+    }
+
+    #[test]
+    fn hostile_sequences_never_panic_and_stay_consistent() {
+        let mut loss = SequenceLoss::default();
+        let mut x: u32 = 12345;
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            loss.on_packet((x >> 16) as u16);
+        }
+        assert_eq!(loss.received(), 100_000);
+        let _ = loss.lost();
+    }
+
+    #[test]
+    fn peer_loss_is_unknown_until_reported() {
+        let mut stats = LinkStats::default();
+        assert_eq!(stats.peer_total_loss_percent(), None);
+        let report = ReceptionReportData {
+            total_lost: 5,
+            ..ReceptionReportData::default()
+        };
+        stats.on_reception_report(&report, 1 << 20, 100);
+        assert_eq!(stats.peer_loss_percent, Some(5.0));
+        assert_eq!(stats.peer_total_loss_percent(), Some(5.0));
+        // Next interval: 50 more sent, 10 more lost.
+        let next = ReceptionReportData {
+            total_lost: 15,
+            ..report
+        };
+        stats.on_reception_report(&next, 1 << 20, 150);
+        assert_eq!(stats.peer_loss_percent, Some(20.0));
+        assert_eq!(stats.peer_total_loss_percent(), Some(10.0));
+        // A hostile report cannot push the figures out of range.
+        let hostile = ReceptionReportData {
+            total_lost: u32::MAX,
+            ..report
+        };
+        stats.on_reception_report(&hostile, 1 << 20, 151);
+        assert_eq!(stats.peer_loss_percent, Some(100.0));
+        assert_eq!(stats.peer_total_loss_percent(), Some(100.0));
+        assert_eq!(
+            stats.rtt_ms, None,
+            "no sender report echoed (LSR 0): no RTT"
+        );
+    }
+
+    #[test]
+    fn rtt_is_arrival_minus_lsr_minus_dlsr() {
+        // RFC 3550 section 6.4.1's example: A = 0xb710_8000, LSR = 0xb705_2000,
+        // DLSR = 0x0005_4000 (5.25 s): RTT = 0x0006_2000 = 6.125 s.
+        let mut stats = LinkStats::default();
+        let report = ReceptionReportData {
+            last_sender_report: 0xb705_2000,
+            delay: 0x0005_4000,
+            ..ReceptionReportData::default()
+        };
+        stats.on_reception_report(&report, 0xb710_8000, 10);
+        assert_eq!(stats.rtt_ms, Some(6125.0));
+        // Across the NTP field's wraparound.
+        stats.on_reception_report(
+            &ReceptionReportData {
+                last_sender_report: u32::MAX - 0x100,
+                delay: 0x200,
+                ..report
+            },
+            0x0000_0300,
+            10,
+        );
+        assert_eq!(stats.rtt_ms, Some(f64::from(0x201u32) * 1000.0 / 65536.0));
+        // A report from the future (or a forged one) keeps the last good value.
+        stats.on_reception_report(
+            &ReceptionReportData {
+                last_sender_report: 0x1000_0000,
+                delay: 0,
+                ..report
+            },
+            0x0fff_0000,
+            10,
+        );
+        assert_eq!(stats.rtt_ms, Some(f64::from(0x201u32) * 1000.0 / 65536.0));
+    }
+
+    #[test]
+    fn ntp_clock_matches_the_system_clock() {
+        let mid = ntp_mid_now();
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let expect = ((unix.as_secs() + NTP_UNIX_OFFSET) & 0xffff) as u32;
+        assert!(
+            (mid >> 16).wrapping_sub(expect) <= 1,
+            "seconds field {} vs {expect}",
+            mid >> 16
+        );
     }
 }

@@ -39,7 +39,13 @@
 //!   [`shrink_interval_ticks`](JitterConfig::shrink_interval_ticks) ticks) to bring it down.
 //! * **Idle.** After [`idle_after_ms`](JitterConfig::idle_after_ms) of nothing but concealment
 //!   with an empty buffer (the peer stopped sending), the buffer goes back to waiting, answers
-//!   [`Playout::Wait`] and starts afresh when packets come back.
+//!   [`Playout::Wait`] and starts afresh when packets come back. The concealment it did
+//!   since the last packet is then counted as [`concealed_at_end`](JitterStats::concealed_at_end)
+//!   rather than as loss: those frames were, as far as the buffer can tell, never sent.
+//! * **End of stream.** When the caller knows the stream has ended (the peer said goodbye, or
+//!   the call is ending), [`JitterBuffer::end_of_stream`] goes idle as soon as what is
+//!   buffered has played, with the same accounting, instead of concealing for
+//!   `idle_after_ms` first.
 //! * **Resynchronisation.** A packet at least [`capacity`](JitterConfig::capacity) frames ahead
 //!   of playout (over a second of loss) or a run of packets that far behind (a sender restart)
 //!   makes the buffer drop what it holds and start again from the new packets. Before playout
@@ -180,8 +186,13 @@ pub struct JitterStats {
     pub received: u64,
     /// Frames played from their own packet ([`Playout::Packet`]).
     pub played: u64,
-    /// Ticks answered with [`Playout::Conceal`] (lost frames and waits for a late one).
+    /// Ticks answered with [`Playout::Conceal`] (lost frames and waits for a late one), not
+    /// counting those in `concealed_at_end`.
     pub concealed: u64,
+    /// Ticks answered with [`Playout::Conceal`] after the last packet of a stream, before the
+    /// buffer went idle or was told the stream ended: frames never sent, as far as the
+    /// buffer can tell, so not counted in `concealed`, `stretched` or `lost`.
+    pub concealed_at_end: u64,
     /// Of `concealed`, the ticks that waited for a missing frame to grow the delay.
     pub stretched: u64,
     /// Frames rebuilt from the next packet's FEC ([`Playout::FecFrom`]).
@@ -232,6 +243,12 @@ pub struct JitterBuffer {
     ticks_since_shrink: u32,
     /// Consecutive concealments with an empty buffer.
     empty_ticks: u32,
+    /// Of those, how many gave a frame up (counted in `lost`) and how many waited (counted
+    /// in `stretched`): undone if the run turns out to be the end of the stream.
+    run_lost: u64,
+    run_stretched: u64,
+    /// The stream has ended: go idle as soon as the buffer runs dry.
+    ending: bool,
     far_late_run: u32,
     stats: JitterStats,
 }
@@ -253,6 +270,9 @@ impl JitterBuffer {
             target_ms: config.min_delay_ms,
             ticks_since_shrink: 0,
             empty_ticks: 0,
+            run_lost: 0,
+            run_stretched: 0,
+            ending: false,
             far_late_run: 0,
             stats: JitterStats {
                 target_delay_ms: config.min_delay_ms,
@@ -348,6 +368,7 @@ impl JitterBuffer {
             }
         }
         self.far_late_run = 0;
+        self.ending = false;
         if outcome == Pushed::Resynced {
             // Unwrapping restarts at this packet.
             self.highest = Some(ext);
@@ -382,7 +403,7 @@ impl JitterBuffer {
         let target = i64::from(self.target_ms);
 
         if self.packets.contains_key(&next) {
-            self.empty_ticks = 0;
+            self.reset_run();
             let mut play = next;
             if delay > target + FRAME
                 && self.ticks_since_shrink >= self.config.shrink_interval_ticks
@@ -407,18 +428,34 @@ impl JitterBuffer {
             // The frame may still come: wait for it, which grows the delay by one frame.
             self.stats.concealed += 1;
             self.stats.stretched += 1;
-            return self.note_empty(Playout::Conceal);
+            return self.note_empty(false);
         }
         // Give the frame up.
         self.stats.lost += 1;
         self.next = Some(next + 1);
-        if let Some(p) = self.packets.get(&(next + 1)) {
-            self.empty_ticks = 0;
+        if let Some(p) = self.packets.get(&(next + 1)).cloned() {
+            self.reset_run();
             self.stats.fec_recovered += 1;
-            return Playout::FecFrom(p.clone());
+            return Playout::FecFrom(p);
         }
         self.stats.concealed += 1;
-        self.note_empty(Playout::Conceal)
+        self.note_empty(true)
+    }
+
+    /// Tells the buffer that the stream has ended (the peer said goodbye, or the call is
+    /// ending). If nothing is buffered it goes idle now; otherwise as soon as what is buffered
+    /// has played. Concealment since the last packet moves to
+    /// [`concealed_at_end`](JitterStats::concealed_at_end). A packet pushed afterwards cancels
+    /// this (the stream goes on after all).
+    pub fn end_of_stream(&mut self) {
+        if !self.packets.is_empty() {
+            self.ending = true;
+            return;
+        }
+        if self.next.is_some() {
+            self.discount_run(0);
+            self.go_idle();
+        }
     }
 
     /// Drops everything held and starts again, keeping the counters.
@@ -442,27 +479,62 @@ impl JitterBuffer {
         self.last_transit = None;
         self.target_ms = self.config.min_delay_ms;
         self.ticks_since_shrink = 0;
-        self.empty_ticks = 0;
+        self.reset_run();
         self.far_late_run = 0;
+        self.ending = false;
     }
 
-    fn note_empty(&mut self, out: Playout) -> Playout {
+    fn reset_run(&mut self) {
+        self.empty_ticks = 0;
+        self.run_lost = 0;
+        self.run_stretched = 0;
+    }
+
+    /// A concealment tick just counted (`gave_up`: in `lost`, else in `stretched`): notes a
+    /// run with nothing buffered, and goes idle when the run is long enough or the stream
+    /// has ended.
+    fn note_empty(&mut self, gave_up: bool) -> Playout {
         if !self.packets.is_empty() {
-            self.empty_ticks = 0;
-            return out;
+            self.reset_run();
+            return Playout::Conceal;
         }
         self.empty_ticks = self.empty_ticks.saturating_add(1);
-        if u64::from(self.empty_ticks) * u64::from(FRAME_MS) > u64::from(self.config.idle_after_ms)
-        {
+        if gave_up {
+            self.run_lost += 1;
+        } else {
+            self.run_stretched += 1;
+        }
+        let idle = u64::from(self.empty_ticks) * u64::from(FRAME_MS)
+            > u64::from(self.config.idle_after_ms);
+        if idle || self.ending {
             // The peer stopped sending: go idle and start afresh when it comes back, with new
-            // timing (its sequence numbers may resume after a pause in time).
-            // Frames after the last one received were never sent, as far as we know.
-            self.floor = self.highest.map(|h| h + 1).or(self.next);
-            self.next = None;
-            self.clear_timing();
+            // timing (its sequence numbers may resume after a pause in time). This tick
+            // answers Wait, so it is not concealment at all.
+            self.discount_run(1);
+            self.go_idle();
             return Playout::Wait;
         }
-        out
+        Playout::Conceal
+    }
+
+    /// The current run of concealment with nothing buffered was the end of the stream, not
+    /// loss: moves it out of `concealed`, `lost` and `stretched`. The last `not_played` ticks
+    /// of the run did not answer Conceal after all.
+    fn discount_run(&mut self, not_played: u32) {
+        let run = u64::from(self.empty_ticks);
+        self.stats.concealed = self.stats.concealed.saturating_sub(run);
+        self.stats.lost = self.stats.lost.saturating_sub(self.run_lost);
+        self.stats.stretched = self.stats.stretched.saturating_sub(self.run_stretched);
+        self.stats.concealed_at_end += run.saturating_sub(u64::from(not_played));
+        self.reset_run();
+    }
+
+    /// Stops playout until packets come again. Frames after the last one received were never
+    /// sent, as far as we know.
+    fn go_idle(&mut self) {
+        self.floor = self.highest.map(|h| h + 1).or(self.next);
+        self.next = None;
+        self.clear_timing();
     }
 
     fn try_start(&mut self, now: i64) -> Option<u64> {
@@ -473,7 +545,7 @@ impl JitterBuffer {
         self.next = Some(first);
         self.floor = None;
         self.ticks_since_shrink = 0;
-        self.empty_ticks = 0;
+        self.reset_run();
         Some(first)
     }
 
@@ -752,10 +824,79 @@ mod tests {
         assert!(gap.iter().filter(|o| **o == Out::W).count() > 50);
         let s = b.stats();
         assert_eq!((s.late, s.resyncs), (0, 0));
+        assert_eq!(
+            (s.concealed, s.lost, s.stretched, s.concealed_at_end),
+            (0, 0, 0, 50),
+            "the pause is not loss: {s:?}"
+        );
         assert!(
             s.current_delay_ms <= 40,
             "fresh timing after the pause: {s:?}"
         );
+    }
+
+    /// Pops one tick per 20 ms from `from` to `to` (exclusive) with nothing arriving.
+    fn idle_ticks(b: &mut JitterBuffer, from: u64, to: u64) -> Vec<Out> {
+        (from / 20..to / 20)
+            .map(|t| compact(b.pop(t * 20)))
+            .collect()
+    }
+
+    #[test]
+    fn end_of_stream_stops_concealing_and_does_not_count_the_tail_as_loss() {
+        // The stream stops after packet 39 (the last three of them lost); 5 ticks later the
+        // caller learns that the peer said goodbye.
+        let mut b = jb();
+        let arr: Vec<(u16, u64)> = steady(0, 40, 5)
+            .into_iter()
+            .filter(|(s, _)| *s < 37)
+            .collect();
+        let out = run(&mut b, &arr, 37 * 20 + 200);
+        assert_eq!(played(&out), (0..37).collect::<Vec<u16>>());
+        let start = (out.len() as u64) * 20;
+        let tail = idle_ticks(&mut b, start, start + 5 * 20);
+        assert_eq!(tail, vec![Out::C; 5]);
+        assert_eq!(b.stats().concealed, 5, "while it lasts, it looks like loss");
+        b.end_of_stream();
+        assert!(!b.is_playing());
+        let after = idle_ticks(&mut b, start + 100, start + 400);
+        assert!(after.iter().all(|o| *o == Out::W), "{after:?}");
+        let s = b.stats();
+        assert_eq!(
+            (s.concealed, s.lost, s.stretched, s.concealed_at_end),
+            (0, 0, 0, 5),
+            "{s:?}"
+        );
+
+        // Told before the buffer runs dry: plays what it holds, then waits at once.
+        let mut b = jb();
+        for (seq, t) in steady(0, 10, 5) {
+            b.push(seq, t, payload(seq));
+        }
+        b.end_of_stream();
+        let out = idle_ticks(&mut b, 200, 200 + 20 * 20);
+        assert_eq!(played(&out), (0..10).collect::<Vec<u16>>());
+        assert!(!out.contains(&Out::C), "{out:?}");
+        assert_eq!(b.stats().concealed + b.stats().concealed_at_end, 0);
+
+        // A real loss in mid-stream is still loss, and a packet after end_of_stream
+        // resumes playout.
+        let mut b = jb();
+        let arr: Vec<(u16, u64)> = steady(0, 30, 5)
+            .into_iter()
+            .filter(|(s, _)| ![12, 13].contains(s))
+            .collect();
+        run(&mut b, &arr, 30 * 20 + 100);
+        b.end_of_stream();
+        let s = b.stats();
+        assert_eq!(
+            (s.lost, s.concealed, s.concealed_at_end),
+            (2, 1, 0),
+            "{s:?}"
+        );
+        b.push(30, 30 * 20 + 5, payload(30));
+        let out = idle_ticks(&mut b, 30 * 20 + 20, 30 * 20 + 200);
+        assert!(out.contains(&Out::P(30)), "{out:?}");
     }
 
     #[test]
@@ -1027,7 +1168,8 @@ mod tests {
                 let s = b.stats();
                 prop_assert!(s.target_delay_ms >= config.min_delay_ms && s.target_delay_ms <= config.max_delay_ms);
                 prop_assert_eq!(s.received, s.played + s.dropped_for_latency + s.overflow + u64::from(s.buffered));
-                prop_assert_eq!((s.played, s.fec_recovered, s.concealed), (packets, fec, conceal));
+                prop_assert_eq!((s.played, s.fec_recovered, s.concealed + s.concealed_at_end), (packets, fec, conceal));
+                prop_assert!(s.lost <= s.fec_recovered + s.concealed);
             }
         }
     }
