@@ -25,6 +25,25 @@ use crate::server::AppState;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last words (a fatal error, a close frame) may take to write.
 const CLOSING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this many queued frames are written before one flush.
+const WRITE_BATCH: usize = 16;
+/// The coarsest heartbeat grid: deadlines are rounded up to a multiple of this.
+const HEARTBEAT_GRID: Duration = Duration::from_millis(250);
+
+/// The heartbeat grid for `ping_interval`: at most an eighth of it, at most 250 ms, at least
+/// 1 ms.
+fn heartbeat_grid(ping_interval: Duration) -> Duration {
+    (ping_interval / 8).clamp(Duration::from_millis(1), HEARTBEAT_GRID)
+}
+
+/// `t` rounded up to the next multiple of `grid` after `epoch`.
+fn on_grid(epoch: Instant, t: Instant, grid: Duration) -> Instant {
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let g = grid.as_nanos().max(1);
+    let steps = since.div_ceil(g);
+    let rounded = u64::try_from(steps.saturating_mul(g)).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(rounded)
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -76,7 +95,9 @@ pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot)
         id,
         phase: Phase::AwaitHello,
         tx,
-        kick: CancellationToken::new(),
+        // A child of the shutdown token: shutdown also cancels it, so the connection loop
+        // waits on one token for both.
+        kick: state.shutdown.child_token(),
         errors: 0,
         rate_limited_notice: None,
     };
@@ -96,24 +117,35 @@ impl Conn {
         let heartbeat = tokio::time::sleep(ping_interval);
         tokio::pin!(heartbeat);
         let idle_timeout = cfg.idle_timeout;
+        // Heartbeat deadlines are rounded up to a coarse grid shared by every connection, so
+        // the checks of many connections fall due together and wake the runtime once instead
+        // of once per connection.
+        let grid = heartbeat_grid(ping_interval);
+        let epoch = self.state.epoch;
         let shutdown = self.state.shutdown.clone();
         let kick = self.kick.clone();
+        // Created once: a fresh `cancelled()` future per loop turn would register and
+        // unregister a waiter on every frame. `kick` is a child of `shutdown`, so this one
+        // future fires for both; shutdown is checked first.
+        let stop = kick.cancelled();
+        tokio::pin!(stop);
         let mut last_seen = Instant::now();
 
         let reason = loop {
             let joined = matches!(self.phase, Phase::Joined(_));
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    let text = ServerMessage::Shutdown { reason: "server shutting down".into() }.to_json();
-                    let _ = self.write_within(Message::Text(text.into()), CLOSING_WRITE_TIMEOUT).await;
-                    self.close(CloseCode::GOING_AWAY, "server shutting down").await;
-                    break LeaveReason::Disconnected;
-                }
-                _ = kick.cancelled() => {
-                    // Tell the room first: the slow client may take a while to hear its reason.
-                    self.leave_room(LeaveReason::Disconnected);
-                    self.fatal(ErrorCode::SlowConsumer, "your send queue was full").await;
+                () = &mut stop => {
+                    if shutdown.is_cancelled() {
+                        let text = ServerMessage::Shutdown { reason: "server shutting down".into() }.to_json();
+                        let _ = self.write_within(Message::Text(text.into()), CLOSING_WRITE_TIMEOUT).await;
+                        self.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                    } else {
+                        // Kicked as a slow consumer. Tell the room first: the slow client may
+                        // take a while to hear its reason.
+                        self.leave_room(LeaveReason::Disconnected);
+                        self.fatal(ErrorCode::SlowConsumer, "your send queue was full").await;
+                    }
                     break LeaveReason::Disconnected;
                 }
                 _ = &mut handshake_deadline, if !joined => {
@@ -123,7 +155,7 @@ impl Conn {
                 }
                 out = rx.recv() => {
                     let Some(text) = out else { break LeaveReason::Disconnected };
-                    if !self.write(Message::Text(text)).await {
+                    if !self.write_queued(text, &mut rx).await {
                         self.state.metrics.reject(ErrorCode::SlowConsumer.as_str());
                         break LeaveReason::Disconnected;
                     }
@@ -169,9 +201,9 @@ impl Conn {
                         if !self.write(Message::Ping(Default::default())).await {
                             break LeaveReason::Disconnected;
                         }
-                        heartbeat.as_mut().reset(Instant::now() + ping_interval);
+                        heartbeat.as_mut().reset(on_grid(epoch, Instant::now() + ping_interval, grid));
                     } else {
-                        heartbeat.as_mut().reset(last_seen + ping_interval);
+                        heartbeat.as_mut().reset(on_grid(epoch, last_seen + ping_interval, grid));
                     }
                 }
             }
@@ -192,6 +224,23 @@ impl Conn {
     /// Writes one frame; false when the socket failed or the write took too long.
     async fn write(&mut self, msg: Message) -> bool {
         self.write_within(msg, WRITE_TIMEOUT).await
+    }
+
+    /// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames) with
+    /// one flush, so a burst for this client costs one write to the socket, not one per frame.
+    /// False when the socket failed or the batch took longer than the write timeout.
+    async fn write_queued(&mut self, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>) -> bool {
+        use futures_util::SinkExt;
+        let socket = &mut self.socket;
+        let batch = async {
+            socket.feed(Message::Text(first)).await?;
+            for _ in 1..WRITE_BATCH {
+                let Ok(next) = rx.try_recv() else { break };
+                socket.feed(Message::Text(next)).await?;
+            }
+            socket.flush().await
+        };
+        matches!(tokio::time::timeout(WRITE_TIMEOUT, batch).await, Ok(Ok(())))
     }
 
     async fn write_within(&mut self, msg: Message, limit: Duration) -> bool {
@@ -349,13 +398,7 @@ impl Conn {
                 Flow::Close(CloseCode::NORMAL, "left", LeaveReason::Left)
             }
             (ClientMessage::Relay { to, payload }, Phase::Joined(room)) => {
-                let out = Utf8Bytes::from(
-                    ServerMessage::Relay {
-                        from: self.id,
-                        payload,
-                    }
-                    .to_json(),
-                );
+                let out = Utf8Bytes::from(relay_frame(self.id, payload.get()));
                 let st = Arc::clone(&self.state);
                 match st.rooms.relay(room, self.id, to, &out, &st.metrics) {
                     Ok(_) => Flow::Continue,
@@ -421,6 +464,21 @@ impl Conn {
     }
 }
 
+/// The `relay` frame for `payload` from peer `from`: the same bytes as serializing
+/// [`ServerMessage::Relay`], written directly around the payload, which is copied verbatim.
+fn relay_frame(from: PeerId, payload: &str) -> String {
+    use std::fmt::Write as _;
+    const HEAD: &str = r#"{"type":"relay","from":"#;
+    const MID: &str = r#","payload":"#;
+    let mut out = String::with_capacity(HEAD.len() + 20 + MID.len() + payload.len() + 1);
+    out.push_str(HEAD);
+    let _ = write!(out, "{from}");
+    out.push_str(MID);
+    out.push_str(payload);
+    out.push('}');
+    out
+}
+
 fn flow(sent: bool) -> Flow {
     if sent {
         Flow::Continue
@@ -463,4 +521,52 @@ fn ice_servers(st: &AppState, id: PeerId, label: Option<&str>, now: u64) -> Vec<
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn relay_frame_matches_the_serializer() {
+        for (from, payload) in [
+            (1, r#"{"sdp":"v=0\r\n","x":[1,2]}"#),
+            (u64::MAX, "null"),
+            (42, r#""caf\u00e9 \"quoted\"""#),
+            (7, "[1, 2 ,{\"a\" : {}}]"),
+        ] {
+            let expected = ServerMessage::Relay {
+                from,
+                payload: RawValue::from_string(payload.to_owned()).unwrap(),
+            }
+            .to_json();
+            let built = relay_frame(from, payload);
+            assert_eq!(built, expected);
+            match ServerMessage::parse(&built).unwrap() {
+                ServerMessage::Relay {
+                    from: f,
+                    payload: p,
+                } => {
+                    assert_eq!(f, from);
+                    assert_eq!(p.get(), payload);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn heartbeat_deadlines_round_up_to_the_grid() {
+        let epoch = Instant::now();
+        let grid = Duration::from_millis(250);
+        let ms = Duration::from_millis;
+        assert_eq!(on_grid(epoch, epoch, grid), epoch);
+        assert_eq!(on_grid(epoch, epoch + ms(1), grid), epoch + ms(250));
+        assert_eq!(on_grid(epoch, epoch + ms(250), grid), epoch + ms(250));
+        assert_eq!(on_grid(epoch, epoch + ms(2001), grid), epoch + ms(2250));
+        assert_eq!(heartbeat_grid(Duration::from_secs(2)), ms(250));
+        assert_eq!(heartbeat_grid(ms(200)), ms(25));
+        assert_eq!(heartbeat_grid(Duration::ZERO), ms(1));
+    }
 }

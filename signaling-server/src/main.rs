@@ -165,6 +165,9 @@ async fn run(cfg: Config) -> std::io::Result<()> {
     let app =
         server::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    // TCP_NODELAY: every write already carries whole frames (queued frames are batched into
+    // one write), so Nagle's algorithm can only delay a frame behind an unacknowledged one.
+    use axum_server::accept::NoDelayAcceptor;
     // A connection must send its HTTP request (the WebSocket upgrade) within the handshake
     // timeout, with headers of at most 16 KiB: idle or slow-header connections are dropped.
     let limit_http = |b: &mut hyper_util::server::conn::auto::Builder<_>| {
@@ -176,6 +179,7 @@ async fn run(cfg: Config) -> std::io::Result<()> {
         Some((cert, key)) => {
             let tls = tls::load(cert, key).await?;
             let mut srv = axum_server::from_tcp_rustls(listener, tls)?
+                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                 .handle(handle.clone())
                 .first_request_timeout(cfg.handshake_timeout);
             limit_http(srv.http_builder());
@@ -183,6 +187,7 @@ async fn run(cfg: Config) -> std::io::Result<()> {
         }
         None => {
             let mut srv = axum_server::from_tcp(listener)?
+                .acceptor(NoDelayAcceptor::new())
                 .handle(handle.clone())
                 .first_request_timeout(cfg.handshake_timeout);
             limit_http(srv.http_builder());

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) next_peer: AtomicU64,
     /// The embedded TURN relay's bound UDP port (0 when it is off).
     pub(crate) turn_port: AtomicU16,
+    /// A fixed instant that heartbeat deadlines are aligned to.
+    pub(crate) epoch: tokio::time::Instant,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             next_peer: AtomicU64::new(1),
             turn_port: AtomicU16::new(0),
+            epoch: tokio::time::Instant::now(),
         }
     }
 }
@@ -117,8 +120,11 @@ async fn ws_upgrade(
     let hard = max.saturating_mul(4);
     let token = st.tracker.token();
     let st2 = Arc::clone(&st);
+    // Frames are written out when the buffer passes 8 KiB or on flush, so a batch of queued
+    // frames (see `Conn::write_queued`) goes out in one write; a single frame still goes out at
+    // once, because every write ends with a flush.
     ws.read_buffer_size(1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(hard.saturating_mul(2))
         .max_message_size(hard)
         .max_frame_size(hard)

@@ -77,7 +77,7 @@ pub(crate) async fn start(
     };
     let server = Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
-            conn: Arc::new(socket),
+            conn: Arc::new(ListenConn { socket, local_addr }),
             relay_addr_generator: Box::new(generator),
         }],
         realm: cfg.realm.clone(),
@@ -115,6 +115,53 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The listening socket, with its address cached: the crate asks for the listener's local
+/// address on every packet it relays (to build the allocation's 5-tuple), and a plain
+/// `tokio::net::UdpSocket` answers that with a `getsockname` system call each time.
+struct ListenConn {
+    socket: tokio::net::UdpSocket,
+    local_addr: SocketAddr,
+}
+
+#[async_trait]
+impl Conn for ListenConn {
+    async fn connect(&self, addr: SocketAddr) -> Result<(), webrtc_util::Error> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> Result<usize, webrtc_util::Error> {
+        Ok(self.socket.recv(buf).await?)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), webrtc_util::Error> {
+        Ok(self.socket.recv_from(buf).await?)
+    }
+
+    async fn send(&self, buf: &[u8]) -> Result<usize, webrtc_util::Error> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> Result<usize, webrtc_util::Error> {
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> Result<SocketAddr, webrtc_util::Error> {
+        Ok(self.local_addr)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> Result<(), webrtc_util::Error> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
 }
 
 /// TURN REST authentication: recompute the password from the username, refuse expired ones.

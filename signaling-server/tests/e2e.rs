@@ -435,9 +435,11 @@ async fn flooding_client_is_rate_limited_while_other_rooms_relay() {
         }
     }
     // The victim got at most burst + rate * (time the server can have spent on the flood).
+    // The bucket counts every frame, so the flooder's hello and join took 2 of the 40: at
+    // least 38 relays pass (more if the bucket refilled between join and flood).
     let elapsed = started.elapsed().as_secs_f64();
     let allowed = (40.0 + 20.0 * (elapsed + 0.5)) as usize;
-    assert!(got >= 40, "burst not honoured: {got}");
+    assert!(got >= 38, "burst not honoured: {got}");
     assert!(got <= allowed, "rate limit not applied: {got} > {allowed}");
     assert!(srv.metric("aparte_signaling_rejects_total{reason=\"rate_limited\"} ") >= 1000.0);
 }

@@ -93,6 +93,11 @@ enum Mode {
         /// measure what the load generator itself adds to latency.
         #[arg(long)]
         direct: bool,
+        /// Receive at the sink on a dedicated OS thread (blocking reads) instead of a task on
+        /// the generator's runtime, where the receive timestamp can wait behind the K sender
+        /// tasks. Shows how much of the measured latency is the generator's own scheduling.
+        #[arg(long)]
+        sink_thread: bool,
     },
 }
 
@@ -257,6 +262,7 @@ fn main() -> Result<(), AnyError> {
                 duration,
                 via_client,
                 direct,
+                sink_thread,
             } => {
                 let how = if *direct {
                     Sender::Direct
@@ -265,7 +271,12 @@ fn main() -> Result<(), AnyError> {
                 } else {
                     Sender::Raw
                 };
-                turn(&cli, *allocations, *pps, *size, *duration, how).await
+                let sink = if *sink_thread {
+                    Sink::Thread
+                } else {
+                    Sink::Task
+                };
+                turn(&cli, *allocations, *pps, *size, *duration, how, sink).await
             }
         }
     })?;
@@ -485,6 +496,7 @@ async fn turn(
     size: usize,
     duration: u64,
     how: Sender,
+    sink_mode: Sink,
 ) -> Result<serde_json::Value, AnyError> {
     let direct = how == Sender::Direct;
     use turn::client::{Client, ClientConfig};
@@ -572,28 +584,63 @@ async fn turn(
     let per_alloc = pps * duration;
     let expected = per_alloc * k as u64;
     let received = Arc::new(AtomicU64::new(0));
-    let sink_task = {
-        let (sink, received) = (sink.clone(), received.clone());
-        tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(expected as usize);
-            let mut buf = vec![0u8; 2048];
-            let stop = tokio::time::Instant::now() + Duration::from_secs(duration + 3);
-            while (lat.len() as u64) < expected {
-                let Ok(Ok((n, _))) = tokio::time::timeout_at(stop, sink.recv_from(&mut buf)).await
-                else {
-                    break;
-                };
-                if n >= 16 {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&buf[8..16]);
-                    let t0 = u64::from_le_bytes(t);
+    // One latency sample (µs) from a datagram received at `now_ns` since `base`.
+    fn sample(buf: &[u8], now_ns: u64) -> Option<u64> {
+        let t0 = u64::from_le_bytes(buf.get(8..16)?.try_into().ok()?);
+        Some(now_ns.saturating_sub(t0) / 1000)
+    }
+    let sink_task = match sink_mode {
+        Sink::Task => {
+            let (sink, received) = (sink.clone(), received.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(expected as usize);
+                let mut buf = vec![0u8; 2048];
+                let stop = tokio::time::Instant::now() + Duration::from_secs(duration + 3);
+                while (lat.len() as u64) < expected {
+                    let Ok(Ok((n, _))) =
+                        tokio::time::timeout_at(stop, sink.recv_from(&mut buf)).await
+                    else {
+                        break;
+                    };
                     let now = base.elapsed().as_nanos() as u64;
-                    lat.push(now.saturating_sub(t0) / 1000);
-                    received.fetch_add(1, Ordering::Relaxed);
+                    if n >= 16 {
+                        if let Some(l) = sample(&buf[..n], now) {
+                            lat.push(l);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-            }
-            lat
-        })
+                lat
+            })
+        }
+        Sink::Thread => {
+            // Take the socket off the runtime and read it with blocking calls.
+            let std_sink = Arc::try_unwrap(sink)
+                .map_err(|_| "sink socket still shared")?
+                .into_std()?;
+            std_sink.set_nonblocking(false)?;
+            std_sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let received = received.clone();
+            let stop = Instant::now() + Duration::from_secs(duration + 3);
+            let thread = std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(expected as usize);
+                let mut buf = vec![0u8; 2048];
+                while (lat.len() as u64) < expected && Instant::now() < stop {
+                    let Ok((n, _)) = std_sink.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let now = base.elapsed().as_nanos() as u64;
+                    if n >= 16 {
+                        if let Some(l) = sample(&buf[..n], now) {
+                            lat.push(l);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                lat
+            });
+            tokio::task::spawn_blocking(move || thread.join().unwrap_or_default())
+        }
     };
     let cpu_before = cpu_time(pid, ticks);
     let rcvbuf_errors_before = udp_rcvbuf_errors();
@@ -648,6 +695,10 @@ async fn turn(
             Sender::Client => "turn-via-webrtc-rs-client",
             Sender::Raw => "turn",
         },
+        "sink": match sink_mode {
+            Sink::Task => "task",
+            Sink::Thread => "thread",
+        },
         "allocations": k,
         "load_generator_cpu_seconds": load_cpu.as_secs_f64(),
         "packets_per_s_per_allocation": pps,
@@ -668,6 +719,15 @@ async fn turn(
         "server_rss_bytes": rss,
         "rss_bytes_per_allocation": alloc_rss.saturating_sub(rss_before) as f64 / k.max(1) as f64,
     }))
+}
+
+/// Where the TURN mode's sink receives and timestamps packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// A task on the generator's runtime, next to the sender tasks.
+    Task,
+    /// A dedicated OS thread with blocking reads.
+    Thread,
 }
 
 /// How the TURN mode sends its packets.
