@@ -551,7 +551,12 @@ async fn graceful_shutdown() {
     }
     let status = srv.wait_exit().await;
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = srv.lines.try_iter().collect();
+    // The process has exited, but its last lines may still be on their way through the
+    // reader thread: read until that thread sees end of output.
+    let mut rest = Vec::new();
+    while let Ok(line) = srv.lines.recv_timeout(std::time::Duration::from_secs(10)) {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(srv.addr).is_err());
