@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use aparte_e2e_tests::call::mean_ncc;
 use aparte_e2e_tests::{binary, new_room, speak, SignalingServer};
-use aparte_media::metrics::{align_segments, rms};
 use aparte_media::wav::read_mono_48k;
 
 const MIN_MEAN_NCC: f64 = 0.80;
@@ -52,22 +52,6 @@ fn sas_line(output: &Output) -> String {
         .lines()
         .find_map(|l| l.split_once("SAS: ").map(|(_, s)| s.to_owned()))
         .unwrap_or_else(|| panic!("no SAS shown:\n{stderr}"))
-}
-
-/// Mean NCC over speech-bearing 1 s segments of `sent` found in `received`.
-fn mean_ncc(sent: &[f32], received: &[f32]) -> (f64, usize) {
-    let segment = 48_000;
-    let alignments = align_segments(sent, received, segment, 12_000);
-    let mut nccs = Vec::new();
-    for (k, a) in alignments.iter().enumerate() {
-        let seg = &sent[k * segment..((k + 1) * segment).min(sent.len())];
-        if rms(seg) < 0.01 {
-            continue; // silence: nothing to compare
-        }
-        nccs.push(a.map_or(0.0, |a| a.ncc));
-    }
-    assert!(!nccs.is_empty(), "no speech segments");
-    (nccs.iter().sum::<f64>() / nccs.len() as f64, nccs.len())
 }
 
 #[test]

@@ -20,7 +20,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use aparte_e2e_tests::{binary, new_room, SignalingServer};
 use aparte_media::wav::{read_mono_48k, write_mono_48k};
@@ -134,6 +134,21 @@ fn apertium_oneshot(text: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Waits for both calls and checks both ended well; returns their outputs.
+fn both_succeed(alice: Child, bob: Child) -> (Output, Output) {
+    let (alice, bob) = (
+        alice.wait_with_output().unwrap(),
+        bob.wait_with_output().unwrap(),
+    );
+    assert!(alice.status.success(), "alice:\n{}", log(&alice));
+    assert!(bob.status.success(), "bob:\n{}", log(&bob));
+    (alice, bob)
+}
+
+fn log(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn call(server: &SignalingServer, room: &str, home: &Path, args: &[&str]) -> Child {
     Command::new(binary("aparte"))
         .env("APARTE_HOME", home)
@@ -185,10 +200,7 @@ fn translated_captions_cross_a_real_call_and_the_servers_never_see_them() {
             p("bob.json").to_str().unwrap(),
         ],
     );
-    let (alice, bob) = (
-        alice.wait_with_output().unwrap(),
-        bob.wait_with_output().unwrap(),
-    );
+    let (alice, _bob) = both_succeed(alice, bob);
     // Positive control for the scan: plaintext that does cross loopback is found.
     let marker = format!("aparte positive control {room}");
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -205,9 +217,6 @@ fn translated_captions_cross_a_real_call_and_the_servers_never_see_them() {
     }
     capture.stop();
     drop(server);
-    let log = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(alice.status.success(), "alice:\n{}", log(&alice));
-    assert!(bob.status.success(), "bob:\n{}", log(&bob));
 
     // What Bob received: one cue per sentence, each Apertium's translation of its text.
     let vtt = std::fs::read_to_string(p("bob.vtt")).unwrap();
@@ -352,13 +361,7 @@ fn a_listener_can_translate_the_peers_audio_itself() {
             p("bob.json").to_str().unwrap(),
         ],
     );
-    let (alice, bob) = (
-        alice.wait_with_output().unwrap(),
-        bob.wait_with_output().unwrap(),
-    );
-    let log = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(alice.status.success(), "alice:\n{}", log(&alice));
-    assert!(bob.status.success(), "bob:\n{}", log(&bob));
+    let (_alice, bob) = both_succeed(alice, bob);
     let vtt = std::fs::read_to_string(p("bob.vtt")).unwrap();
     let cues = cues(&vtt);
     let heard: Vec<&str> = cues.iter().map(|(_, o)| o.as_str()).collect();

@@ -581,6 +581,22 @@ mod tests {
         }
     }
 
+    /// A pipeline whose recognizer never waits, with room for all the audio a test feeds.
+    fn free_running() -> TranslationPipeline {
+        let (started, _) = mpsc::channel();
+        let config = PipelineConfig {
+            audio_queue_frames: 1000,
+            ..Default::default()
+        };
+        TranslationPipeline::start(config, move || {
+            Ok(engines(LengthRecognizer {
+                gate: None,
+                started,
+            }))
+        })
+        .unwrap()
+    }
+
     fn captions(events: &[PipelineEvent]) -> Vec<&Caption> {
         events
             .iter()
@@ -593,18 +609,7 @@ mod tests {
 
     #[test]
     fn utterances_become_translated_captions_with_stream_times() {
-        let (started, _) = mpsc::channel();
-        let config = PipelineConfig {
-            audio_queue_frames: 1000,
-            ..Default::default()
-        };
-        let pipeline = TranslationPipeline::start(config, move || {
-            Ok(engines(LengthRecognizer {
-                gate: None,
-                started,
-            }))
-        })
-        .unwrap();
+        let pipeline = free_running();
         feed(&pipeline, 3);
         let (events, stats) = pipeline.finish();
         assert_eq!(events.first(), Some(&PipelineEvent::Ready));
@@ -696,18 +701,7 @@ mod tests {
 
     #[test]
     fn dropped_frames_keep_caption_times_true() {
-        let (started, _) = mpsc::channel();
-        let config = PipelineConfig {
-            audio_queue_frames: 1000,
-            ..Default::default()
-        };
-        let pipeline = TranslationPipeline::start(config, move || {
-            Ok(engines(LengthRecognizer {
-                gate: None,
-                started,
-            }))
-        })
-        .unwrap();
+        let pipeline = free_running();
         let tap = pipeline.audio_tap().unwrap();
         // Pretend 100 frames (2 s) were dropped before the speech: bump the index.
         tap.next_index.fetch_add(100, Ordering::Relaxed);
