@@ -102,9 +102,13 @@ impl Call {
         let (b_media_tx, b_media) = mpsc::unbounded_channel();
         let (a_link_tx, a_link) = watch::channel(LinkState::Connecting);
         let (b_link_tx, b_link) = watch::channel(LinkState::Connecting);
+        // Whether each side has applied the other's SDP, so candidates can be applied.
+        let (a_ready_tx, a_ready) = watch::channel(false);
+        let (b_ready_tx, b_ready) = watch::channel(false);
         let a_router = tokio::spawn(route(
             a_events,
             Arc::clone(&b),
+            b_ready,
             a_media_tx,
             a_link_tx,
             epoch,
@@ -112,6 +116,7 @@ impl Call {
         let b_router = tokio::spawn(route(
             b_events,
             Arc::clone(&a),
+            a_ready,
             b_media_tx,
             b_link_tx,
             epoch,
@@ -123,9 +128,11 @@ impl Call {
             .await
             .expect("bob applies the offer")
             .expect("an answer");
+        let _ = b_ready_tx.send(true);
         a.apply_signal(answer)
             .await
             .expect("alice applies the answer");
+        let _ = a_ready_tx.send(true);
 
         // Both fingerprints are known now: bind them into the e2ee handshake.
         let (mut a_sec, first) = security(&a, Role::Initiator).await;
@@ -187,18 +194,40 @@ impl Call {
 
 /// Drains one transport's events: candidates go to the other transport, media is stamped
 /// with its arrival time, link changes are published.
+///
+/// Candidates gathered before the other side has its remote description are held until it
+/// does (`other_ready`), as a signaling server's client does: applied early, webrtc-rs
+/// refuses them and a relay-only call can be left with no candidate pair at all.
 async fn route(
     mut events: mpsc::Receiver<TransportEvent>,
     other: Arc<Transport>,
+    mut other_ready: watch::Receiver<bool>,
     media: mpsc::UnboundedSender<Arrival>,
     link: watch::Sender<LinkState>,
     epoch: Instant,
 ) {
-    while let Some(event) = events.recv().await {
+    let mut held = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            changed = other_ready.changed(), if !*other_ready.borrow() => {
+                if changed.is_ok() && *other_ready.borrow() {
+                    for signal in held.drain(..) {
+                        relay_signal(&other, signal).await;
+                    }
+                }
+                continue;
+            }
+        };
         match event {
             TransportEvent::Signal(signal) => {
-                if let Err(e) = other.apply_signal(signal).await {
-                    eprintln!("relaying a signal failed: {e}");
+                if *other_ready.borrow() {
+                    relay_signal(&other, signal).await;
+                } else {
+                    held.push(signal);
                 }
             }
             TransportEvent::Link(state) => {
@@ -216,6 +245,12 @@ async fn route(
             }
             TransportEvent::Data(_) | TransportEvent::DataOpen => {}
         }
+    }
+}
+
+async fn relay_signal(other: &Transport, signal: aparte_client::transport::Signal) {
+    if let Err(e) = other.apply_signal(signal).await {
+        eprintln!("relaying a signal failed: {e}");
     }
 }
 
