@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aparte_client::transport::{LinkState, SdpRole, Transport, TransportConfig, TransportEvent};
+use aparte_client::transport::{
+    LinkState, SdpRole, Signal, Transport, TransportConfig, TransportEvent,
+};
 use aparte_e2ee::frame::{ReceiverConfig, SenderConfig};
 use aparte_e2ee::handshake::{CallParams, Role};
 use aparte_e2ee::identity::KnownPeers;
@@ -83,6 +85,11 @@ pub struct Call {
     pub alice: CallPeer,
     /// The answerer and handshake responder.
     pub bob: CallPeer,
+    /// Alice's first offer (SDP), as Bob applied it.
+    pub first_offer: String,
+    /// Whether Bob has Alice's SDP (Alice's candidates are held until then), and the reverse.
+    bob_ready: watch::Sender<bool>,
+    alice_ready: watch::Sender<bool>,
     epoch: Instant,
 }
 
@@ -123,6 +130,9 @@ impl Call {
         ));
 
         let offer = a.create_offer().await.expect("offer");
+        let Signal::Offer(first_offer) = offer.clone() else {
+            panic!("create_offer made no offer");
+        };
         let answer = b
             .apply_signal(offer)
             .await
@@ -163,6 +173,9 @@ impl Call {
                 link: b_link,
                 router: b_router,
             },
+            first_offer,
+            bob_ready: b_ready_tx,
+            alice_ready: a_ready_tx,
             epoch,
         };
         for peer in [&mut call.alice, &mut call.bob] {
@@ -181,6 +194,15 @@ impl Call {
     /// Milliseconds since the call started connecting (the clock of [`Arrival::arrival_ms`]).
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Holds (`true`) or releases (`false`) the ICE candidates each side trickles to the
+    /// other. Around an ICE restart's offer and answer, a signaling server's ordering is what
+    /// keeps the new candidates behind the SDP they belong to; a test that applies the SDP by
+    /// hand holds them meanwhile.
+    pub fn hold_candidates(&self, hold: bool) {
+        let _ = self.bob_ready.send(!hold);
+        let _ = self.alice_ready.send(!hold);
     }
 
     /// Closes both transports.
@@ -248,7 +270,7 @@ async fn route(
     }
 }
 
-async fn relay_signal(other: &Transport, signal: aparte_client::transport::Signal) {
+async fn relay_signal(other: &Transport, signal: Signal) {
     if let Err(e) = other.apply_signal(signal).await {
         eprintln!("relaying a signal failed: {e}");
     }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aparte_client::transport::IceServer;
+use aparte_signaling_protocol::turn_rest;
 use async_trait::async_trait;
 use turn::auth::{generate_auth_key, AuthHandler};
 use turn::client::{Client, ClientConfig};
@@ -139,6 +140,17 @@ pub struct Mangling {
     pub reorder: f64,
 }
 
+/// How the relay checks TURN credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayAuth {
+    /// One fixed user ([`RecordingRelay::ice_server`] hands out its credentials).
+    Static,
+    /// TURN REST credentials under this shared secret, as coturn's `static-auth-secret`
+    /// checks them: what a signaling server started with `--turn-url` and `--turn-secret`
+    /// hands out. Expiry is not checked (the test's credentials are fresh).
+    Rest(Vec<u8>),
+}
+
 /// What the relay did, counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayCounts {
@@ -156,6 +168,8 @@ pub struct RelayCounts {
     pub replayed: u64,
     /// RTP packets held back to reorder them.
     pub reordered: u64,
+    /// Datagrams dropped because their allocation was cut ([`RecordingRelay::cut_allocations`]).
+    pub cut: u64,
 }
 
 #[derive(Default)]
@@ -167,6 +181,7 @@ struct Counters {
     corrupted: AtomicU64,
     replayed: AtomicU64,
     reordered: AtomicU64,
+    cut: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -182,6 +197,10 @@ struct Shared {
     mangling_on: AtomicBool,
     seed: u64,
     allocations: AtomicU64,
+    /// Allocations numbered below this are cut: they relay nothing any more.
+    cut_below: AtomicU64,
+    /// RTP packets each allocation relayed (by allocation number).
+    rtp_by_allocation: Mutex<HashMap<u64, u64>>,
     counters: Counters,
 }
 
@@ -221,6 +240,26 @@ impl RecordingRelay {
     /// Starts a relay that impairs every datagram it relays and, once turned on, mangles the
     /// call's RTP packets; `seed` drives both.
     pub async fn start_with(impairment: Impairment, mangling: Mangling, seed: u64) -> Self {
+        Self::start_full(impairment, mangling, seed, RelayAuth::Static).await
+    }
+
+    /// Starts a faithful relay that takes TURN REST credentials under `secret`.
+    pub async fn start_rest(secret: &[u8]) -> Self {
+        Self::start_full(
+            Impairment::default(),
+            Mangling::default(),
+            0,
+            RelayAuth::Rest(secret.to_vec()),
+        )
+        .await
+    }
+
+    async fn start_full(
+        impairment: Impairment,
+        mangling: Mangling,
+        seed: u64,
+        auth: RelayAuth,
+    ) -> Self {
         let shared = Arc::new(Shared {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
@@ -229,6 +268,8 @@ impl RecordingRelay {
             mangling_on: AtomicBool::new(false),
             seed,
             allocations: AtomicU64::new(0),
+            cut_below: AtomicU64::new(0),
+            rtp_by_allocation: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -239,8 +280,14 @@ impl RecordingRelay {
             inner: Arc::new(socket),
             shared: Arc::clone(&shared),
         };
-        let mut keys = HashMap::new();
-        keys.insert(USER.to_owned(), generate_auth_key(USER, REALM, PASSWORD));
+        let auth_handler: Arc<dyn AuthHandler + Send + Sync> = match auth {
+            RelayAuth::Static => {
+                let mut keys = HashMap::new();
+                keys.insert(USER.to_owned(), generate_auth_key(USER, REALM, PASSWORD));
+                Arc::new(StaticAuth(keys))
+            }
+            RelayAuth::Rest(secret) => Arc::new(RestAuth(secret)),
+        };
         let server = Server::new(ServerConfig {
             conn_configs: vec![ConnConfig {
                 conn: Arc::new(listener),
@@ -254,7 +301,7 @@ impl RecordingRelay {
                 }),
             }],
             realm: REALM.to_owned(),
-            auth_handler: Arc::new(StaticAuth(keys)),
+            auth_handler,
             channel_bind_timeout: Duration::ZERO,
             alloc_close_notify: None,
         })
@@ -284,6 +331,32 @@ impl RecordingRelay {
     /// Turns the RTP mangler on or off (off at start, so the call can set up first).
     pub fn set_mangling(&self, on: bool) {
         self.shared.mangling_on.store(on, Ordering::SeqCst);
+    }
+
+    /// Cuts every allocation made so far, as when a network change kills the path a call
+    /// uses: from now on their relay sockets send nothing. Allocations made later (an ICE
+    /// restart's new ones) work. Returns how many allocations were cut.
+    pub fn cut_allocations(&self) -> u64 {
+        let made = self.shared.allocations.load(Ordering::SeqCst);
+        self.shared.cut_below.store(made, Ordering::SeqCst);
+        made
+    }
+
+    /// RTP packets relayed by each allocation made at or after number `first` (allocations
+    /// are numbered from 0 in the order made), largest first.
+    pub fn rtp_relayed_since(&self, first: u64) -> Vec<u64> {
+        let by_allocation = self
+            .shared
+            .rtp_by_allocation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts: Vec<u64> = by_allocation
+            .iter()
+            .filter(|(n, _)| **n >= first)
+            .map(|(_, count)| *count)
+            .collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts
     }
 
     /// Every datagram recorded so far, in the order seen.
@@ -316,6 +389,7 @@ impl RecordingRelay {
             corrupted: get(&c.corrupted),
             replayed: get(&c.replayed),
             reordered: get(&c.reordered),
+            cut: get(&c.cut),
         }
     }
 
@@ -406,6 +480,22 @@ impl AuthHandler for StaticAuth {
     }
 }
 
+/// TURN REST credentials (username `expiry:label`, password base64(HMAC-SHA1(secret,
+/// username))), as the signaling server mints them.
+struct RestAuth(Vec<u8>);
+
+impl AuthHandler for RestAuth {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        _src: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
+        let password = turn_rest::password(&self.0, username);
+        Ok(generate_auth_key(username, realm, &password))
+    }
+}
+
 /// The listening socket, recording both directions.
 struct RecordingConn {
     inner: Arc<dyn Conn + Send + Sync>,
@@ -482,6 +572,7 @@ impl RelayAddressGenerator for RecordingGenerator {
         let n = self.shared.allocations.fetch_add(1, Ordering::SeqCst);
         let mut seeder = Rng::new(self.shared.seed ^ n.wrapping_mul(0xA076_1D64_78BD_642F));
         let conn = RelayConn {
+            number: n,
             inner,
             shared: Arc::clone(&self.shared),
             impair_rng: Mutex::new(Rng::new(seeder.next_u64())),
@@ -494,6 +585,8 @@ impl RelayAddressGenerator for RecordingGenerator {
 
 /// A relay socket that records, impairs and mangles what it sends.
 struct RelayConn {
+    /// This allocation's number (0 for the first one made).
+    number: u64,
     inner: Arc<dyn Conn + Send + Sync>,
     shared: Arc<Shared>,
     impair_rng: Mutex<Rng>,
@@ -597,6 +690,19 @@ impl Conn for RelayConn {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         bump(&self.shared.counters.relay_out);
         self.shared.record(Leg::RelayOut, buf);
+        if self.number < self.shared.cut_below.load(Ordering::SeqCst) {
+            bump(&self.shared.counters.cut);
+            return Ok(buf.len());
+        }
+        if is_opus_rtp(buf) {
+            *self
+                .shared
+                .rtp_by_allocation
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(self.number)
+                .or_default() += 1;
+        }
         for (delay, bytes) in self.plan(buf) {
             if delay.is_zero() {
                 self.inner.send_to(&bytes, target).await?;

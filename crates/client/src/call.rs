@@ -42,6 +42,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const TAIL: Duration = Duration::from_millis(1500);
 /// With captions on, wait at most this much longer for the last caption to be made and sent.
 const CAPTION_TAIL: Duration = Duration::from_secs(10);
+/// An ICE restart that has not reconnected after this long is tried again.
+const ICE_RESTART_RETRY: Duration = Duration::from_secs(8);
+/// A call whose link has been down this long after set-up is given up, restarts or not.
+const LINK_LOST_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Everything a call needs.
 #[derive(Debug, Clone)]
@@ -107,6 +111,17 @@ pub enum CallUpdate {
     PeerLeft,
     /// The signaling connection was lost (the call continues peer to peer).
     SignalingLost(String),
+    /// The path broke after set-up and we (the offerer) restarted ICE; `attempt` counts
+    /// from 1 for each outage.
+    IceRestart {
+        /// Restarts for this outage so far.
+        attempt: u32,
+    },
+    /// The link came back after an outage, with the same keys; how long it was down.
+    Reconnected {
+        /// From the last packet received before the outage to the link being back, ms.
+        outage_ms: u64,
+    },
     /// A caption to show.
     Caption(CaptionSource, Caption),
     /// News about translation (models loaded, or why they are not).
@@ -194,6 +209,13 @@ pub struct CallReport {
     /// Our packets the peer reported lost over the call (RTCP), percent (`None` if it never
     /// reported).
     pub peer_loss_percent: Option<f64>,
+    /// ICE restarts we started (only the offerer restarts; the answerer follows).
+    pub ice_restarts: u32,
+    /// Times the link went down after set-up and came back.
+    pub link_recoveries: u32,
+    /// Total time the link was down after set-up, ms: for each outage, from the last packet
+    /// received before it to the link being back (or the end of the call).
+    pub link_down_ms: u64,
     /// Process CPU seconds used (user + system) over the call.
     pub cpu_seconds: f64,
     /// Call length from both-joined to hang-up, seconds.
@@ -298,6 +320,13 @@ pub async fn run_call(
         both_joined,
         received_app: VecDeque::new(),
         played: Arc::clone(&audio.stats),
+        ever_set_up: false,
+        last_packet_at: None,
+        outage: None,
+        ice_restarts: 0,
+        link_recoveries: 0,
+        link_down: Duration::ZERO,
+        signaling_open: true,
     };
     if role == SdpRole::Offerer {
         if let Signal::Offer(sdp) = call.transport.create_offer().await? {
@@ -308,20 +337,12 @@ pub async fn run_call(
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut input_ended_at: Option<Instant> = None;
     let mut settled_ticks = 0u32;
-    let (mut signaling_open, mut actions_open) = (true, true);
+    let mut actions_open = true;
     while call.ended_by.is_none() {
         tokio::select! {
-            event = sig_rx.recv(), if signaling_open => match event {
+            event = sig_rx.recv(), if call.signaling_open => match event {
                 Some(event) => call.on_signaling(event).await?,
-                None => {
-                    // Media keeps flowing peer to peer without the signaling server, but a call
-                    // that is not set up yet cannot finish its handshake without it.
-                    signaling_open = false;
-                    let _ = call.updates.send(CallUpdate::SignalingLost("closed".into())).await;
-                    if !call.is_set_up() {
-                        call.ended_by = Some("signaling lost before the call was set up".into());
-                    }
-                }
+                None => call.on_signaling_lost("closed".into()).await,
             },
             Some(event) = transport_rx.recv() => call.on_transport(event, &audio).await,
             Some(packet) = audio.outgoing.recv() => call.send_audio(packet).await,
@@ -333,9 +354,10 @@ pub async fn run_call(
                 None => actions_open = false,
             },
             _ = tick.tick() => {
-                if !call.is_set_up() && call.both_joined.elapsed() >= SETUP_TIMEOUT {
+                if !call.ever_set_up && call.both_joined.elapsed() >= SETUP_TIMEOUT {
                     call.ended_by = Some("call setup timed out".into());
                 }
+                call.check_link().await;
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
                     let at = *input_ended_at.get_or_insert_with(Instant::now);
                     // With captions on, also wait (a bounded time) until the last utterance
@@ -359,6 +381,7 @@ pub async fn run_call(
             }
         }
         call.take_received_captions(&mut captions).await;
+        call.ever_set_up |= call.is_set_up();
         // Audio flows only with confirmed keys on a connected link; re-checked after every
         // event so media starts the moment both hold.
         audio
@@ -429,6 +452,27 @@ struct Call {
     received_app: VecDeque<Vec<u8>>,
     /// The audio thread's counters (for where playout is when a caption arrives).
     played: Arc<std::sync::Mutex<AudioStats>>,
+    /// The call was set up once (keys confirmed on a connected link).
+    ever_set_up: bool,
+    /// When the last RTP packet arrived (an outage starts there, not when ICE notices it).
+    last_packet_at: Option<Instant>,
+    /// The link is down after set-up: since when, and the restarts tried for it.
+    outage: Option<Outage>,
+    ice_restarts: u32,
+    link_recoveries: u32,
+    link_down: Duration,
+    /// The signaling connection is up (needed to restart ICE).
+    signaling_open: bool,
+}
+
+/// A link outage after set-up, and what the offerer did about it.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    /// Restarts tried for this outage.
+    attempts: u32,
+    /// When the last restart was sent.
+    last_restart: Option<Instant>,
 }
 
 fn unix_now() -> u64 {
@@ -462,30 +506,101 @@ impl Call {
                 let _ = self.updates.send(CallUpdate::PeerLeft).await;
                 self.ended_by = Some("peer left".into());
             }
-            SignalingEvent::Closed(reason) => {
-                let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
-                if !self.is_set_up() {
-                    self.ended_by = Some("signaling lost before the call was set up".into());
-                }
-            }
+            SignalingEvent::Closed(reason) => self.on_signaling_lost(reason).await,
             _ => {}
         }
         Ok(())
     }
 
+    /// Media keeps flowing peer to peer without the signaling server, but a call that is not
+    /// set up yet cannot finish its handshake without it (nor restart ICE).
+    async fn on_signaling_lost(&mut self, reason: String) {
+        self.signaling_open = false;
+        let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
+        if !self.ever_set_up {
+            self.ended_by = Some("signaling lost before the call was set up".into());
+        }
+    }
+
+    /// Called on every tick: restarts ICE while the link is down after set-up (offerer only;
+    /// the answerer follows the offer), and gives the call up after [`LINK_LOST_TIMEOUT`].
+    async fn check_link(&mut self) {
+        let Some(outage) = self.outage else {
+            return;
+        };
+        if outage.since.elapsed() >= LINK_LOST_TIMEOUT {
+            self.ended_by = Some("connection lost".into());
+            return;
+        }
+        let due = outage
+            .last_restart
+            .is_none_or(|at| at.elapsed() >= ICE_RESTART_RETRY);
+        if self.role != SdpRole::Offerer || !self.signaling_open || !due {
+            return;
+        }
+        // Still gathering (or another transient refusal): the next tick tries again.
+        if let Ok(Signal::Offer(sdp)) = self.transport.restart_ice().await {
+            let attempt = outage.attempts + 1;
+            self.outage = Some(Outage {
+                attempts: attempt,
+                last_restart: Some(Instant::now()),
+                ..outage
+            });
+            self.ice_restarts += 1;
+            self.relay(PeerMessage::Offer { sdp }).await;
+            let _ = self.updates.send(CallUpdate::IceRestart { attempt }).await;
+        }
+    }
+
+    /// Tracks the link state for outages and recoveries.
+    fn on_link(&mut self, state: LinkState) {
+        self.connected = state == LinkState::Connected;
+        if self.connected {
+            if let Some(outage) = self.outage.take() {
+                let down = outage.since.elapsed();
+                self.link_down += down;
+                self.link_recoveries += 1;
+                let outage_ms = u64::try_from(down.as_millis()).unwrap_or(u64::MAX);
+                let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
+            }
+        } else if self.ever_set_up
+            && self.outage.is_none()
+            && matches!(state, LinkState::Disconnected | LinkState::Failed)
+        {
+            self.outage = Some(Outage {
+                since: self.last_packet_at.unwrap_or_else(Instant::now),
+                attempts: 0,
+                last_restart: None,
+            });
+        }
+    }
+
     async fn on_peer_message(&mut self, message: PeerMessage) -> Result<(), CallError> {
         match message {
+            // A second offer or answer is an ICE restart: the path changes, the keys do not,
+            // so the security session is started only once.
             PeerMessage::Offer { sdp } => {
-                if let Some(Signal::Answer(answer)) =
-                    self.transport.apply_signal(Signal::Offer(sdp)).await?
-                {
+                let answer = match self.transport.apply_signal(Signal::Offer(sdp)).await {
+                    Ok(answer) => answer,
+                    Err(e) if self.security.is_some() => return self.refuse_renegotiation(e),
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(Signal::Answer(answer)) = answer {
                     self.relay(PeerMessage::Answer { sdp: answer }).await;
-                    self.start_security(Role::Responder).await?;
+                    if self.security.is_none() {
+                        self.start_security(Role::Responder).await?;
+                    }
                 }
             }
             PeerMessage::Answer { sdp } => {
-                self.transport.apply_signal(Signal::Answer(sdp)).await?;
-                self.start_security(Role::Initiator).await?;
+                match self.transport.apply_signal(Signal::Answer(sdp)).await {
+                    Ok(_) => {}
+                    Err(e) if self.security.is_some() => return self.refuse_renegotiation(e),
+                    Err(e) => return Err(e.into()),
+                }
+                if self.security.is_none() {
+                    self.start_security(Role::Initiator).await?;
+                }
             }
             PeerMessage::Candidate { candidate } => {
                 // A bad candidate from the peer is not fatal; ICE uses the others.
@@ -506,6 +621,19 @@ impl Call {
                 }
                 self.on_handshake(&bytes).await;
             }
+        }
+        Ok(())
+    }
+
+    /// A renegotiation (ICE restart) the transport refused mid-call. A changed DTLS
+    /// fingerprint is an attack on the call (the e2ee handshake is bound to the first one):
+    /// it ends the call. Anything else leaves the current path as it is.
+    fn refuse_renegotiation(
+        &mut self,
+        e: crate::transport::TransportError,
+    ) -> Result<(), CallError> {
+        if matches!(e, crate::transport::TransportError::FingerprintChanged) {
+            self.ended_by = Some(format!("refused: {e}"));
         }
         Ok(())
     }
@@ -615,7 +743,7 @@ impl Call {
             }
             TransportEvent::Signal(_) => {}
             TransportEvent::Link(state) => {
-                self.connected = state == LinkState::Connected;
+                self.on_link(state);
                 let _ = self.updates.send(CallUpdate::Link(state)).await;
             }
             TransportEvent::DataOpen => {
@@ -636,6 +764,7 @@ impl Call {
                 sequence, payload, ..
             } => {
                 self.frames_received += 1;
+                self.last_packet_at = Some(Instant::now());
                 let now_ms = self.now_ms();
                 let Some(security) = self.security.as_mut() else {
                     return;
@@ -759,6 +888,13 @@ impl Call {
             packets_lost: link.received_lost,
             loss_percent: link.received_loss_percent(),
             peer_loss_percent: link.peer_total_loss_percent(),
+            ice_restarts: self.ice_restarts,
+            link_recoveries: self.link_recoveries,
+            link_down_ms: u64::try_from(
+                (self.link_down + self.outage.map_or(Duration::ZERO, |o| o.since.elapsed()))
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             cpu_seconds: cpu,
             duration_s: self.both_joined.elapsed().as_secs_f64(),
             ended_by: self.ended_by.clone().unwrap_or_default(),

@@ -701,6 +701,20 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 if tty { "\r\x1b[K" } else { "" }
             );
         }
+        CallUpdate::IceRestart { attempt } => {
+            let _ = writeln!(
+                err,
+                "{}link lost: restarting ICE (attempt {attempt}); the keys and SAS stay the same",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
+        CallUpdate::Reconnected { outage_ms } => {
+            let _ = writeln!(
+                err,
+                "{}link back after {outage_ms} ms, same keys",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
         CallUpdate::SignalingLost(reason) => {
             let _ = writeln!(
                 err,

@@ -26,9 +26,62 @@ pub fn dtls_fingerprint(sdp: &str) -> Option<Vec<u8>> {
     found.map(String::into_bytes)
 }
 
+/// Why a remote SDP is refused by [`PinnedFingerprint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FingerprintError {
+    /// No single, consistent DTLS fingerprint in the SDP.
+    #[error("SDP without a single, consistent DTLS fingerprint")]
+    Missing,
+    /// A later SDP (an ICE-restart offer or answer) names another certificate than the first.
+    #[error("the peer's DTLS fingerprint changed during the call")]
+    Changed,
+}
+
+/// The peer's DTLS fingerprint, pinned by its first SDP. The e2ee handshake is bound to it,
+/// so every later SDP of the call (ICE restarts re-send offer and answer) must name the same
+/// certificate: a signaling server cannot swap it in mid-call. Sans-IO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinnedFingerprint(Option<Vec<u8>>);
+
+impl PinnedFingerprint {
+    /// Checks a remote SDP before it is applied: the first one pins its fingerprint, later
+    /// ones must match it.
+    pub fn check(&mut self, sdp: &str) -> Result<(), FingerprintError> {
+        let found = dtls_fingerprint(sdp).ok_or(FingerprintError::Missing)?;
+        match &self.0 {
+            Some(pinned) if *pinned != found => Err(FingerprintError::Changed),
+            Some(_) => Ok(()),
+            None => {
+                self.0 = Some(found);
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_fingerprint_is_pinned_and_a_changed_one_refused() {
+        let mut pin = PinnedFingerprint::default();
+        assert_eq!(
+            pin.check("v=0\r\n"),
+            Err(FingerprintError::Missing),
+            "nothing to pin"
+        );
+        pin.check("a=fingerprint:sha-256 AB:CD\r\n").unwrap();
+        // The same certificate, written differently (an ICE-restart offer): accepted.
+        pin.check("m=audio\r\na=fingerprint:SHA-256 ab:cd\r\n")
+            .unwrap();
+        assert_eq!(
+            pin.check("a=fingerprint:sha-256 AB:CE\r\n"),
+            Err(FingerprintError::Changed)
+        );
+        // A refused SDP does not move the pin.
+        pin.check("a=fingerprint:sha-256 AB:CD\r\n").unwrap();
+    }
 
     #[test]
     fn finds_session_or_media_level_fingerprints() {

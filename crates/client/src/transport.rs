@@ -27,6 +27,7 @@ use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -44,7 +45,7 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
-use crate::sdp::dtls_fingerprint;
+use crate::sdp::{dtls_fingerprint, FingerprintError, PinnedFingerprint};
 
 /// Opus payload type, as browsers use it.
 const OPUS_PAYLOAD_TYPE: u8 = 111;
@@ -62,6 +63,15 @@ const MAX_RTT_UNITS: u32 = 60 << 16;
 /// A sequence-number jump beyond this (either way) is a sender restart, not loss
 /// (RFC 3550 appendix A.1 uses 3000 as the largest dropout).
 const MAX_SEQUENCE_JUMP: i32 = 3000;
+/// Nothing received on the selected ICE pair for this long: the link is reported
+/// `Disconnected` (webrtc-rs's default is 5 s). Media flows every 20 ms in both directions, so
+/// 3 s of silence is an outage, not a pause.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+/// After `Disconnected`, this much longer without a packet: `Failed` (webrtc-rs's default).
+/// The call restarts ICE on `Disconnected` already; webrtc-rs also gives up the first
+/// connectivity checks after disconnected + failed, so a shorter value would cut short a slow
+/// first connection on a lossy path.
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(25);
 
 /// A STUN or TURN server, as the signaling server's join answer lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +164,12 @@ pub enum TransportError {
     /// The SDP has no usable DTLS fingerprint.
     #[error("SDP without a single, consistent DTLS fingerprint")]
     NoFingerprint,
+    /// A later SDP of the call names another DTLS certificate than the first one.
+    #[error("the peer's DTLS fingerprint changed during the call; SDP refused")]
+    FingerprintChanged,
+    /// An ICE restart cannot start yet (webrtc-rs is still gathering candidates); try later.
+    #[error("ICE is still gathering candidates; restart later")]
+    StillGathering,
     /// An empty media payload (it would never be sent).
     #[error("empty media payload")]
     EmptyPayload,
@@ -361,6 +377,8 @@ pub struct Transport {
     data: Arc<RTCDataChannel>,
     /// Remote candidates that arrived before the remote description.
     early_candidates: Mutex<Option<Vec<String>>>,
+    /// The peer's DTLS fingerprint from its first SDP; later SDPs must repeat it.
+    remote_fingerprint: StdMutex<PinnedFingerprint>,
     /// RTT and loss, updated by the RTP reader and the RTCP statistics poller.
     stats: Arc<StdMutex<SharedStats>>,
 }
@@ -403,6 +421,8 @@ impl Transport {
         settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
         settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
+        // Report a dead path within seconds, so the call can restart ICE (keepalive: default).
+        settings.set_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None);
         if config.loopback_only {
             settings.set_include_loopback_candidate(true);
             settings.set_ip_filter(Box::new(|ip: std::net::IpAddr| ip.is_loopback()));
@@ -463,6 +483,7 @@ impl Transport {
             track,
             data,
             early_candidates: Mutex::new(Some(Vec::new())),
+            remote_fingerprint: StdMutex::new(PinnedFingerprint::default()),
             stats,
         };
         Ok((transport, rx))
@@ -475,7 +496,35 @@ impl Transport {
                 "only the offerer creates an offer",
             ));
         }
-        let offer = self.pc.create_offer(None).await?;
+        self.offer(None).await
+    }
+
+    /// Offerer: restarts ICE on a call whose path broke (RFC 8445 section 9; W3C
+    /// `iceRestart`). New ICE credentials, new candidates (a new TURN allocation on a
+    /// relay-only call), and a new offer to relay; the peer's webrtc-rs restarts its side when
+    /// it applies that offer. DTLS, SRTP and the e2ee session carry on over the new path, so
+    /// the call keeps its keys and SAS. Fails with [`TransportError::StillGathering`] while
+    /// the previous gathering is still under way (retry later).
+    pub async fn restart_ice(&self) -> Result<Signal, TransportError> {
+        if self.role != SdpRole::Offerer {
+            return Err(TransportError::UnexpectedSignal(
+                "only the offerer restarts ICE",
+            ));
+        }
+        let options = RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        };
+        self.offer(Some(options)).await.map_err(|e| match e {
+            TransportError::WebRtc(webrtc::Error::Ice(
+                webrtc::ice::Error::ErrRestartWhenGathering,
+            )) => TransportError::StillGathering,
+            other => other,
+        })
+    }
+
+    async fn offer(&self, options: Option<RTCOfferOptions>) -> Result<Signal, TransportError> {
+        let offer = self.pc.create_offer(options).await?;
         self.pc.set_local_description(offer).await?;
         let local = self
             .pc
@@ -485,10 +534,24 @@ impl Transport {
         Ok(Signal::Offer(local.sdp))
     }
 
-    /// Applies a signal from the peer; an offer yields the answer to relay.
+    /// Refuses a remote SDP whose DTLS fingerprint differs from the call's first one.
+    fn check_fingerprint(&self, sdp: &str) -> Result<(), TransportError> {
+        self.remote_fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(sdp)
+            .map_err(|e| match e {
+                FingerprintError::Missing => TransportError::NoFingerprint,
+                FingerprintError::Changed => TransportError::FingerprintChanged,
+            })
+    }
+
+    /// Applies a signal from the peer; an offer yields the answer to relay. A second offer
+    /// (or answer) is an ICE restart; it must carry the same DTLS fingerprint as the first.
     pub async fn apply_signal(&self, signal: Signal) -> Result<Option<Signal>, TransportError> {
         match (signal, self.role) {
             (Signal::Offer(sdp), SdpRole::Answerer) => {
+                self.check_fingerprint(&sdp)?;
                 self.pc
                     .set_remote_description(RTCSessionDescription::offer(sdp)?)
                     .await?;
@@ -503,6 +566,7 @@ impl Transport {
                 Ok(Some(Signal::Answer(local.sdp)))
             }
             (Signal::Answer(sdp), SdpRole::Offerer) => {
+                self.check_fingerprint(&sdp)?;
                 self.pc
                     .set_remote_description(RTCSessionDescription::answer(sdp)?)
                     .await?;

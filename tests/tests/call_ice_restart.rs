@@ -1,0 +1,275 @@
+//! A network change mid-call: the path a relay-only call uses dies, and the call comes back
+//! over a new one by ICE restart, with the same keys (no new e2ee handshake, same SAS).
+//!
+//! Two `aparte call` processes meet through a real signaling server process, which hands out
+//! TURN REST credentials for an in-process recording relay (`--turn-url`, `--turn-secret`).
+//! Once encrypted media flows through the relay, the test cuts every allocation made so far,
+//! as when a laptop moves to another network and its old relayed address stops working. The
+//! offerer sees the link go down, restarts ICE (a new offer over signaling, new credentials, a
+//! new TURN allocation on each side), and media flows again through the new allocations.
+//!
+//! What must hold: the offerer restarted ICE and both sides report the link back; the new
+//! allocations carry the rest of the call both ways; every SAS either side ever showed is the
+//! same one (a second handshake would have made a new SAS); nothing was rejected; and each
+//! side decrypted all the frames the other sent, except those sent into the dead path.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use aparte_client::transport::{Signal, TransportConfig, TransportError};
+use aparte_e2e_tests::call::{Call, CallPeer};
+use aparte_e2e_tests::relay::RecordingRelay;
+use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+
+/// Call length (counted from the first frame sent).
+const SECONDS: u64 = 16;
+/// RTP packets each new allocation must relay after the restart: 5 s of 20 ms frames.
+const MIN_PACKETS_AFTER_RESTART: u64 = 250;
+/// Frames a side may lose to the outage: those sent into the dead path until the link is
+/// reported down (3 s, webrtc-rs's disconnected timeout as the client sets it) plus the
+/// restart, at 50 frames a second, with a margin.
+const MAX_FRAMES_LOST_TO_OUTAGE: u64 = 300;
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
+fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every SAS (the quoted words) a process showed.
+fn sas_shown(peer: &CallProcess) -> Vec<String> {
+    peer.seen()
+        .iter()
+        .filter_map(|line| line.split_once("SAS: \"")?.1.split_once('"'))
+        .map(|(words, _)| words.to_owned())
+        .collect()
+}
+
+#[test]
+fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let secret = b"ice-restart-test-turn-secret-0123456789";
+    let relay = runtime.block_on(RecordingRelay::start_rest(secret));
+    let turn_url = format!("turn:{}?transport=udp", relay.addr());
+    let server = SignalingServer::start(&[
+        "--turn-url",
+        &turn_url,
+        "--turn-secret",
+        std::str::from_utf8(secret).unwrap(),
+    ]);
+    let room = new_room();
+    let dir = tempfile::tempdir().unwrap();
+    let stats = |name: &str| dir.path().join(format!("{name}.json"));
+    let duration = SECONDS.to_string();
+    let spawn = |name: &str| {
+        let json = stats(name);
+        CallProcess::spawn(
+            &server.url(),
+            &room,
+            &dir.path().join(name),
+            &[
+                "--relay-only",
+                "--input",
+                "tone",
+                "--duration",
+                &duration,
+                "--stats-json",
+                json.to_str().unwrap(),
+            ],
+        )
+    };
+    // Alice waits in the room, so Bob (second in) sends the offer and owns ICE restarts.
+    let mut alice = spawn("alice");
+    alice.wait_for("waiting for the peer", WAIT);
+    let mut bob = spawn("bob");
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("link: Connected", WAIT);
+        peer.wait_for("SAS:", WAIT);
+    }
+    wait_until("media through the relay both ways", WAIT, || {
+        let counts = relay.rtp_relayed_since(0);
+        counts.len() >= 2 && counts[1] >= 100
+    });
+
+    let cut = relay.cut_allocations();
+    let cut_at = Instant::now();
+    println!("cut {cut} allocations: the call's path is dead");
+    bob.wait_for("restarting ICE", WAIT);
+    let restarted_after = cut_at.elapsed();
+    for peer in [&mut bob, &mut alice] {
+        peer.wait_for("link back after", WAIT);
+    }
+    let back_after = cut_at.elapsed();
+    println!(
+        "offerer restarted ICE {:.2} s after the cut; both links back {:.2} s after it",
+        restarted_after.as_secs_f64(),
+        back_after.as_secs_f64()
+    );
+
+    assert!(alice.child.wait().unwrap().success(), "{:?}", alice.seen());
+    assert!(bob.child.wait().unwrap().success(), "{:?}", bob.seen());
+    let after = relay.rtp_relayed_since(cut);
+    println!("RTP packets relayed by the allocations made after the cut: {after:?}");
+    assert!(
+        after.len() >= 2 && after[1] >= MIN_PACKETS_AFTER_RESTART,
+        "media did not resume both ways through new allocations: {after:?}"
+    );
+
+    // One SAS, the same on both sides, before and after the restart.
+    let (alice_sas, bob_sas) = (sas_shown(&alice), sas_shown(&bob));
+    assert!(!alice_sas.is_empty() && !bob_sas.is_empty());
+    assert!(
+        alice_sas.iter().chain(&bob_sas).all(|s| *s == alice_sas[0]),
+        "a SAS changed: alice {alice_sas:?}, bob {bob_sas:?}"
+    );
+
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
+    };
+    let (a, b) = (read("alice"), read("bob"));
+    assert!(b["offerer"].as_bool().unwrap() && !a["offerer"].as_bool().unwrap());
+    assert!(b["ice_restarts"].as_u64().unwrap() >= 1, "{b}");
+    assert_eq!(a["ice_restarts"].as_u64(), Some(0), "the answerer follows");
+    for (name, me, other) in [("alice", &a, &b), ("bob", &b, &a)] {
+        println!(
+            "{name}: link down {} ms, {} recoveries, decrypted {} of {} sent, relayed {}",
+            me["link_down_ms"],
+            me["link_recoveries"],
+            me["frames_decrypted"],
+            other["frames_sent"],
+            me["relayed"]
+        );
+        assert!(me["link_recoveries"].as_u64().unwrap() >= 1, "{me}");
+        // The outage counts from the last packet before the cut to the link being back.
+        let down = me["link_down_ms"].as_u64().unwrap();
+        let cut_to_back = u64::try_from(back_after.as_millis()).unwrap();
+        assert!(
+            (1000..=cut_to_back + 1000).contains(&down),
+            "{name}: link down {down} ms, cut to back {cut_to_back} ms"
+        );
+        assert_eq!(me["relayed"].as_bool(), Some(true));
+        let rejected: u64 = me["frames_rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(rejected, 0, "{name} rejected frames: {me}");
+        let sent = other["frames_sent"].as_u64().unwrap();
+        let decrypted = me["frames_decrypted"].as_u64().unwrap();
+        assert!(
+            decrypted + MAX_FRAMES_LOST_TO_OUTAGE >= sent,
+            "{name}: decrypted {decrypted} of {sent}"
+        );
+        assert!(
+            matches!(
+                me["ended_by"].as_str(),
+                Some("duration reached" | "peer hung up")
+            ),
+            "{me}"
+        );
+    }
+    runtime.block_on(relay.close());
+}
+
+/// The ICE username fragment an SDP declares.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
+/// Sends a frame each way every 20 ms until each side has decrypted `frames` new ones.
+async fn media_flows_both_ways(call: &mut Call, frames: usize) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let deadline = Instant::now() + WAIT;
+    let mut got = [0usize; 2];
+    while got.iter().any(|&n| n < frames) {
+        assert!(Instant::now() < deadline, "media stalled: {got:?}");
+        tick.tick().await;
+        call.alice.send_protected(&[0x55; 60]).await;
+        call.bob.send_protected(&[0x66; 60]).await;
+        for (i, peer) in [&mut call.alice, &mut call.bob].into_iter().enumerate() {
+            while let Ok(a) = peer.media.try_recv() {
+                decrypt(peer, &a.payload, a.arrival_ms);
+                got[i] += 1;
+            }
+        }
+    }
+}
+
+fn decrypt(peer: &mut CallPeer, payload: &[u8], at_ms: u64) {
+    peer.security
+        .unprotect_media(payload, at_ms)
+        .expect("the same keys before and after the restart");
+}
+
+/// The transport half on its own (host candidates on loopback, no relay): the offerer's
+/// restart makes new ICE credentials; a restart offer whose DTLS fingerprint was swapped (a
+/// signaling server trying to slip in its own certificate) is refused; the genuine one moves
+/// the call to new candidates, and the e2ee sessions made before it keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_keeps_the_sessions_and_refuses_a_swapped_fingerprint() {
+    let config = TransportConfig {
+        loopback_only: true,
+        ..TransportConfig::default()
+    };
+    let mut call = Call::connect(&config, &config).await;
+    media_flows_both_ways(&mut call, 25).await;
+
+    call.hold_candidates(true);
+    let Signal::Offer(offer) = call.alice.transport.restart_ice().await.unwrap() else {
+        panic!("a restart makes an offer");
+    };
+    let (before, after) = (ice_ufrag(&call.first_offer), ice_ufrag(&offer));
+    assert!(
+        before.is_some() && after.is_some() && before != after,
+        "new ICE credentials: {before:?} -> {after:?}"
+    );
+    assert!(
+        matches!(
+            call.bob.transport.restart_ice().await,
+            Err(TransportError::UnexpectedSignal(_))
+        ),
+        "only the offerer restarts"
+    );
+
+    // The same offer with another certificate's fingerprint: refused, nothing applied.
+    let swapped = offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=fingerprint:sha-256 ") {
+            Some(hex) => format!(
+                "a=fingerprint:sha-256 {}",
+                hex.replace(|c: char| c.is_ascii_hexdigit(), "A")
+            ),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    assert_ne!(swapped, offer);
+    assert!(matches!(
+        call.bob
+            .transport
+            .apply_signal(Signal::Offer(swapped))
+            .await,
+        Err(TransportError::FingerprintChanged)
+    ));
+
+    let answer = call
+        .bob
+        .transport
+        .apply_signal(Signal::Offer(offer))
+        .await
+        .unwrap()
+        .expect("an answer");
+    call.alice.transport.apply_signal(answer).await.unwrap();
+    call.hold_candidates(false);
+    media_flows_both_ways(&mut call, 50).await;
+    for peer in [&call.alice, &call.bob] {
+        let stats = peer.security.media_stats().unwrap();
+        assert_eq!(stats.rejected_total(), 0);
+    }
+    call.close().await;
+}
