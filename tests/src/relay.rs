@@ -254,7 +254,8 @@ impl RecordingRelay {
         .await
     }
 
-    async fn start_full(
+    /// Starts a relay with the given impairment, mangling, seed and credential check.
+    pub async fn start_full(
         impairment: Impairment,
         mangling: Mangling,
         seed: u64,

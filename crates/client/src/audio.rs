@@ -10,12 +10,13 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aparte_media::codec::{Decoder, Encoder, EncoderConfig};
+use aparte_media::fec::FecPolicy;
 use aparte_media::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use aparte_media::source::{AudioSource, Frame, Produced, SilenceSource, ToneSource, WavSource};
 use aparte_media::wav::MonoWavWriter;
@@ -141,6 +142,10 @@ pub struct AudioPipeline {
     pub sending: Arc<AtomicBool>,
     /// Set by the thread when the input has ended.
     pub input_ended: Arc<AtomicBool>,
+    /// The packet loss, in percent, the encoder plans in-band FEC for; the call sets it from
+    /// the peer's loss reports ([`aparte_media::fec::FecPolicy`]) and the thread applies it
+    /// before the next frame.
+    pub expected_loss: Arc<AtomicU8>,
     /// Counters (see [`Self::snapshot`] for a copy that includes the device counters).
     pub stats: Arc<Mutex<AudioStats>>,
     /// Counters the device callbacks keep, lock-free.
@@ -198,7 +203,12 @@ impl AudioPipeline {
         taps: AudioTaps,
         device_counters: Arc<DeviceCounters>,
     ) -> Result<Self, AudioError> {
-        let encoder = Encoder::new(EncoderConfig::default())?;
+        let fec = FecPolicy::new();
+        let encoder = Encoder::new(EncoderConfig {
+            expected_loss_percent: fec.expected_loss_percent(),
+            ..EncoderConfig::default()
+        })?;
+        let expected_loss = Arc::new(AtomicU8::new(fec.expected_loss_percent()));
         let decoder = Decoder::new()?;
         let jitter = JitterBuffer::new(JitterConfig::default())?;
         let (out_tx, outgoing) = mpsc::channel(50);
@@ -218,6 +228,7 @@ impl AudioPipeline {
             in_rx,
             sending: Arc::clone(&sending),
             input_ended: Arc::clone(&input_ended),
+            expected_loss: Arc::clone(&expected_loss),
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
             started,
@@ -236,6 +247,7 @@ impl AudioPipeline {
             incoming,
             sending,
             input_ended,
+            expected_loss,
             stats,
             device_counters,
             started,
@@ -291,6 +303,7 @@ struct Worker {
     in_rx: std_mpsc::Receiver<Incoming>,
     sending: Arc<AtomicBool>,
     input_ended: Arc<AtomicBool>,
+    expected_loss: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<AudioStats>>,
     started: Instant,
@@ -353,6 +366,11 @@ impl Worker {
         }
         if let Some(tap) = &self.taps.outgoing {
             tap.push(frame);
+        }
+        let expected_loss = self.expected_loss.load(Ordering::Relaxed);
+        if expected_loss != self.encoder.config().expected_loss_percent {
+            // Cannot fail for a value in 0..=100; on a failure the old setting stays.
+            let _ = self.encoder.set_expected_loss_percent(expected_loss);
         }
         let level = aparte_media::metrics::dbfs(frame);
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use aparte_e2ee::handshake::{CallParams, Role};
 use aparte_e2ee::identity::{IdentityKey, KnownPeers, PeerName};
 use aparte_e2ee::RejectReason;
+use aparte_media::fec::FecPolicy;
 use aparte_session::{CallSecurity, Event, Policy, SecurityStatus, SessionConfig};
 use aparte_signaling_protocol::{PeerId, RoomId};
 use bytes::Bytes;
@@ -209,6 +210,11 @@ pub struct CallReport {
     /// Our packets the peer reported lost over the call (RTCP), percent (`None` if it never
     /// reported).
     pub peer_loss_percent: Option<f64>,
+    /// The packet loss, in percent, our encoder planned in-band FEC for at the end (it follows
+    /// the loss the peer reports; see `aparte_media::fec`).
+    pub fec_expected_loss_percent: u8,
+    /// The most it planned for during the call.
+    pub fec_peak_expected_loss_percent: u8,
     /// ICE restarts we started (only the offerer restarts; the answerer follows).
     pub ice_restarts: u32,
     /// Times the link went down after set-up and came back.
@@ -321,6 +327,9 @@ pub async fn run_call(
         received_app: VecDeque::new(),
         played: Arc::clone(&audio.stats),
         ever_set_up: false,
+        fec: FecPolicy::new(),
+        fec_peak: 0,
+        loss_reports_seen: 0,
         last_packet_at: None,
         outage: None,
         ice_restarts: 0,
@@ -358,6 +367,7 @@ pub async fn run_call(
                     call.ended_by = Some("call setup timed out".into());
                 }
                 call.check_link().await;
+                call.follow_loss(&audio);
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
                     let at = *input_ended_at.get_or_insert_with(Instant::now);
                     // With captions on, also wait (a bounded time) until the last utterance
@@ -454,6 +464,11 @@ struct Call {
     played: Arc<std::sync::Mutex<AudioStats>>,
     /// The call was set up once (keys confirmed on a connected link).
     ever_set_up: bool,
+    /// How much FEC to send, from the peer's loss reports.
+    fec: FecPolicy,
+    fec_peak: u8,
+    /// Reception reports already given to `fec`.
+    loss_reports_seen: u64,
     /// When the last RTP packet arrived (an outage starts there, not when ICE notices it).
     last_packet_at: Option<Instant>,
     /// The link is down after set-up: since when, and the restarts tried for it.
@@ -550,6 +565,22 @@ impl Call {
             self.relay(PeerMessage::Offer { sdp }).await;
             let _ = self.updates.send(CallUpdate::IceRestart { attempt }).await;
         }
+    }
+
+    /// Gives each new loss report from the peer to the FEC policy, and the result to the
+    /// encoder.
+    fn follow_loss(&mut self, audio: &AudioPipeline) {
+        let link = self.transport.link_stats();
+        if link.reports == self.loss_reports_seen {
+            return;
+        }
+        self.loss_reports_seen = link.reports;
+        if let Some(percent) = self.fec.on_report(link.peer_loss_percent.unwrap_or(0.0)) {
+            audio
+                .expected_loss
+                .store(percent, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.fec_peak = self.fec_peak.max(self.fec.expected_loss_percent());
     }
 
     /// Tracks the link state for outages and recoveries.
@@ -888,6 +919,8 @@ impl Call {
             packets_lost: link.received_lost,
             loss_percent: link.received_loss_percent(),
             peer_loss_percent: link.peer_total_loss_percent(),
+            fec_expected_loss_percent: self.fec.expected_loss_percent(),
+            fec_peak_expected_loss_percent: self.fec_peak.max(self.fec.expected_loss_percent()),
             ice_restarts: self.ice_restarts,
             link_recoveries: self.link_recoveries,
             link_down_ms: u64::try_from(

@@ -268,7 +268,7 @@ fn home(cli_home: &Option<PathBuf>, file: &Settings) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("aparte"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = run(cli).await;

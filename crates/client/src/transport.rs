@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::configure_rtcp_reports;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -200,6 +200,8 @@ pub struct LinkStats {
     pub peer_packets_lost: u64,
     /// Our packets sent when that report arrived (the base for the peer's total loss).
     pub packets_sent_at_report: u64,
+    /// Reception reports about our stream taken in so far (a new one changes this).
+    pub reports: u64,
     /// RTP packets we received (counted before decryption, before any queue).
     pub received_packets: u64,
     /// Packets missing from what we received, by sequence number (expected − received).
@@ -254,6 +256,7 @@ impl LinkStats {
         }
         self.peer_packets_lost = lost;
         self.packets_sent_at_report = sent;
+        self.reports = self.reports.saturating_add(1);
     }
 }
 
@@ -409,7 +412,11 @@ impl Transport {
             },
             RTPCodecType::Audio,
         )?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        // Only RTCP sender/receiver reports (RTT and loss). webrtc-rs's defaults add NACK (no
+        // use for audio: we conceal with FEC and PLC rather than wait for a retransmission)
+        // and transport-wide congestion control feedback, which sends an RTCP packet every
+        // 100 ms each way for a bandwidth estimator this constant-bitrate call never runs.
+        let registry = configure_rtcp_reports(Registry::new());
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);

@@ -13,6 +13,7 @@
 //!    silence; a microphone later), behind the [`source::AudioSource`] trait.
 //! 2. [`codec`]: Opus at 48 kHz mono, 20 ms frames, constant bitrate, in-band FEC; decoding,
 //!    packet-loss concealment and FEC recovery.
+//!    [`fec`] chooses how much FEC to send from the loss the peer reports.
 //! 3. [`jitter`]: an adaptive jitter buffer on the receiving side. The network pushes packets
 //!    in with their arrival time; the playout clock pulls one frame per 20 ms tick and is told to
 //!    decode a packet, recover a lost frame from the next packet's FEC, or conceal.
@@ -40,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod fec;
 pub mod jitter;
 pub mod metrics;
 pub mod source;

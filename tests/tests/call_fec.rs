@@ -1,0 +1,121 @@
+//! In-band FEC follows the path: two `aparte call --relay-only` processes meet through a real
+//! signaling server that hands out TURN REST credentials for an in-process relay. On a path
+//! that loses 5 % of datagrams (seeded) each encoder ends up planning FEC for the loss its peer
+//! reports, and the receivers rebuild lost frames from it. On a clean path FEC is turned off
+//! after a few clean reports, which gives the frame itself all 24 kbit/s (better quality, half
+//! the encoder's CPU; `docs/MEDIA.md`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use aparte_e2e_tests::relay::{test_seed, Impairment, RecordingRelay, RelayAuth};
+use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+use aparte_media::fec::{MIN_PERCENT, START_PERCENT};
+
+/// Long enough for several RTCP report rounds (about one a second) after set-up.
+const SECONDS: u64 = 8;
+
+/// Runs one relay-only tone call over `impairment` and returns both sides' reports.
+fn call_over(impairment: Impairment, seed: u64) -> [serde_json::Value; 2] {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let secret = b"fec-test-turn-secret-0123456789abcdef";
+    let relay = runtime.block_on(RecordingRelay::start_full(
+        impairment,
+        Default::default(),
+        seed,
+        RelayAuth::Rest(secret.to_vec()),
+    ));
+    let turn_url = format!("turn:{}?transport=udp", relay.addr());
+    let server = SignalingServer::start(&[
+        "--turn-url",
+        &turn_url,
+        "--turn-secret",
+        std::str::from_utf8(secret).unwrap(),
+    ]);
+    let room = new_room();
+    let dir = tempfile::tempdir().unwrap();
+    let stats = |name: &str| dir.path().join(format!("{name}.json"));
+    let duration = SECONDS.to_string();
+    let spawn = |name: &str| {
+        let json = stats(name);
+        CallProcess::spawn(
+            &server.url(),
+            &room,
+            &dir.path().join(name),
+            &[
+                "--relay-only",
+                "--input",
+                "tone",
+                "--duration",
+                &duration,
+                "--stats-json",
+                json.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut alice = spawn("alice");
+    let mut bob = spawn("bob");
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("SAS:", WAIT);
+    }
+    for peer in [&mut alice, &mut bob] {
+        let status = peer.child.wait().unwrap();
+        assert!(status.success(), "{:?}", peer.seen());
+    }
+    runtime.block_on(relay.close());
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
+    };
+    [read("alice"), read("bob")]
+}
+
+#[test]
+fn fec_follows_the_loss_the_peer_reports() {
+    let seed = test_seed(0x5EED_0005);
+    let lossy = Impairment {
+        loss: 0.05,
+        delay: Duration::from_millis(10),
+        jitter: Duration::ZERO,
+    };
+    let [a, b] = call_over(lossy, seed);
+    for (name, me, peer) in [("alice", &a, &b), ("bob", &b, &a)] {
+        println!(
+            "5 % loss, {name}: FEC planned for {} % at the end (peak {} %), peer lost {} %, \
+             peer rebuilt {} frames from FEC, concealed {}",
+            me["fec_expected_loss_percent"],
+            me["fec_peak_expected_loss_percent"],
+            me["peer_loss_percent"],
+            peer["frames_fec_recovered"],
+            peer["frames_concealed"]
+        );
+        let planned = me["fec_expected_loss_percent"].as_u64().unwrap();
+        assert!(
+            planned >= u64::from(MIN_PERCENT),
+            "{name}: FEC for {planned} % on a lossy path"
+        );
+        assert!(
+            peer["frames_fec_recovered"].as_u64().unwrap() > 0,
+            "{name}'s peer rebuilt nothing from FEC: {peer}"
+        );
+    }
+}
+
+#[test]
+fn fec_is_turned_off_on_a_clean_path() {
+    let [a, b] = call_over(Impairment::default(), 0);
+    for (name, me) in [("alice", &a), ("bob", &b)] {
+        println!(
+            "clean path, {name}: FEC planned for {} % at the end (peak {} %), lost {} %",
+            me["fec_expected_loss_percent"],
+            me["fec_peak_expected_loss_percent"],
+            me["loss_percent"]
+        );
+        assert_eq!(me["loss_percent"].as_f64(), Some(0.0), "{me}");
+        assert_eq!(me["fec_expected_loss_percent"].as_u64(), Some(0), "{me}");
+        assert_eq!(
+            me["fec_peak_expected_loss_percent"].as_u64(),
+            Some(u64::from(START_PERCENT)),
+            "{me}"
+        );
+    }
+}
