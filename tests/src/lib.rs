@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod call;
+pub mod proxy;
 pub mod relay;
 
 use std::io::{BufRead, BufReader};

@@ -1,34 +1,44 @@
-//! A network change mid-call: the path a relay-only call uses dies, and the call comes back
-//! over a new one by ICE restart, with the same keys (no new e2ee handshake, same SAS).
+//! A network change mid-call: the path a relay-only call uses dies and so does one side's
+//! signaling connection; the call comes back over a new path by ICE restart, with the same keys
+//! (no new e2ee handshake, same SAS).
 //!
 //! Two `aparte call` processes meet through a real signaling server process, which hands out
 //! TURN REST credentials for an in-process recording relay (`--turn-url`, `--turn-secret`).
-//! Once encrypted media flows through the relay, the test cuts every allocation made so far,
-//! as when a laptop moves to another network and its old relayed address stops working. The
-//! offerer sees the link go down, restarts ICE (a new offer over signaling, new credentials, a
-//! new TURN allocation on each side), and media flows again through the new allocations.
+//! Bob (the offerer) reaches the server through a TCP proxy the test can cut. Once encrypted
+//! media flows through the relay, the test cuts every allocation made so far and Bob's
+//! signaling connection, and refuses his reconnections for a few seconds, as when a laptop
+//! moves to another network: its relayed address and its WebSocket die, and it takes a moment
+//! to get online again. Bob sees the link go down but cannot restart ICE without signaling; he
+//! keeps trying to rejoin the room. Alice sees him drop off the signaling server and waits.
+//! Once the proxy lets him through, Bob rejoins, Alice takes his new session as her peer, Bob
+//! restarts ICE (new credentials, a new TURN allocation on each side), and media flows again.
 //!
-//! What must hold: the offerer restarted ICE and both sides report the link back; the new
-//! allocations carry the rest of the call both ways; every SAS either side ever showed is the
-//! same one (a second handshake would have made a new SAS); nothing was rejected; and each
-//! side decrypted all the frames the other sent, except those sent into the dead path.
+//! What must hold: Bob rejoined and restarted ICE only after signaling was back; both sides
+//! report the link back; the new allocations carry the rest of the call both ways; every SAS
+//! either side ever showed is the same one (a second handshake would have made a new SAS);
+//! nothing was rejected; and each side decrypted all the frames the other sent, except those
+//! sent while the path was dead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
 use aparte_client::transport::{Signal, TransportConfig, TransportError};
 use aparte_e2e_tests::call::{Call, CallPeer};
+use aparte_e2e_tests::proxy::TcpProxy;
 use aparte_e2e_tests::relay::RecordingRelay;
 use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
 
 /// Call length (counted from the first frame sent).
-const SECONDS: u64 = 16;
+const SECONDS: u64 = 20;
+/// How long Bob stays offline (his reconnections refused): longer than the 3 s it takes to
+/// notice the dead path, shorter than the 10 s Alice waits for a peer that dropped off.
+const OFFLINE: Duration = Duration::from_secs(5);
 /// RTP packets each new allocation must relay after the restart: 5 s of 20 ms frames.
 const MIN_PACKETS_AFTER_RESTART: u64 = 250;
-/// Frames a side may lose to the outage: those sent into the dead path until the link is
-/// reported down (3 s, webrtc-rs's disconnected timeout as the client sets it) plus the
-/// restart, at 50 frames a second, with a margin.
-const MAX_FRAMES_LOST_TO_OUTAGE: u64 = 300;
+/// Frames a side may lose to the outage: those sent until the link is reported down (3 s,
+/// webrtc-rs's disconnected timeout as the client sets it) and, as long as the path is dead
+/// and signaling is down (5 s in all), at 50 frames a second, with a margin.
+const MAX_FRAMES_LOST_TO_OUTAGE: u64 = 400;
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
 fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
@@ -49,7 +59,7 @@ fn sas_shown(peer: &CallProcess) -> Vec<String> {
 }
 
 #[test]
-fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() {
+fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_same_keys() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let secret = b"ice-restart-test-turn-secret-0123456789";
     let relay = runtime.block_on(RecordingRelay::start_rest(secret));
@@ -60,14 +70,16 @@ fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() 
         "--turn-secret",
         std::str::from_utf8(secret).unwrap(),
     ]);
+    let proxy = runtime.block_on(TcpProxy::start(server.addr));
+    let bob_url = format!("ws://{}/ws", proxy.addr());
     let room = new_room();
     let dir = tempfile::tempdir().unwrap();
     let stats = |name: &str| dir.path().join(format!("{name}.json"));
     let duration = SECONDS.to_string();
-    let spawn = |name: &str| {
+    let spawn = |name: &str, url: &str| {
         let json = stats(name);
         CallProcess::spawn(
-            &server.url(),
+            url,
             &room,
             &dir.path().join(name),
             &[
@@ -82,9 +94,9 @@ fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() 
         )
     };
     // Alice waits in the room, so Bob (second in) sends the offer and owns ICE restarts.
-    let mut alice = spawn("alice");
+    let mut alice = spawn("alice", &server.url());
     alice.wait_for("waiting for the peer", WAIT);
-    let mut bob = spawn("bob");
+    let mut bob = spawn("bob", &bob_url);
     for peer in [&mut alice, &mut bob] {
         peer.wait_for("link: Connected", WAIT);
         peer.wait_for("SAS:", WAIT);
@@ -95,8 +107,25 @@ fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() 
     });
 
     let cut = relay.cut_allocations();
+    proxy.cut();
     let cut_at = Instant::now();
-    println!("cut {cut} allocations: the call's path is dead");
+    println!("cut {cut} allocations and Bob's signaling: the call's path is dead");
+    alice.wait_for("the peer dropped off the signaling server", WAIT);
+    bob.wait_for("reconnecting to the signaling server", WAIT);
+    // Bob's link goes down (3 s without packets) while he is still offline.
+    bob.wait_for("link: Disconnected", WAIT);
+    assert!(
+        !bob.seen().iter().any(|l| l.contains("restarting ICE")),
+        "no ICE restart without signaling: {:?}",
+        bob.seen()
+    );
+    wait_until("Bob's reconnections refused while offline", WAIT, || {
+        proxy.refused() > 0 && cut_at.elapsed() >= OFFLINE
+    });
+    proxy.restore();
+    let restored_after = cut_at.elapsed();
+    bob.wait_for("rejoined the room", WAIT);
+    alice.wait_for("the peer is back on the signaling server", WAIT);
     bob.wait_for("restarting ICE", WAIT);
     let restarted_after = cut_at.elapsed();
     for peer in [&mut bob, &mut alice] {
@@ -104,7 +133,10 @@ fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() 
     }
     let back_after = cut_at.elapsed();
     println!(
-        "offerer restarted ICE {:.2} s after the cut; both links back {:.2} s after it",
+        "since the cut: Bob's reconnections refused {} times until {:.2} s; Bob restarted ICE \
+         at {:.2} s; both links back at {:.2} s",
+        proxy.refused(),
+        restored_after.as_secs_f64(),
         restarted_after.as_secs_f64(),
         back_after.as_secs_f64()
     );
@@ -132,6 +164,8 @@ fn a_relay_only_call_survives_a_path_change_by_ice_restart_with_the_same_keys() 
     let (a, b) = (read("alice"), read("bob"));
     assert!(b["offerer"].as_bool().unwrap() && !a["offerer"].as_bool().unwrap());
     assert!(b["ice_restarts"].as_u64().unwrap() >= 1, "{b}");
+    assert!(b["signaling_rejoins"].as_u64().unwrap() >= 1, "{b}");
+    assert_eq!(a["signaling_rejoins"].as_u64(), Some(0), "{a}");
     assert_eq!(a["ice_restarts"].as_u64(), Some(0), "the answerer follows");
     for (name, me, other) in [("alice", &a, &b), ("bob", &b, &a)] {
         println!(

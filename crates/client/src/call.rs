@@ -17,6 +17,7 @@ use aparte_media::fec::FecPolicy;
 use aparte_session::{CallSecurity, Event, Policy, SecurityStatus, SessionConfig};
 use aparte_signaling_protocol::{PeerId, RoomId};
 use bytes::Bytes;
+use futures_util::future::OptionFuture;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -27,9 +28,11 @@ use aparte_translate::{Caption, PipelineEvent};
 use crate::audio::{AudioPipeline, AudioStats, Input, Output};
 use crate::captions::{CaptionReport, CaptionSource, Captions, Direction, TranslationOptions};
 use crate::devices::DeviceStats;
-use crate::signaling::{PeerMessage, Signaling, SignalingEvent};
+use crate::rejoin::Rejoined;
+use crate::signaling::{Joined, PeerMessage, Signaling, SignalingError, SignalingEvent};
 use crate::transport::{
-    IceServer, LinkState, SdpRole, Signal, Transport, TransportConfig, TransportEvent,
+    IceServer, LinkState, SdpRole, Signal, Transport, TransportConfig, TransportError,
+    TransportEvent,
 };
 
 /// Data frames queued before the data channel opens, at most.
@@ -47,6 +50,9 @@ const CAPTION_TAIL: Duration = Duration::from_secs(10);
 const ICE_RESTART_RETRY: Duration = Duration::from_secs(8);
 /// A call whose link has been down this long after set-up is given up, restarts or not.
 const LINK_LOST_TIMEOUT: Duration = Duration::from_secs(40);
+/// After the peer dropped off the signaling server, a call whose link is down (or goes down)
+/// waits this long for the peer to come back before ending. While media flows it goes on.
+const PEER_AWAY_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a call needs.
 #[derive(Debug, Clone)]
@@ -108,8 +114,20 @@ pub enum CallUpdate {
     PeersChanged(KnownPeers),
     /// Periodic figures.
     Live(LiveStats),
-    /// The peer left the room.
+    /// The peer left the room and the call ended.
     PeerLeft,
+    /// The peer dropped off the signaling server mid-call; the call goes on while media flows
+    /// and waits a few seconds for it to rejoin otherwise.
+    PeerAway,
+    /// The peer is back in the room (it rejoined, or we did and found it there).
+    PeerBack,
+    /// We are reconnecting to the signaling server to rejoin the room.
+    Rejoining,
+    /// We rejoined the room.
+    Rejoined,
+    /// Rejoining failed for good (for example an expired token); the call goes on without
+    /// signaling, so it cannot restart ICE.
+    RejoinFailed(String),
     /// The signaling connection was lost (the call continues peer to peer).
     SignalingLost(String),
     /// The path broke after set-up and we (the offerer) restarted ICE; `attempt` counts
@@ -215,6 +233,8 @@ pub struct CallReport {
     pub fec_expected_loss_percent: u8,
     /// The most it planned for during the call.
     pub fec_peak_expected_loss_percent: u8,
+    /// Times we reconnected to the signaling server and rejoined the room mid-call.
+    pub signaling_rejoins: u32,
     /// ICE restarts we started (only the offerer restarts; the answerer follows).
     pub ice_restarts: u32,
     /// Times the link went down after set-up and came back.
@@ -327,6 +347,9 @@ pub async fn run_call(
         received_app: VecDeque::new(),
         played: Arc::clone(&audio.stats),
         ever_set_up: false,
+        peer_away_since: None,
+        rejoins: 0,
+        rejoin_failed: false,
         fec: FecPolicy::new(),
         fec_peak: 0,
         loss_reports_seen: 0,
@@ -347,8 +370,24 @@ pub async fn run_call(
     let mut input_ended_at: Option<Instant> = None;
     let mut settled_ticks = 0u32;
     let mut actions_open = true;
+    let mut rejoin: Option<tokio::task::JoinHandle<Result<Rejoined, SignalingError>>> = None;
     while call.ended_by.is_none() {
         tokio::select! {
+            Some(result) = OptionFuture::from(rejoin.as_mut()) => {
+                rejoin = None;
+                match result {
+                    Ok(Ok((signaling, joined, events))) => {
+                        sig_rx = events;
+                        call.on_rejoined(signaling, &joined).await;
+                    }
+                    Ok(Err(e)) => {
+                        call.rejoin_failed = true;
+                        let _ = call.updates.send(CallUpdate::RejoinFailed(e.to_string())).await;
+                    }
+                    // The task panicked or was cancelled: try again on the next turn.
+                    Err(_) => {}
+                }
+            }
             event = sig_rx.recv(), if call.signaling_open => match event {
                 Some(event) => call.on_signaling(event).await?,
                 None => call.on_signaling_lost("closed".into()).await,
@@ -367,6 +406,7 @@ pub async fn run_call(
                     call.ended_by = Some("call setup timed out".into());
                 }
                 call.check_link().await;
+                call.check_peer_away().await;
                 call.follow_loss(&audio);
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
                     let at = *input_ended_at.get_or_insert_with(Instant::now);
@@ -392,11 +432,28 @@ pub async fn run_call(
         }
         call.take_received_captions(&mut captions).await;
         call.ever_set_up |= call.is_set_up();
+        // A set-up call that lost signaling gets back into the room, so it can restart ICE.
+        if !call.signaling_open
+            && call.ever_set_up
+            && !call.rejoin_failed
+            && rejoin.is_none()
+            && call.ended_by.is_none()
+        {
+            rejoin = Some(tokio::spawn(crate::rejoin::rejoin(
+                call.options.server.clone(),
+                call.options.room.clone(),
+                call.options.token.clone(),
+            )));
+            let _ = call.updates.send(CallUpdate::Rejoining).await;
+        }
         // Audio flows only with confirmed keys on a connected link; re-checked after every
         // event so media starts the moment both hold.
         audio
             .sending
             .store(call.is_set_up(), std::sync::atomic::Ordering::SeqCst);
+    }
+    if let Some(task) = rejoin {
+        task.abort();
     }
     // Let the Bye and the last frames leave before closing.
     audio
@@ -464,6 +521,11 @@ struct Call {
     played: Arc<std::sync::Mutex<AudioStats>>,
     /// The call was set up once (keys confirmed on a connected link).
     ever_set_up: bool,
+    /// Since when the peer has been off the signaling server (mid-call).
+    peer_away_since: Option<Instant>,
+    rejoins: u32,
+    /// Rejoining the room failed for good.
+    rejoin_failed: bool,
     /// How much FEC to send, from the peer's loss reports.
     fec: FecPolicy,
     fec_peak: u8,
@@ -517,9 +579,23 @@ impl Call {
             SignalingEvent::Message { from, message } if from == self.peer => {
                 self.on_peer_message(message).await?
             }
+            // Mid-call, the peer may only have lost its signaling connection (a network
+            // change): it gets a grace period to rejoin (see `check_peer_away`).
+            SignalingEvent::PeerLeft(peer, _) if peer == self.peer && self.ever_set_up => {
+                self.peer_away_since.get_or_insert_with(Instant::now);
+                let _ = self.updates.send(CallUpdate::PeerAway).await;
+            }
             SignalingEvent::PeerLeft(peer, _) if peer == self.peer => {
                 let _ = self.updates.send(CallUpdate::PeerLeft).await;
                 self.ended_by = Some("peer left".into());
+            }
+            // In a 1:1 room the peer's old session is gone before its new one can join, so
+            // whoever joins while our peer is away is the peer rejoining. (A stranger with the
+            // room id could not complete the call: its SDP would carry another DTLS
+            // fingerprint, which ends the call, and it holds none of the e2ee keys.)
+            SignalingEvent::PeerJoined(peer) if self.peer_away_since.is_some() => {
+                self.adopt_peer(peer);
+                let _ = self.updates.send(CallUpdate::PeerBack).await;
             }
             SignalingEvent::Closed(reason) => self.on_signaling_lost(reason).await,
             _ => {}
@@ -534,6 +610,43 @@ impl Call {
         let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
         if !self.ever_set_up {
             self.ended_by = Some("signaling lost before the call was set up".into());
+        }
+    }
+
+    /// We are back in the room: signaling works again, and whoever is in the room is our peer.
+    async fn on_rejoined(&mut self, signaling: Signaling, joined: &Joined) {
+        self.signaling = signaling;
+        self.signaling_open = true;
+        self.rejoins += 1;
+        let _ = self.updates.send(CallUpdate::Rejoined).await;
+        if let Some(peer) = joined.peers.first() {
+            let was_away = self.peer_away_since.is_some();
+            self.adopt_peer(peer.peer_id);
+            if was_away {
+                let _ = self.updates.send(CallUpdate::PeerBack).await;
+            }
+        }
+    }
+
+    /// Signaling messages now go to `peer`. During an outage the offerer restarts ICE at once
+    /// (an earlier restart offer may have gone to the peer's dead session).
+    fn adopt_peer(&mut self, peer: PeerId) {
+        self.peer = peer;
+        self.peer_away_since = None;
+        if let Some(outage) = self.outage.as_mut() {
+            outage.last_restart = None;
+        }
+    }
+
+    /// Ends the call when the peer has been off the signaling server for the grace period
+    /// and the media link is down: it is gone, not just changing networks.
+    async fn check_peer_away(&mut self) {
+        let Some(since) = self.peer_away_since else {
+            return;
+        };
+        if !self.connected && since.elapsed() >= PEER_AWAY_GRACE {
+            let _ = self.updates.send(CallUpdate::PeerLeft).await;
+            self.ended_by = Some("peer left".into());
         }
     }
 
@@ -553,17 +666,28 @@ impl Call {
         if self.role != SdpRole::Offerer || !self.signaling_open || !due {
             return;
         }
-        // Still gathering (or another transient refusal): the next tick tries again.
-        if let Ok(Signal::Offer(sdp)) = self.transport.restart_ice().await {
-            let attempt = outage.attempts + 1;
-            self.outage = Some(Outage {
-                attempts: attempt,
-                last_restart: Some(Instant::now()),
-                ..outage
-            });
-            self.ice_restarts += 1;
-            self.relay(PeerMessage::Offer { sdp }).await;
-            let _ = self.updates.send(CallUpdate::IceRestart { attempt }).await;
+        match self.transport.restart_ice().await {
+            Ok(Signal::Offer(sdp)) => {
+                let attempt = outage.attempts + 1;
+                self.outage = Some(Outage {
+                    attempts: attempt,
+                    last_restart: Some(Instant::now()),
+                    ..outage
+                });
+                self.ice_restarts += 1;
+                self.relay(PeerMessage::Offer { sdp }).await;
+                let _ = self.updates.send(CallUpdate::IceRestart { attempt }).await;
+            }
+            // Still gathering: the next tick tries again.
+            Err(TransportError::StillGathering) | Ok(_) => {}
+            // Failed or timed out: wait the retry interval, so a stuck webrtc-rs does not
+            // hold the call loop every tick.
+            Err(_) => {
+                self.outage = Some(Outage {
+                    last_restart: Some(Instant::now()),
+                    ..outage
+                });
+            }
         }
     }
 
@@ -659,11 +783,8 @@ impl Call {
     /// A renegotiation (ICE restart) the transport refused mid-call. A changed DTLS
     /// fingerprint is an attack on the call (the e2ee handshake is bound to the first one):
     /// it ends the call. Anything else leaves the current path as it is.
-    fn refuse_renegotiation(
-        &mut self,
-        e: crate::transport::TransportError,
-    ) -> Result<(), CallError> {
-        if matches!(e, crate::transport::TransportError::FingerprintChanged) {
+    fn refuse_renegotiation(&mut self, e: TransportError) -> Result<(), CallError> {
+        if matches!(e, TransportError::FingerprintChanged) {
             self.ended_by = Some(format!("refused: {e}"));
         }
         Ok(())
@@ -921,6 +1042,7 @@ impl Call {
             peer_loss_percent: link.peer_total_loss_percent(),
             fec_expected_loss_percent: self.fec.expected_loss_percent(),
             fec_peak_expected_loss_percent: self.fec_peak.max(self.fec.expected_loss_percent()),
+            signaling_rejoins: self.rejoins,
             ice_restarts: self.ice_restarts,
             link_recoveries: self.link_recoveries,
             link_down_ms: u64::try_from(

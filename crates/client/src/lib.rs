@@ -16,6 +16,7 @@ pub mod config;
 pub mod devices;
 pub mod offline;
 pub mod playback;
+pub mod rejoin;
 pub mod resample;
 pub mod sdp;
 pub mod signaling;

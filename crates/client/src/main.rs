@@ -701,6 +701,42 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 if tty { "\r\x1b[K" } else { "" }
             );
         }
+        CallUpdate::PeerAway => {
+            let _ = writeln!(
+                err,
+                "{}the peer dropped off the signaling server; the call goes on while media flows",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
+        CallUpdate::PeerBack => {
+            let _ = writeln!(
+                err,
+                "{}the peer is back on the signaling server",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
+        CallUpdate::Rejoining => {
+            let _ = writeln!(
+                err,
+                "{}reconnecting to the signaling server to rejoin the room",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
+        CallUpdate::Rejoined => {
+            let _ = writeln!(
+                err,
+                "{}rejoined the room on the signaling server",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
+        CallUpdate::RejoinFailed(why) => {
+            let _ = writeln!(
+                err,
+                "{}cannot rejoin the room ({why}); the call goes on peer to peer but cannot \
+                 recover from a network change",
+                if tty { "\r\x1b[K" } else { "" }
+            );
+        }
         CallUpdate::IceRestart { attempt } => {
             let _ = writeln!(
                 err,

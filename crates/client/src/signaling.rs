@@ -17,6 +17,10 @@ use aparte_signaling_protocol::{
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
 /// Largest trickled ICE candidate line we accept.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;
+/// With nothing at all from the server for this long (it pings an idle connection every
+/// 2–2.25 s), the connection is taken as dead: a network change can leave a TCP connection
+/// that never reports an error.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest e2ee handshake message we accept (hex-encoded, so twice the binary bound).
 pub const MAX_HANDSHAKE_HEX: usize = 2 * aparte_e2ee::handshake::messages::MAX_MESSAGE_LEN;
 
@@ -84,6 +88,9 @@ pub enum SignalingError {
     /// The server closed the connection.
     #[error("the signaling server closed the connection")]
     Closed,
+    /// Nothing at all came from the server for this many seconds.
+    #[error("nothing from the signaling server for {0} s")]
+    IdleTimeout(u64),
     /// Nothing answers WebSocket requests at that URL path.
     #[error("{0}: no WebSocket endpoint there (HTTP 404); aparte-signaling listens on /ws, e.g. ws://host:port/ws")]
     WrongPath(String),
@@ -158,7 +165,7 @@ impl Signaling {
         sink.send(WsMessage::text(join.to_json())).await?;
 
         let joined = loop {
-            match next_server_message(&mut stream).await? {
+            match next_server_message(&mut stream, None).await? {
                 ServerMessage::Welcome { .. } => continue,
                 ServerMessage::Joined {
                     peer_id,
@@ -194,7 +201,7 @@ impl Signaling {
         });
         tokio::spawn(async move {
             loop {
-                let event = match next_server_message(&mut stream).await {
+                let event = match next_server_message(&mut stream, Some(IDLE_TIMEOUT)).await {
                     Ok(ServerMessage::PeerJoined { peer_id, .. }) => {
                         SignalingEvent::PeerJoined(peer_id)
                     }
@@ -247,13 +254,24 @@ impl Signaling {
     }
 }
 
-async fn next_server_message<S>(stream: &mut S) -> Result<ServerMessage, SignalingError>
+/// The next server message; with `idle`, fails when no frame at all (pings included) comes
+/// for that long.
+async fn next_server_message<S>(
+    stream: &mut S,
+    idle: Option<std::time::Duration>,
+) -> Result<ServerMessage, SignalingError>
 where
     S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
         + Unpin,
 {
     loop {
-        match stream.next().await {
+        let frame = match idle {
+            Some(limit) => tokio::time::timeout(limit, stream.next())
+                .await
+                .map_err(|_| SignalingError::IdleTimeout(limit.as_secs()))?,
+            None => stream.next().await,
+        };
+        match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 return ServerMessage::parse(text.as_str())
                     .map_err(|e| SignalingError::Protocol(e.to_string()))

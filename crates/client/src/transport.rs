@@ -67,6 +67,10 @@ const MAX_SEQUENCE_JUMP: i32 = 3000;
 /// `Disconnected` (webrtc-rs's default is 5 s). Media flows every 20 ms in both directions, so
 /// 3 s of silence is an outage, not a pause.
 const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+/// The longest a mid-call webrtc-rs operation (an ICE restart's offer or answer, closing) may
+/// take. One did not return at all in our tests (`docs/WEBRTC.md` §9): a bound keeps the call
+/// loop alive, so the call can still end cleanly.
+const WEBRTC_OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// After `Disconnected`, this much longer without a packet: `Failed` (webrtc-rs's default).
 /// The call restarts ICE on `Disconnected` already; webrtc-rs also gives up the first
 /// connectivity checks after disconnected + failed, so a shorter value would cut short a slow
@@ -170,6 +174,9 @@ pub enum TransportError {
     /// An ICE restart cannot start yet (webrtc-rs is still gathering candidates); try later.
     #[error("ICE is still gathering candidates; restart later")]
     StillGathering,
+    /// A webrtc-rs operation did not finish in time.
+    #[error("webrtc-rs did not finish {0} within {WEBRTC_OP_TIMEOUT:?}")]
+    TimedOut(&'static str),
     /// An empty media payload (it would never be sent).
     #[error("empty media payload")]
     EmptyPayload,
@@ -522,12 +529,15 @@ impl Transport {
             ice_restart: true,
             ..Default::default()
         };
-        self.offer(Some(options)).await.map_err(|e| match e {
-            TransportError::WebRtc(webrtc::Error::Ice(
-                webrtc::ice::Error::ErrRestartWhenGathering,
-            )) => TransportError::StillGathering,
-            other => other,
-        })
+        tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.offer(Some(options)))
+            .await
+            .map_err(|_| TransportError::TimedOut("an ICE-restart offer"))?
+            .map_err(|e| match e {
+                TransportError::WebRtc(webrtc::Error::Ice(
+                    webrtc::ice::Error::ErrRestartWhenGathering,
+                )) => TransportError::StillGathering,
+                other => other,
+            })
     }
 
     async fn offer(&self, options: Option<RTCOfferOptions>) -> Result<Signal, TransportError> {
@@ -556,6 +566,12 @@ impl Transport {
     /// Applies a signal from the peer; an offer yields the answer to relay. A second offer
     /// (or answer) is an ICE restart; it must carry the same DTLS fingerprint as the first.
     pub async fn apply_signal(&self, signal: Signal) -> Result<Option<Signal>, TransportError> {
+        tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.apply(signal))
+            .await
+            .map_err(|_| TransportError::TimedOut("applying the peer's SDP"))?
+    }
+
+    async fn apply(&self, signal: Signal) -> Result<Option<Signal>, TransportError> {
         match (signal, self.role) {
             (Signal::Offer(sdp), SdpRole::Answerer) => {
                 self.check_fingerprint(&sdp)?;
@@ -673,13 +689,13 @@ impl Transport {
 
     /// Whether the selected ICE pair uses a relayed (TURN) local candidate.
     pub async fn is_relayed(&self) -> bool {
-        let pair = self
-            .pc
-            .sctp()
-            .transport()
-            .ice_transport()
-            .get_selected_candidate_pair()
-            .await;
+        let sctp = self.pc.sctp();
+        let dtls = sctp.transport();
+        let ice = dtls.ice_transport();
+        let pair = tokio::time::timeout(WEBRTC_OP_TIMEOUT, ice.get_selected_candidate_pair())
+            .await
+            .ok()
+            .flatten();
         matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
     }
 
@@ -697,7 +713,9 @@ impl Transport {
 
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
-        self.pc.close().await?;
+        tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.pc.close())
+            .await
+            .map_err(|_| TransportError::TimedOut("closing the connection"))??;
         Ok(())
     }
 }
