@@ -408,9 +408,17 @@ pub fn play_out(arrivals: &[(u16, u64, Vec<u8>)]) -> Playback {
 }
 
 /// Mean normalized cross-correlation over the speech-bearing 1 s segments of `sent`, each
-/// aligned on its own within ±250 ms of `received` (the metric of `call_processes.rs`: the
+/// aligned on its own within ±250 ms of `received` (see [`segment_nccs`]; the
 /// jitter buffer shifts the delay by whole frames during a call). Returns (mean, segments).
 pub fn mean_ncc(sent: &[f32], received: &[f32]) -> (f64, usize) {
+    let nccs = segment_nccs(sent, received);
+    (nccs.iter().sum::<f64>() / nccs.len() as f64, nccs.len())
+}
+
+/// The normalized cross-correlation of each 1 s segment of `sent` that carries speech with
+/// `received`, each segment aligned on its own within ±250 ms (0 for a segment that finds no
+/// alignment). Panics if `sent` has no speech at all.
+pub fn segment_nccs(sent: &[f32], received: &[f32]) -> Vec<f64> {
     let segment = 48_000;
     let alignments = align_segments(sent, received, segment, 12_000);
     let mut nccs = Vec::new();
@@ -422,5 +430,5 @@ pub fn mean_ncc(sent: &[f32], received: &[f32]) -> (f64, usize) {
         nccs.push(a.map_or(0.0, |a| a.ncc));
     }
     assert!(!nccs.is_empty(), "no speech segments");
-    (nccs.iter().sum::<f64>() / nccs.len() as f64, nccs.len())
+    nccs
 }
