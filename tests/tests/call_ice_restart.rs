@@ -252,6 +252,8 @@ async fn an_ice_restart_keeps_the_sessions_and_refuses_a_swapped_fingerprint() {
     };
     let mut call = Call::connect(&config, &config).await;
     media_flows_both_ways(&mut call, 25).await;
+    let pair_before = call.alice.transport.selected_pair().await;
+    assert!(pair_before.is_some());
 
     call.hold_candidates(true);
     let Signal::Offer(offer) = call.alice.transport.restart_ice().await.unwrap() else {
@@ -301,6 +303,13 @@ async fn an_ice_restart_keeps_the_sessions_and_refuses_a_swapped_fingerprint() {
     call.alice.transport.apply_signal(answer).await.unwrap();
     call.hold_candidates(false);
     media_flows_both_ways(&mut call, 50).await;
+    // The restart gathered new candidates (new sockets): the media now flows over a new pair.
+    let pair_after = call.alice.transport.selected_pair().await;
+    println!("selected pair before {pair_before:?}, after {pair_after:?}");
+    assert!(
+        pair_after.is_some() && pair_after != pair_before,
+        "still on the old pair: {pair_before:?}"
+    );
     for peer in [&call.alice, &call.bob] {
         let stats = peer.security.media_stats().unwrap();
         assert_eq!(stats.rejected_total(), 0);

@@ -11,8 +11,9 @@ use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
 /// Reports must arrive within this long after the kill (server heartbeat: 6–8 s).
 const REPORT_WITHIN: Duration = Duration::from_secs(12);
 /// The call must end within this long after the report: the client's 10 s grace for a peer
-/// to rejoin, plus a margin.
-const END_WITHIN: Duration = Duration::from_secs(15);
+/// to rejoin, up to 3 s more when an ICE restart towards the dead peer stalls inside webrtc-rs
+/// until its timeout (measured: 10.0 s and 13.2 s after the kill), plus a margin.
+const END_WITHIN: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_killed_peer_is_reported_within_seconds() {

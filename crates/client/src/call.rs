@@ -354,6 +354,9 @@ pub async fn run_call(
         fec_peak: 0,
         loss_reports_seen: 0,
         last_packet_at: None,
+        last_recovered_at: None,
+        own_id: joined.peer_id,
+        room_capacity: joined.capacity,
         outage: None,
         ice_restarts: 0,
         link_recoveries: 0,
@@ -460,9 +463,23 @@ pub async fn run_call(
         .sending
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let relayed = call.transport.is_relayed().await;
-    let audio_stats = audio.stop()?;
-    // The audio thread held the pipelines' taps; with it gone they finish.
-    let caption_report = captions.finish();
+    // Joining the audio thread and waiting for the caption pipelines to finish their last
+    // utterance block: off the (single) runtime thread, so the Bye, the last caption and any
+    // other call in this process (the demo runs two) keep moving meanwhile. The audio thread
+    // holds the pipelines' taps, so it stops first.
+    let (audio_stats, caption_report) = tokio::task::spawn_blocking(move || {
+        let stats = audio.stop();
+        (stats, captions.finish())
+    })
+    .await
+    .map_err(|e| {
+        CallError::Aborted(if e.is_panic() {
+            "the audio thread panicked"
+        } else {
+            "cancelled"
+        })
+    })?;
+    let audio_stats = audio_stats?;
     let caption_report = (call.options.translation.enabled()
         || caption_report.received_finals + caption_report.received_partials > 0)
         .then_some(caption_report);
@@ -533,6 +550,12 @@ struct Call {
     loss_reports_seen: u64,
     /// When the last RTP packet arrived (an outage starts there, not when ICE notices it).
     last_packet_at: Option<Instant>,
+    /// When the link last came back from an outage.
+    last_recovered_at: Option<Instant>,
+    /// Our own peer id in the room (it changes when we rejoin).
+    own_id: PeerId,
+    /// How many members the room holds.
+    room_capacity: usize,
     /// The link is down after set-up: since when, and the restarts tried for it.
     outage: Option<Outage>,
     ice_restarts: u32,
@@ -593,7 +616,9 @@ impl Call {
             // whoever joins while our peer is away is the peer rejoining. (A stranger with the
             // room id could not complete the call: its SDP would carry another DTLS
             // fingerprint, which ends the call, and it holds none of the e2ee keys.)
-            SignalingEvent::PeerJoined(peer) if self.peer_away_since.is_some() => {
+            SignalingEvent::PeerJoined(peer)
+                if self.peer_away_since.is_some() && self.room_capacity == 2 =>
+            {
                 self.adopt_peer(peer);
                 let _ = self.updates.send(CallUpdate::PeerBack).await;
             }
@@ -613,18 +638,42 @@ impl Call {
         }
     }
 
-    /// We are back in the room: signaling works again, and whoever is in the room is our peer.
+    /// We are back in the room: signaling works again. In a 1:1 room whoever else is there
+    /// (not our own old session, which the server may not have dropped yet) is our peer; in a
+    /// bigger room only our peer's old id counts. An empty room means the peer is away too.
     async fn on_rejoined(&mut self, signaling: Signaling, joined: &Joined) {
         self.signaling = signaling;
         self.signaling_open = true;
         self.rejoins += 1;
+        self.room_capacity = joined.capacity;
+        let old_self = std::mem::replace(&mut self.own_id, joined.peer_id);
         let _ = self.updates.send(CallUpdate::Rejoined).await;
-        if let Some(peer) = joined.peers.first() {
-            let was_away = self.peer_away_since.is_some();
-            self.adopt_peer(peer.peer_id);
-            if was_away {
-                let _ = self.updates.send(CallUpdate::PeerBack).await;
+        let others: Vec<PeerId> = joined
+            .peers
+            .iter()
+            .map(|p| p.peer_id)
+            .filter(|id| *id != old_self)
+            .collect();
+        let found = if others.contains(&self.peer) {
+            Some(self.peer)
+        } else if joined.capacity == 2 {
+            others.first().copied()
+        } else {
+            None
+        };
+        let was_away = self.peer_away_since.is_some();
+        match found {
+            Some(peer) => {
+                self.adopt_peer(peer);
+                if was_away {
+                    let _ = self.updates.send(CallUpdate::PeerBack).await;
+                }
             }
+            None if !was_away => {
+                self.peer_away_since = Some(Instant::now());
+                let _ = self.updates.send(CallUpdate::PeerAway).await;
+            }
+            None => {}
         }
     }
 
@@ -639,12 +688,17 @@ impl Call {
     }
 
     /// Ends the call when the peer has been off the signaling server for the grace period
-    /// and the media link is down: it is gone, not just changing networks.
+    /// and the media link has been down as long: it is gone, not just changing networks. (A
+    /// peer long off signaling while media flowed still gets the full grace when the link
+    /// then drops, so webrtc-rs can recover a brief blip.)
     async fn check_peer_away(&mut self) {
         let Some(since) = self.peer_away_since else {
             return;
         };
-        if !self.connected && since.elapsed() >= PEER_AWAY_GRACE {
+        let link_down_long = self
+            .outage
+            .is_some_and(|o| o.since.elapsed() >= PEER_AWAY_GRACE);
+        if !self.connected && since.elapsed() >= PEER_AWAY_GRACE && link_down_long {
             let _ = self.updates.send(CallUpdate::PeerLeft).await;
             self.ended_by = Some("peer left".into());
         }
@@ -712,6 +766,7 @@ impl Call {
         self.connected = state == LinkState::Connected;
         if self.connected {
             if let Some(outage) = self.outage.take() {
+                self.last_recovered_at = Some(Instant::now());
                 let down = outage.since.elapsed();
                 self.link_down += down;
                 self.link_recoveries += 1;
@@ -720,10 +775,19 @@ impl Call {
             }
         } else if self.ever_set_up
             && self.outage.is_none()
-            && matches!(state, LinkState::Disconnected | LinkState::Failed)
+            && matches!(
+                state,
+                LinkState::Disconnected | LinkState::Failed | LinkState::Closed
+            )
         {
+            // From the last packet, but never before the end of the previous outage (no
+            // packet may have arrived since it).
+            let since = match (self.last_packet_at, self.last_recovered_at) {
+                (Some(packet), Some(recovered)) => packet.max(recovered),
+                (packet, recovered) => packet.or(recovered).unwrap_or_else(Instant::now),
+            };
             self.outage = Some(Outage {
-                since: self.last_packet_at.unwrap_or_else(Instant::now),
+                since,
                 attempts: 0,
                 last_restart: None,
             });

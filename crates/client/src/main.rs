@@ -730,6 +730,8 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
             );
         }
         CallUpdate::RejoinFailed(why) => {
+            // The text may come from the server: no control characters reach the terminal.
+            let why: String = why.chars().filter(|c| !c.is_control()).collect();
             let _ = writeln!(
                 err,
                 "{}cannot rejoin the room ({why}); the call goes on peer to peer but cannot \

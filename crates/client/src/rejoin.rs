@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::signaling::{Joined, Signaling, SignalingError, SignalingEvent};
 
+/// The longest one attempt (connect, hello, join) may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A rejoined signaling connection: the connection, the join answer and its events.
 pub type Rejoined = (Signaling, Joined, mpsc::Receiver<SignalingEvent>);
 
@@ -47,10 +50,13 @@ pub async fn rejoin(
     let mut attempt = 0u32;
     loop {
         tokio::time::sleep(backoff(attempt)).await;
-        match Signaling::join(&server, &room, token.clone()).await {
-            Ok(rejoined) => return Ok(rejoined),
-            Err(e) if retryable(&e) => attempt = attempt.saturating_add(1),
-            Err(e) => return Err(e),
+        // A connect into a black hole (the old network) would otherwise wait for the
+        // kernel's TCP timeout, minutes.
+        let join = Signaling::join(&server, &room, token.clone());
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, join).await {
+            Ok(Ok(rejoined)) => return Ok(rejoined),
+            Ok(Err(e)) if !retryable(&e) => return Err(e),
+            Ok(Err(_)) | Err(_) => attempt = attempt.saturating_add(1),
         }
     }
 }

@@ -17,9 +17,9 @@ use aparte_signaling_protocol::{
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
 /// Largest trickled ICE candidate line we accept.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;
-/// With nothing at all from the server for this long (it pings an idle connection every
-/// 2–2.25 s), the connection is taken as dead: a network change can leave a TCP connection
-/// that never reports an error.
+/// With nothing at all from the server for this long, or three of its ping intervals if that
+/// is longer (by default it pings an idle connection every 2–2.25 s), the connection is taken
+/// as dead: a network change can leave a TCP connection that never reports an error.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest e2ee handshake message we accept (hex-encoded, so twice the binary bound).
 pub const MAX_HANDSHAKE_HEX: usize = 2 * aparte_e2ee::handshake::messages::MAX_MESSAGE_LEN;
@@ -108,6 +108,8 @@ pub struct Joined {
     pub peers: Vec<PeerInfo>,
     /// STUN/TURN servers (with TURN credentials minted for this join).
     pub ice_servers: Vec<IceServer>,
+    /// How many members the room holds (2 for a call, unless the server is set otherwise).
+    pub capacity: usize,
 }
 
 /// What the signaling connection reports after the join.
@@ -164,19 +166,30 @@ impl Signaling {
         };
         sink.send(WsMessage::text(join.to_json())).await?;
 
+        // The server pings an idle connection every `ping_interval_ms`; silence for several
+        // intervals (and never less than IDLE_TIMEOUT) means the connection is dead.
+        let mut idle = IDLE_TIMEOUT;
         let joined = loop {
             match next_server_message(&mut stream, None).await? {
-                ServerMessage::Welcome { .. } => continue,
+                ServerMessage::Welcome {
+                    ping_interval_ms, ..
+                } => {
+                    let pings =
+                        std::time::Duration::from_millis(ping_interval_ms.saturating_mul(3));
+                    idle = idle.max(pings);
+                }
                 ServerMessage::Joined {
                     peer_id,
                     peers,
                     ice_servers,
+                    capacity,
                     ..
                 } => {
                     break Joined {
                         peer_id,
                         peers,
                         ice_servers,
+                        capacity,
                     }
                 }
                 ServerMessage::Error { code, message } => {
@@ -201,7 +214,7 @@ impl Signaling {
         });
         tokio::spawn(async move {
             loop {
-                let event = match next_server_message(&mut stream, Some(IDLE_TIMEOUT)).await {
+                let event = match next_server_message(&mut stream, Some(idle)).await {
                     Ok(ServerMessage::PeerJoined { peer_id, .. }) => {
                         SignalingEvent::PeerJoined(peer_id)
                     }

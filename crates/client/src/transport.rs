@@ -207,7 +207,7 @@ pub struct LinkStats {
     pub peer_packets_lost: u64,
     /// Our packets sent when that report arrived (the base for the peer's total loss).
     pub packets_sent_at_report: u64,
-    /// Reception reports about our stream taken in so far (a new one changes this).
+    /// Reception reports that gave a new loss figure so far (a new one changes this).
     pub reports: u64,
     /// RTP packets we received (counted before decryption, before any queue).
     pub received_packets: u64,
@@ -260,10 +260,10 @@ impl LinkStats {
                 d_lost as f64 * 100.0 / d_sent as f64
             };
             self.peer_loss_percent = Some(percent.min(100.0));
+            self.reports = self.reports.saturating_add(1);
         }
         self.peer_packets_lost = lost;
         self.packets_sent_at_report = sent;
-        self.reports = self.reports.saturating_add(1);
     }
 }
 
@@ -697,6 +697,21 @@ impl Transport {
             .ok()
             .flatten();
         matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
+    }
+
+    /// The selected ICE pair as "local -> remote" addresses (diagnostics, tests), if any.
+    pub async fn selected_pair(&self) -> Option<String> {
+        let sctp = self.pc.sctp();
+        let dtls = sctp.transport();
+        let ice = dtls.ice_transport();
+        let pair = tokio::time::timeout(WEBRTC_OP_TIMEOUT, ice.get_selected_candidate_pair())
+            .await
+            .ok()
+            .flatten()?;
+        Some(format!(
+            "{}:{} -> {}:{}",
+            pair.local.address, pair.local.port, pair.remote.address, pair.remote.port
+        ))
     }
 
     /// Round-trip time and loss so far. RTT and the peer's loss come from its RTCP receiver
