@@ -100,6 +100,23 @@ impl Drop for SignalingServer {
     }
 }
 
+/// A call's `--stats-json` report.
+pub fn read_stats(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no stats at {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("stats JSON")
+}
+
+/// The frames a `--stats-json` report says were rejected, all reasons together.
+pub fn frames_rejected_total(report: &serde_json::Value) -> u64 {
+    report["frames_rejected"]
+        .as_object()
+        .expect("frames_rejected")
+        .values()
+        .map(|v| v.as_u64().expect("a count"))
+        .sum()
+}
+
 /// A fresh room id from `aparte room new`, as a user would make one.
 pub fn new_room() -> String {
     let out = Command::new(binary("aparte"))

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use aparte_e2e_tests::relay::{test_seed, Impairment, RecordingRelay, RelayAuth};
-use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+use aparte_e2e_tests::{new_room, read_stats, CallProcess, SignalingServer, WAIT};
 use aparte_media::fec::{MIN_PERCENT, START_PERCENT};
 
 /// Long enough for several RTCP report rounds (about one a second) after set-up.
@@ -63,10 +63,7 @@ fn call_over(impairment: Impairment, seed: u64) -> [serde_json::Value; 2] {
         assert!(status.success(), "{:?}", peer.seen());
     }
     runtime.block_on(relay.close());
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
-    };
-    [read("alice"), read("bob")]
+    [read_stats(&stats("alice")), read_stats(&stats("bob"))]
 }
 
 #[test]

@@ -26,7 +26,9 @@ use aparte_client::transport::{Signal, TransportConfig, TransportError};
 use aparte_e2e_tests::call::{Call, CallPeer};
 use aparte_e2e_tests::proxy::TcpProxy;
 use aparte_e2e_tests::relay::RecordingRelay;
-use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+use aparte_e2e_tests::{
+    frames_rejected_total, new_room, read_stats, CallProcess, SignalingServer, WAIT,
+};
 
 /// Call length (counted from the first frame sent).
 const SECONDS: u64 = 20;
@@ -158,10 +160,7 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
         "a SAS changed: alice {alice_sas:?}, bob {bob_sas:?}"
     );
 
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
-    };
-    let (a, b) = (read("alice"), read("bob"));
+    let (a, b) = (read_stats(&stats("alice")), read_stats(&stats("bob")));
     assert!(b["offerer"].as_bool().unwrap() && !a["offerer"].as_bool().unwrap());
     assert!(b["ice_restarts"].as_u64().unwrap() >= 1, "{b}");
     assert!(b["signaling_rejoins"].as_u64().unwrap() >= 1, "{b}");
@@ -185,12 +184,7 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
             "{name}: link down {down} ms, cut to back {cut_to_back} ms"
         );
         assert_eq!(me["relayed"].as_bool(), Some(true));
-        let rejected: u64 = me["frames_rejected"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let rejected = frames_rejected_total(me);
         assert_eq!(rejected, 0, "{name} rejected frames: {me}");
         let sent = other["frames_sent"].as_u64().unwrap();
         let decrypted = me["frames_decrypted"].as_u64().unwrap();

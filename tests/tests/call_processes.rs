@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use aparte_e2e_tests::call::segment_nccs;
-use aparte_e2e_tests::{binary, new_room, speak, SignalingServer};
+use aparte_e2e_tests::{
+    binary, frames_rejected_total, new_room, read_stats, speak, SignalingServer,
+};
 use aparte_media::wav::read_mono_48k;
 
 const MIN_MEDIAN_NCC: f64 = 0.80;
@@ -110,22 +112,14 @@ fn speech_both_ways_through_a_real_signaling_server_matches_what_was_sent() {
     assert_eq!(sas_line(&alice), sas_line(&bob));
 
     // Every frame sent was decrypted by the other side; nothing was rejected.
-    let stats = |f: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p(f)).unwrap()).unwrap()
-    };
-    let (sa, sb) = (stats("alice.json"), stats("bob.json"));
+    let (sa, sb) = (read_stats(&p("alice.json")), read_stats(&p("bob.json")));
     for (me, other) in [(&sa, &sb), (&sb, &sa)] {
         assert!(me["frames_sent"].as_u64().unwrap() > 100);
         assert_eq!(
             me["frames_decrypted"], other["frames_sent"],
             "{me}\n{other}"
         );
-        let rejected: u64 = me["frames_rejected"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let rejected = frames_rejected_total(me);
         assert_eq!(rejected, 0);
         assert_eq!(me["relayed"], false);
     }

@@ -2,7 +2,7 @@
 //! the middle of a call, the encrypted media keeps flowing peer to peer and nothing is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
+use aparte_e2e_tests::{new_room, read_stats, CallProcess, SignalingServer, WAIT};
 
 const SECONDS: u64 = 6;
 
@@ -43,10 +43,7 @@ fn media_keeps_flowing_when_the_signaling_server_restarts_mid_call() {
 
     assert!(alice.child.wait().unwrap().success());
     assert!(bob.child.wait().unwrap().success());
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(stats(name)).unwrap()).unwrap()
-    };
-    let (a, b) = (read("alice"), read("bob"));
+    let (a, b) = (read_stats(&stats("alice")), read_stats(&stats("bob")));
     for (me, other) in [(&a, &b), (&b, &a)] {
         let sent = other["frames_sent"].as_u64().unwrap();
         let decrypted = me["frames_decrypted"].as_u64().unwrap();

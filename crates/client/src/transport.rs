@@ -22,6 +22,7 @@ use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::ice_transport::ice_candidate_pair::RTCIceCandidatePair;
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
@@ -689,25 +690,23 @@ impl Transport {
 
     /// Whether the selected ICE pair uses a relayed (TURN) local candidate.
     pub async fn is_relayed(&self) -> bool {
+        let pair = self.selected_candidate_pair().await;
+        matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
+    }
+
+    async fn selected_candidate_pair(&self) -> Option<RTCIceCandidatePair> {
         let sctp = self.pc.sctp();
         let dtls = sctp.transport();
         let ice = dtls.ice_transport();
-        let pair = tokio::time::timeout(WEBRTC_OP_TIMEOUT, ice.get_selected_candidate_pair())
+        tokio::time::timeout(WEBRTC_OP_TIMEOUT, ice.get_selected_candidate_pair())
             .await
             .ok()
-            .flatten();
-        matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
+            .flatten()
     }
 
     /// The selected ICE pair as "local -> remote" addresses (diagnostics, tests), if any.
     pub async fn selected_pair(&self) -> Option<String> {
-        let sctp = self.pc.sctp();
-        let dtls = sctp.transport();
-        let ice = dtls.ice_transport();
-        let pair = tokio::time::timeout(WEBRTC_OP_TIMEOUT, ice.get_selected_candidate_pair())
-            .await
-            .ok()
-            .flatten()?;
+        let pair = self.selected_candidate_pair().await?;
         Some(format!(
             "{}:{} -> {}:{}",
             pair.local.address, pair.local.port, pair.remote.address, pair.remote.port
