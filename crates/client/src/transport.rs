@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
-use webrtc::api::interceptor_registry::configure_rtcp_reports;
+use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -420,11 +420,7 @@ impl Transport {
             },
             RTPCodecType::Audio,
         )?;
-        // Only RTCP sender/receiver reports (RTT and loss). webrtc-rs's defaults add NACK (no
-        // use for audio: we conceal with FEC and PLC rather than wait for a retransmission)
-        // and transport-wide congestion control feedback, which sends an RTCP packet every
-        // 100 ms each way for a bandwidth estimator this constant-bitrate call never runs.
-        let registry = configure_rtcp_reports(Registry::new());
+        let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);
