@@ -178,14 +178,23 @@ impl Call {
             alice_ready: a_ready_tx,
             epoch,
         };
-        for peer in [&mut call.alice, &mut call.bob] {
-            timeout(
+        for (name, peer) in [("alice", &mut call.alice), ("bob", &mut call.bob)] {
+            let connected = timeout(
                 CONNECT_WITHIN,
                 peer.link.wait_for(|s| *s == LinkState::Connected),
             )
             .await
-            .expect("the WebRTC link did not connect in time")
-            .expect("link state channel");
+            .map(|state| state.is_ok());
+            if connected != Ok(true) {
+                // What the next engineer needs to chase a rare setup failure on an impaired
+                // path: which side, in which state, and on which ICE pair, if any.
+                let state = *peer.link.borrow();
+                let pair = peer.transport.selected_pair().await;
+                panic!(
+                    "the WebRTC link did not connect in {CONNECT_WITHIN:?}: {name} is \
+                     {state:?}, selected pair {pair:?}"
+                );
+            }
         }
         println!("connected in {} ms", call.now_ms());
         call
