@@ -100,6 +100,11 @@ impl Drop for SignalingServer {
     }
 }
 
+/// Where [`CallProcess::spawn_tone`] has NAME write its `--stats-json` report.
+pub fn stats_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
 /// A call's `--stats-json` report.
 pub fn read_stats(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
@@ -176,6 +181,30 @@ impl CallProcess {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// `aparte call --input tone --duration SECONDS --stats-json DIR/NAME.json` plus `extra`,
+    /// with its identity files under DIR/NAME; its report lands at [`stats_path`]`(dir, name)`.
+    pub fn spawn_tone(
+        server_url: &str,
+        room: &str,
+        dir: &Path,
+        name: &str,
+        seconds: u64,
+        extra: &[&str],
+    ) -> Self {
+        let duration = seconds.to_string();
+        let stats = stats_path(dir, name);
+        let mut args = vec![
+            "--input",
+            "tone",
+            "--duration",
+            &duration,
+            "--stats-json",
+            stats.to_str().expect("UTF-8 temp path"),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(server_url, room, &dir.join(name), &args)
     }
 
     /// The status lines read so far.

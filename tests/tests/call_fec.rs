@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use aparte_e2e_tests::relay::{test_seed, Impairment, RecordingRelay, RelayAuth};
-use aparte_e2e_tests::{new_room, read_stats, CallProcess, SignalingServer, WAIT};
+use aparte_e2e_tests::{new_room, read_stats, stats_path, CallProcess, SignalingServer, WAIT};
 use aparte_media::fec::{MIN_PERCENT, START_PERCENT};
 
 /// Long enough for several RTCP report rounds (about one a second) after set-up.
@@ -34,25 +34,17 @@ fn call_over(impairment: Impairment, seed: u64) -> [serde_json::Value; 2] {
     ]);
     let room = new_room();
     let dir = tempfile::tempdir().unwrap();
-    let stats = |name: &str| dir.path().join(format!("{name}.json"));
-    let duration = SECONDS.to_string();
     let spawn = |name: &str| {
-        let json = stats(name);
-        CallProcess::spawn(
+        CallProcess::spawn_tone(
             &server.url(),
             &room,
-            &dir.path().join(name),
-            &[
-                "--relay-only",
-                "--input",
-                "tone",
-                "--duration",
-                &duration,
-                "--stats-json",
-                json.to_str().unwrap(),
-            ],
+            dir.path(),
+            name,
+            SECONDS,
+            &["--relay-only"],
         )
     };
+    let stats = |name: &str| stats_path(dir.path(), name);
     let mut alice = spawn("alice");
     let mut bob = spawn("bob");
     for peer in [&mut alice, &mut bob] {

@@ -27,7 +27,7 @@ use aparte_e2e_tests::call::{Call, CallPeer};
 use aparte_e2e_tests::proxy::TcpProxy;
 use aparte_e2e_tests::relay::RecordingRelay;
 use aparte_e2e_tests::{
-    frames_rejected_total, new_room, read_stats, CallProcess, SignalingServer, WAIT,
+    frames_rejected_total, new_room, read_stats, stats_path, CallProcess, SignalingServer, WAIT,
 };
 
 /// Call length (counted from the first frame sent).
@@ -76,25 +76,10 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
     let bob_url = format!("ws://{}/ws", proxy.addr());
     let room = new_room();
     let dir = tempfile::tempdir().unwrap();
-    let stats = |name: &str| dir.path().join(format!("{name}.json"));
-    let duration = SECONDS.to_string();
     let spawn = |name: &str, url: &str| {
-        let json = stats(name);
-        CallProcess::spawn(
-            url,
-            &room,
-            &dir.path().join(name),
-            &[
-                "--relay-only",
-                "--input",
-                "tone",
-                "--duration",
-                &duration,
-                "--stats-json",
-                json.to_str().unwrap(),
-            ],
-        )
+        CallProcess::spawn_tone(url, &room, dir.path(), name, SECONDS, &["--relay-only"])
     };
+    let stats = |name: &str| stats_path(dir.path(), name);
     // Alice waits in the room, so Bob (second in) sends the offer and owns ICE restarts.
     let mut alice = spawn("alice", &server.url());
     alice.wait_for("waiting for the peer", WAIT);

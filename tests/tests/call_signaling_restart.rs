@@ -2,7 +2,7 @@
 //! the middle of a call, the encrypted media keeps flowing peer to peer and nothing is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aparte_e2e_tests::{new_room, read_stats, CallProcess, SignalingServer, WAIT};
+use aparte_e2e_tests::{new_room, read_stats, stats_path, CallProcess, SignalingServer, WAIT};
 
 const SECONDS: u64 = 6;
 
@@ -11,24 +11,9 @@ fn media_keeps_flowing_when_the_signaling_server_restarts_mid_call() {
     let dir = tempfile::tempdir().unwrap();
     let server = SignalingServer::start(&[]);
     let room = new_room();
-    let stats = |name: &str| dir.path().join(format!("{name}.json"));
-    let duration = SECONDS.to_string();
-    let spawn = |name: &str| {
-        let json = stats(name);
-        CallProcess::spawn(
-            &server.url(),
-            &room,
-            &dir.path().join(name),
-            &[
-                "--input",
-                "tone",
-                "--duration",
-                &duration,
-                "--stats-json",
-                json.to_str().unwrap(),
-            ],
-        )
-    };
+    let spawn =
+        |name: &str| CallProcess::spawn_tone(&server.url(), &room, dir.path(), name, SECONDS, &[]);
+    let stats = |name: &str| stats_path(dir.path(), name);
     let (mut alice, mut bob) = (spawn("alice"), spawn("bob"));
     // Set up: link connected and keys confirmed (the SAS is shown) on both sides.
     for peer in [&mut alice, &mut bob] {

@@ -586,6 +586,8 @@ fn write_report(path: &std::path::Path, report: &CallReport) -> Result<(), Strin
 
 fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path::Path) {
     let mut err = std::io::stderr().lock();
+    // On a TTY a status line first clears the live line it replaces.
+    let clear = if tty { "\r\x1b[K" } else { "" };
     match update {
         CallUpdate::Joined { peer_present } => {
             let _ = writeln!(
@@ -599,12 +601,7 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
             );
         }
         CallUpdate::Security(status) => {
-            let _ = write!(
-                err,
-                "{}[{}]",
-                if tty { "\r\x1b[K" } else { "" },
-                status.label()
-            );
+            let _ = write!(err, "{clear}[{}]", status.label());
             match &status {
                 SecurityStatus::Encrypted {
                     sas,
@@ -681,7 +678,7 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 CaptionSource::PeerRecognizedHere => "peer*",
             };
             if caption.is_final {
-                let _ = write!(err, "{}", if tty { "\r\x1b[K" } else { "" });
+                let _ = write!(err, "{clear}");
                 let _ = match &caption.translation {
                     Some(t) => writeln!(
                         err,
@@ -695,63 +692,43 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
             }
         }
         CallUpdate::Translation(news) => {
-            let _ = writeln!(
-                err,
-                "{}translation: {news}",
-                if tty { "\r\x1b[K" } else { "" }
-            );
+            let _ = writeln!(err, "{clear}translation: {news}");
         }
         CallUpdate::PeerAway => {
             let _ = writeln!(
                 err,
-                "{}the peer dropped off the signaling server; the call goes on while media flows",
-                if tty { "\r\x1b[K" } else { "" }
+                "{clear}the peer dropped off the signaling server; the call goes on while media flows"
             );
         }
         CallUpdate::PeerBack => {
-            let _ = writeln!(
-                err,
-                "{}the peer is back on the signaling server",
-                if tty { "\r\x1b[K" } else { "" }
-            );
+            let _ = writeln!(err, "{clear}the peer is back on the signaling server");
         }
         CallUpdate::Rejoining => {
             let _ = writeln!(
                 err,
-                "{}reconnecting to the signaling server to rejoin the room",
-                if tty { "\r\x1b[K" } else { "" }
+                "{clear}reconnecting to the signaling server to rejoin the room"
             );
         }
         CallUpdate::Rejoined => {
-            let _ = writeln!(
-                err,
-                "{}rejoined the room on the signaling server",
-                if tty { "\r\x1b[K" } else { "" }
-            );
+            let _ = writeln!(err, "{clear}rejoined the room on the signaling server");
         }
         CallUpdate::RejoinFailed(why) => {
             // The text may come from the server: no control characters reach the terminal.
             let why: String = why.chars().filter(|c| !c.is_control()).collect();
             let _ = writeln!(
                 err,
-                "{}cannot rejoin the room ({why}); the call goes on peer to peer but cannot \
-                 recover from a network change",
-                if tty { "\r\x1b[K" } else { "" }
+                "{clear}cannot rejoin the room ({why}); the call goes on peer to peer but cannot \
+                 recover from a network change"
             );
         }
         CallUpdate::IceRestart { attempt } => {
             let _ = writeln!(
                 err,
-                "{}link lost: restarting ICE (attempt {attempt}); the keys and SAS stay the same",
-                if tty { "\r\x1b[K" } else { "" }
+                "{clear}link lost: restarting ICE (attempt {attempt}); the keys and SAS stay the same"
             );
         }
         CallUpdate::Reconnected { outage_ms } => {
-            let _ = writeln!(
-                err,
-                "{}link back after {outage_ms} ms, same keys",
-                if tty { "\r\x1b[K" } else { "" }
-            );
+            let _ = writeln!(err, "{clear}link back after {outage_ms} ms, same keys");
         }
         CallUpdate::SignalingLost(reason) => {
             let _ = writeln!(
