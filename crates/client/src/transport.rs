@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::configure_rtcp_reports;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -420,7 +420,12 @@ impl Transport {
             },
             RTPCodecType::Audio,
         )?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        // Only the RTCP report interceptors: their sender and receiver reports carry RTT and
+        // loss (the live status and the FEC policy use them). webrtc-rs's defaults also add
+        // NACK, which it negotiates for video only, and TWCC feedback, which feeds a congestion
+        // controller that a constant-bitrate audio call does not have. Both would only run
+        // timers and per-packet bookkeeping here (docs/WEBRTC.md).
+        let registry = configure_rtcp_reports(Registry::new());
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);
