@@ -170,6 +170,10 @@ pub struct RelayCounts {
     pub reordered: u64,
     /// Datagrams dropped because their allocation was cut ([`RecordingRelay::cut_allocations`]).
     pub cut: u64,
+    /// Datagrams carrying a DTLS ChangeCipherSpec record, relayed or not.
+    pub change_cipher_specs: u64,
+    /// Of those, dropped by [`RecordingRelay::drop_change_cipher_spec`].
+    pub change_cipher_specs_dropped: u64,
 }
 
 #[derive(Default)]
@@ -182,6 +186,8 @@ struct Counters {
     replayed: AtomicU64,
     reordered: AtomicU64,
     cut: AtomicU64,
+    change_cipher_specs: AtomicU64,
+    change_cipher_specs_dropped: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -201,6 +207,9 @@ struct Shared {
     cut_below: AtomicU64,
     /// RTP packets each allocation relayed (by allocation number).
     rtp_by_allocation: Mutex<HashMap<u64, u64>>,
+    /// Which datagram carrying a DTLS ChangeCipherSpec to drop (1 = the first relayed; 0 =
+    /// none).
+    drop_change_cipher_spec: AtomicU64,
     counters: Counters,
 }
 
@@ -222,6 +231,25 @@ impl Shared {
 /// in clear). RTCP's packet types 192..=223 put 64..=95 where RTP has its payload type.
 pub fn is_opus_rtp(datagram: &[u8]) -> bool {
     datagram.len() >= 12 && datagram[0] & 0xC0 == 0x80 && datagram[1] & 0x7F == OPUS_PAYLOAD_TYPE
+}
+
+/// Whether `datagram` holds a DTLS record of content type ChangeCipherSpec (20), walking the
+/// records it carries (RFC 6347 §4.1: type, version, epoch, sequence number, length).
+pub fn has_dtls_change_cipher_spec(datagram: &[u8]) -> bool {
+    const HEADER: usize = 13;
+    let mut rest = datagram;
+    while rest.len() >= HEADER {
+        let content_type = rest[0];
+        if !(20..=63).contains(&content_type) || rest[1] != 0xFE {
+            return false;
+        }
+        if content_type == 20 {
+            return true;
+        }
+        let length = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        rest = rest.get(HEADER + length..).unwrap_or_default();
+    }
+    false
 }
 
 /// A running TURN relay on 127.0.0.1 that records every datagram; closed on [`Self::close`].
@@ -271,6 +299,7 @@ impl RecordingRelay {
             allocations: AtomicU64::new(0),
             cut_below: AtomicU64::new(0),
             rtp_by_allocation: Mutex::new(HashMap::new()),
+            drop_change_cipher_spec: AtomicU64::new(0),
             counters: Counters::default(),
         });
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -327,6 +356,17 @@ impl RecordingRelay {
             username: USER.to_owned(),
             credential: PASSWORD.to_owned(),
         }
+    }
+
+    /// Drops the `nth` datagram (from 1, counted over all allocations) that carries a DTLS
+    /// ChangeCipherSpec record, and no other. In an ordinary DTLS 1.2 handshake the first is
+    /// in the client's final flight and the second in the server's, so `2` loses the
+    /// server's last flight: the case webrtc-rs's DTLS server never recovers from on its own
+    /// (docs/WEBRTC.md, "DTLS last-flight deadlock").
+    pub fn drop_change_cipher_spec(&self, nth: u64) {
+        self.shared
+            .drop_change_cipher_spec
+            .store(nth, Ordering::SeqCst);
     }
 
     /// Turns the RTP mangler on or off (off at start, so the call can set up first).
@@ -391,6 +431,8 @@ impl RecordingRelay {
             replayed: get(&c.replayed),
             reordered: get(&c.reordered),
             cut: get(&c.cut),
+            change_cipher_specs: get(&c.change_cipher_specs),
+            change_cipher_specs_dropped: get(&c.change_cipher_specs_dropped),
         }
     }
 
@@ -695,6 +737,14 @@ impl Conn for RelayConn {
             bump(&self.shared.counters.cut);
             return Ok(buf.len());
         }
+        if has_dtls_change_cipher_spec(buf) {
+            let c = &self.shared.counters;
+            let nth = c.change_cipher_specs.fetch_add(1, Ordering::SeqCst) + 1;
+            if nth == self.shared.drop_change_cipher_spec.load(Ordering::SeqCst) {
+                bump(&c.change_cipher_specs_dropped);
+                return Ok(buf.len());
+            }
+        }
         if is_opus_rtp(buf) {
             *self
                 .shared
@@ -800,5 +850,41 @@ impl PlaintextScanner {
             found.extend(self.find(&d.bytes));
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod dtls_tests {
+    use super::has_dtls_change_cipher_spec;
+
+    fn record(content_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![content_type, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0];
+        r.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn change_cipher_spec_is_found_behind_other_records_and_nowhere_else() {
+        let handshake = record(22, &[1; 40]);
+        let ccs = record(20, &[1]);
+        let finished = record(22, &[7; 24]);
+        assert!(has_dtls_change_cipher_spec(&ccs));
+        assert!(has_dtls_change_cipher_spec(
+            &[handshake.clone(), ccs.clone(), finished.clone()].concat()
+        ));
+        assert!(!has_dtls_change_cipher_spec(
+            &[handshake.clone(), finished].concat()
+        ));
+        // RTP, STUN and a truncated record are not DTLS ChangeCipherSpec.
+        assert!(!has_dtls_change_cipher_spec(&[
+            0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 20
+        ]));
+        assert!(!has_dtls_change_cipher_spec(&[
+            0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42
+        ]));
+        assert!(!has_dtls_change_cipher_spec(
+            &handshake[..handshake.len() - 41]
+        ));
     }
 }

@@ -53,6 +53,13 @@ const LINK_LOST_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the peer dropped off the signaling server, a call whose link is down (or goes down)
 /// waits this long for the peer to come back before ending. While media flows it goes on.
 const PEER_AWAY_GRACE: Duration = Duration::from_secs(10);
+/// A set-up whose ICE pair has worked this long without the DTLS handshake completing is
+/// taken for webrtc-rs's DTLS last-flight deadlock (docs/WEBRTC.md) and started over with new
+/// peer connections. DTLS retransmits every second, so a merely slow handshake on a lossy
+/// path has completed long before.
+const DTLS_STALL_AFTER: Duration = Duration::from_secs(8);
+/// Peer connections rebuilt in one call, at most (each side counts what it does).
+const MAX_REBUILDS: u32 = 2;
 
 /// Everything a call needs.
 #[derive(Debug, Clone)]
@@ -134,6 +141,12 @@ pub enum CallUpdate {
     /// from 1 for each outage.
     IceRestart {
         /// Restarts for this outage so far.
+        attempt: u32,
+    },
+    /// The DTLS handshake was stuck during set-up (ours, or the peer's, which asked), so the
+    /// peer connection is being built again; the keys stay the same.
+    Rebuilding {
+        /// Rebuilds in this call so far.
         attempt: u32,
     },
     /// The link came back after an outage, with the same keys; how long it was down.
@@ -237,6 +250,9 @@ pub struct CallReport {
     pub signaling_rejoins: u32,
     /// ICE restarts we started (only the offerer restarts; the answerer follows).
     pub ice_restarts: u32,
+    /// Times the peer connection was rebuilt during set-up because the DTLS handshake was
+    /// stuck (webrtc-rs's DTLS last-flight deadlock; either side may ask for it).
+    pub transport_rebuilds: u32,
     /// Times the link went down after set-up and came back.
     pub link_recoveries: u32,
     /// Total time the link was down after set-up, ms: for each outage, from the last packet
@@ -361,6 +377,10 @@ pub async fn run_call(
         ice_restarts: 0,
         link_recoveries: 0,
         link_down: Duration::ZERO,
+        transport_config: config,
+        pair_without_dtls_since: None,
+        rebuilds: 0,
+        new_transport_events: None,
         signaling_open: true,
     };
     if role == SdpRole::Offerer {
@@ -408,6 +428,7 @@ pub async fn run_call(
                 if !call.ever_set_up && call.both_joined.elapsed() >= SETUP_TIMEOUT {
                     call.ended_by = Some("call setup timed out".into());
                 }
+                call.check_dtls_stall().await;
                 call.check_link().await;
                 call.check_peer_away().await;
                 call.follow_loss(&audio);
@@ -434,6 +455,10 @@ pub async fn run_call(
             }
         }
         call.take_received_captions(&mut captions).await;
+        if let Some(events) = call.new_transport_events.take() {
+            // The old transport's queued events describe a connection that is gone.
+            transport_rx = events;
+        }
         call.ever_set_up |= call.is_set_up();
         // A set-up call that lost signaling gets back into the room, so it can restart ICE.
         if !call.signaling_open
@@ -561,6 +586,14 @@ struct Call {
     ice_restarts: u32,
     link_recoveries: u32,
     link_down: Duration,
+    /// What the transport was built from (a rebuild uses it again).
+    transport_config: TransportConfig,
+    /// Since when, during set-up, an ICE pair has been selected without the link connecting.
+    pair_without_dtls_since: Option<Instant>,
+    /// Peer connections rebuilt in this call.
+    rebuilds: u32,
+    /// A rebuilt transport's events, for the call loop to switch to.
+    new_transport_events: Option<mpsc::Receiver<TransportEvent>>,
     /// The signaling connection is up (needed to restart ICE).
     signaling_open: bool,
 }
@@ -704,6 +737,79 @@ impl Call {
         }
     }
 
+    /// Called on every tick during set-up: a working ICE pair on which the DTLS handshake has
+    /// not completed for [`DTLS_STALL_AFTER`] is webrtc-rs's DTLS last-flight deadlock (the
+    /// DTLS server never repeats its last flight, so when that flight is lost the client waits
+    /// for good while the server reports the link connected). Both sides start over.
+    async fn check_dtls_stall(&mut self) {
+        if self.connected
+            || self.ever_set_up
+            || self.security.is_none()
+            || self.rebuilds >= MAX_REBUILDS
+            || !self.signaling_open
+        {
+            self.pair_without_dtls_since = None;
+            return;
+        }
+        if self.transport.selected_pair().await.is_none() {
+            self.pair_without_dtls_since = None;
+            return;
+        }
+        let since = *self
+            .pair_without_dtls_since
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() >= DTLS_STALL_AFTER {
+            tracing::warn!(
+                "the DTLS handshake is stuck on a working ICE pair; rebuilding the peer connection"
+            );
+            self.relay(PeerMessage::Rebuild {}).await;
+            self.rebuild().await;
+        }
+    }
+
+    /// Replaces the peer connection with a fresh one (same certificate, same pinned peer
+    /// fingerprint, so the e2ee session stays valid) and, as the offerer, offers again.
+    async fn rebuild(&mut self) {
+        self.pair_without_dtls_since = None;
+        if self.rebuilds >= MAX_REBUILDS {
+            return;
+        }
+        self.rebuilds += 1;
+        let (transport, events) = match self.transport.rebuilt(&self.transport_config).await {
+            Ok(built) => built,
+            Err(e) => {
+                self.ended_by = Some(format!("could not rebuild the connection: {e}"));
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.transport, transport);
+        // Closing may wait on webrtc-rs (bounded by its own timeout); the call goes on.
+        tokio::spawn(async move {
+            let _ = old.close().await;
+        });
+        self.new_transport_events = Some(events);
+        self.connected = false;
+        self.data_open = false;
+        // The DTLS server's side took the old link for set up, but the peer never got a frame
+        // over it: the call starts (its duration, its set-up checks) on the new one.
+        self.ever_set_up = false;
+        self.media_since = None;
+        let _ = self
+            .updates
+            .send(CallUpdate::Rebuilding {
+                attempt: self.rebuilds,
+            })
+            .await;
+        if self.role == SdpRole::Offerer {
+            match self.transport.create_offer().await {
+                Ok(Signal::Offer(sdp)) => self.relay(PeerMessage::Offer { sdp }).await,
+                Ok(_) | Err(_) => {
+                    self.ended_by = Some("could not offer on the rebuilt connection".into());
+                }
+            }
+        }
+    }
+
     /// Called on every tick: restarts ICE while the link is down after set-up (offerer only;
     /// the answerer follows the offer), and gives the call up after [`LINK_LOST_TIMEOUT`].
     async fn check_link(&mut self) {
@@ -828,6 +934,9 @@ impl Call {
                     .apply_signal(Signal::Candidate(candidate))
                     .await;
             }
+            // The peer's DTLS handshake is stuck: start over on our side too. Bounded, so a
+            // peer (or a signaling server) repeating it cannot keep the call rebuilding.
+            PeerMessage::Rebuild {} => self.rebuild().await,
             PeerMessage::Handshake { data } => {
                 let Ok(bytes) = hex::decode(&data) else {
                     return Ok(());
@@ -1108,6 +1217,7 @@ impl Call {
             fec_peak_expected_loss_percent: self.fec_peak.max(self.fec.expected_loss_percent()),
             signaling_rejoins: self.rejoins,
             ice_restarts: self.ice_restarts,
+            transport_rebuilds: self.rebuilds,
             link_recoveries: self.link_recoveries,
             link_down_ms: u64::try_from(
                 (self.link_down + self.outage.map_or(Duration::ZERO, |o| o.since.elapsed()))

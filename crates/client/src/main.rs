@@ -727,6 +727,13 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 "{clear}link lost: restarting ICE (attempt {attempt}); the keys and SAS stay the same"
             );
         }
+        CallUpdate::Rebuilding { attempt } => {
+            let _ = writeln!(
+                err,
+                "{clear}the encrypted link's handshake stalled: connecting again (attempt {attempt}); \
+                 the keys and SAS stay the same"
+            );
+        }
         CallUpdate::Reconnected { outage_ms } => {
             let _ = writeln!(err, "{clear}link back after {outage_ms} ms, same keys");
         }

@@ -48,6 +48,10 @@ pub enum PeerMessage {
         /// Hex bytes.
         data: String,
     },
+    /// "My DTLS handshake is stuck: let us both start over with new peer connections" (same
+    /// certificates, so the e2ee session stays valid; the offerer then sends a new offer).
+    /// The way out of webrtc-rs's DTLS last-flight deadlock (docs/WEBRTC.md).
+    Rebuild {},
 }
 
 impl PeerMessage {
@@ -59,6 +63,7 @@ impl PeerMessage {
             Self::Offer { sdp } | Self::Answer { sdp } => sdp.len() <= MAX_SDP_BYTES,
             Self::Candidate { candidate } => candidate.len() <= MAX_CANDIDATE_BYTES,
             Self::Handshake { data } => data.len() <= MAX_HANDSHAKE_HEX,
+            Self::Rebuild {} => true,
         };
         if within {
             Ok(message)
@@ -315,5 +320,12 @@ mod tests {
             "a".repeat(2000)
         );
         assert!(PeerMessage::parse(&big).is_err());
+        let rebuild = serde_json::to_string(&PeerMessage::Rebuild {}).unwrap();
+        assert_eq!(rebuild, r#"{"kind":"rebuild"}"#);
+        assert_eq!(
+            PeerMessage::parse(&rebuild).unwrap(),
+            PeerMessage::Rebuild {}
+        );
+        assert!(PeerMessage::parse(r#"{"kind":"rebuild","sdp":"x"}"#).is_err());
     }
 }

@@ -27,6 +27,7 @@ use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::media::Sample;
+use webrtc::peer_connection::certificate::RTCCertificate;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -392,6 +393,24 @@ pub struct Transport {
     remote_fingerprint: StdMutex<PinnedFingerprint>,
     /// RTT and loss, updated by the RTP reader and the RTCP statistics poller.
     stats: Arc<StdMutex<SharedStats>>,
+    /// Our DTLS certificate, kept for [`Transport::rebuilt`] (webrtc-rs moves the one it is
+    /// given out of the peer connection's configuration).
+    certificate: RTCCertificate,
+}
+
+/// A new self-signed ECDSA P-256 DTLS certificate, as webrtc-rs would make, with a random
+/// subject name: DTLS 1.2 sends the certificate in clear, so a fixed name would tell the
+/// network which application this is.
+fn new_certificate() -> Result<RTCCertificate, TransportError> {
+    let mut name = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut name);
+    let certificate =
+        webrtc::dtls::crypto::Certificate::generate_self_signed(vec![hex::encode(name)])
+            .map_err(|e| TransportError::WebRtc(webrtc::Error::new(e.to_string())))?;
+    // Only checked when a peer connection is made with it; a call's rebuilds come within
+    // minutes of the first.
+    let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    Ok(RTCCertificate::from_existing(certificate, expires))
 }
 
 fn opus_capability() -> RTCRtpCodecCapability {
@@ -410,6 +429,39 @@ impl Transport {
     pub async fn new(
         config: &TransportConfig,
         role: SdpRole,
+    ) -> Result<(Self, mpsc::Receiver<TransportEvent>), TransportError> {
+        Self::build(
+            config,
+            role,
+            new_certificate()?,
+            PinnedFingerprint::default(),
+        )
+        .await
+    }
+
+    /// A fresh peer connection for the same call: same role, same DTLS certificate (so both
+    /// fingerprints, and with them the e2ee session bound to them, stay valid) and the same
+    /// pinned remote fingerprint. It starts from scratch: new ICE, new DTLS handshake, and it
+    /// needs a new offer and answer. This is the way out of webrtc-rs's DTLS last-flight
+    /// deadlock (docs/WEBRTC.md), which no ICE restart can clear. `self` is left as it is;
+    /// the caller closes it.
+    pub async fn rebuilt(
+        &self,
+        config: &TransportConfig,
+    ) -> Result<(Self, mpsc::Receiver<TransportEvent>), TransportError> {
+        let pinned = self
+            .remote_fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Self::build(config, self.role, self.certificate.clone(), pinned).await
+    }
+
+    async fn build(
+        config: &TransportConfig,
+        role: SdpRole,
+        certificate: RTCCertificate,
+        pinned: PinnedFingerprint,
     ) -> Result<(Self, mpsc::Receiver<TransportEvent>), TransportError> {
         let mut media = MediaEngine::default();
         media.register_codec(
@@ -463,6 +515,7 @@ impl Transport {
             } else {
                 RTCIceTransportPolicy::All
             },
+            certificates: vec![certificate.clone()],
             ..Default::default()
         };
         let pc = Arc::new(api.new_peer_connection(rtc_config).await?);
@@ -499,8 +552,9 @@ impl Transport {
             track,
             data,
             early_candidates: Mutex::new(Some(Vec::new())),
-            remote_fingerprint: StdMutex::new(PinnedFingerprint::default()),
+            remote_fingerprint: StdMutex::new(pinned),
             stats,
+            certificate,
         };
         Ok((transport, rx))
     }
@@ -914,6 +968,48 @@ async fn read_track(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offered_fingerprint(offer: Signal) -> Vec<u8> {
+        let Signal::Offer(sdp) = offer else {
+            panic!("not an offer");
+        };
+        dtls_fingerprint(&sdp).expect("a fingerprint in the offer")
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_transport_keeps_its_certificate_and_the_pin() {
+        let config = TransportConfig {
+            loopback_only: true,
+            ..Default::default()
+        };
+        let (first, _events) = Transport::new(&config, SdpRole::Offerer).await.unwrap();
+        let fingerprint = offered_fingerprint(first.create_offer().await.unwrap());
+        first
+            .remote_fingerprint
+            .lock()
+            .unwrap()
+            .check("a=fingerprint:sha-256 AA:BB")
+            .unwrap();
+        let (second, _events) = first.rebuilt(&config).await.unwrap();
+        assert_eq!(
+            offered_fingerprint(second.create_offer().await.unwrap()),
+            fingerprint,
+            "same certificate, same fingerprint"
+        );
+        assert!(matches!(
+            second.check_fingerprint("a=fingerprint:sha-256 CC:DD"),
+            Err(TransportError::FingerprintChanged)
+        ));
+        // A fresh transport, for contrast, has a certificate of its own.
+        let (other, _events) = Transport::new(&config, SdpRole::Offerer).await.unwrap();
+        assert_ne!(
+            offered_fingerprint(other.create_offer().await.unwrap()),
+            fingerprint
+        );
+        for t in [first, second, other] {
+            t.close().await.unwrap();
+        }
+    }
 
     fn count(sequences: impl IntoIterator<Item = u16>) -> SequenceLoss {
         let mut loss = SequenceLoss::default();
