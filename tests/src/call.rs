@@ -35,6 +35,18 @@ use tokio::time::timeout;
 /// retransmissions, which start at one second).
 pub const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 
+/// After how long a set-up with one side connected and the other still on a working ICE
+/// pair is taken for webrtc-rs's DTLS last-flight deadlock (see [`Call::connect`]).
+const DEADLOCK_AFTER: Duration = Duration::from_secs(12);
+
+/// Why [`Call::try_connect`] returned without a connected call.
+enum Unconnected {
+    /// The DTLS last-flight deadlock (the half-built call, to close; which side is stuck).
+    DtlsDeadlock(Box<Call>, String),
+    /// Anything else: what the links looked like.
+    Other(String),
+}
+
 /// One RTP payload as the receiving transport handed it over.
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -96,7 +108,36 @@ pub struct Call {
 impl Call {
     /// Builds both transports, relays SDP, ICE candidates and the e2ee handshake, and waits
     /// until both links are connected and media may flow.
+    ///
+    /// One known failure is retried, once, with new transports: webrtc-rs's DTLS server does
+    /// not answer a retransmitted final client flight (RFC 6347 §4.2.4), so when its own last
+    /// flight is lost on an impaired path, its side reports Connected and the other side stays
+    /// Connecting on a working ICE pair for good (docs/WEBRTC.md, "DTLS last-flight
+    /// deadlock"). The client gets out of it the same way, with new peer connections
+    /// (`check_dtls_stall` in `call.rs`, tested by `tests/call_dtls_deadlock.rs`); this
+    /// harness drives transports without the client's call loop, so it retries itself. The
+    /// retry is printed.
     pub async fn connect(alice: &TransportConfig, bob: &TransportConfig) -> Self {
+        match Self::try_connect(alice, bob).await {
+            Ok(call) => call,
+            Err(Unconnected::DtlsDeadlock(call, what)) => {
+                println!("DTLS last-flight deadlock ({what}); retrying once with new transports");
+                call.close().await;
+                match Self::try_connect(alice, bob).await {
+                    Ok(call) => call,
+                    Err(Unconnected::DtlsDeadlock(_, what) | Unconnected::Other(what)) => {
+                        panic!("the second attempt did not connect either: {what}")
+                    }
+                }
+            }
+            Err(Unconnected::Other(what)) => panic!("{what}"),
+        }
+    }
+
+    async fn try_connect(
+        alice: &TransportConfig,
+        bob: &TransportConfig,
+    ) -> Result<Self, Unconnected> {
         let epoch = Instant::now();
         let (a, a_events) = Transport::new(alice, SdpRole::Offerer)
             .await
@@ -178,9 +219,25 @@ impl Call {
             alice_ready: a_ready_tx,
             epoch,
         };
+        let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+        let both = async {
+            let _ = call
+                .alice
+                .link
+                .wait_for(|s| *s == LinkState::Connected)
+                .await;
+            let _ = call.bob.link.wait_for(|s| *s == LinkState::Connected).await;
+        };
+        // A deadlocked handshake never completes; a slow one (DTLS retransmits every second)
+        // has completed long before this.
+        if timeout(DEADLOCK_AFTER, both).await.is_err() {
+            if let Some(what) = call.dtls_deadlock().await {
+                return Err(Unconnected::DtlsDeadlock(Box::new(call), what));
+            }
+        }
         for (name, peer) in [("alice", &mut call.alice), ("bob", &mut call.bob)] {
-            let connected = timeout(
-                CONNECT_WITHIN,
+            let connected = tokio::time::timeout_at(
+                deadline,
                 peer.link.wait_for(|s| *s == LinkState::Connected),
             )
             .await
@@ -190,14 +247,29 @@ impl Call {
                 // path: which side, in which state, and on which ICE pair, if any.
                 let state = *peer.link.borrow();
                 let pair = peer.transport.selected_pair().await;
-                panic!(
+                return Err(Unconnected::Other(format!(
                     "the WebRTC link did not connect in {CONNECT_WITHIN:?}: {name} is \
                      {state:?}, selected pair {pair:?}"
-                );
+                )));
             }
         }
         println!("connected in {} ms", call.now_ms());
-        call
+        Ok(call)
+    }
+
+    /// Whether set-up is stuck in webrtc-rs's DTLS last-flight deadlock: one side
+    /// Connected, the other Connecting on a selected ICE pair. Says which side is stuck.
+    async fn dtls_deadlock(&self) -> Option<String> {
+        let (a, b) = (*self.alice.link.borrow(), *self.bob.link.borrow());
+        let (name, stuck) = match (a, b) {
+            (LinkState::Connected, LinkState::Connecting) => ("bob", &self.bob),
+            (LinkState::Connecting, LinkState::Connected) => ("alice", &self.alice),
+            _ => return None,
+        };
+        let pair = stuck.transport.selected_pair().await?;
+        Some(format!(
+            "{name} Connecting on {pair} after {DEADLOCK_AFTER:?}, its peer Connected"
+        ))
     }
 
     /// Milliseconds since the call started connecting (the clock of [`Arrival::arrival_ms`]).
