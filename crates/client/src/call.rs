@@ -934,9 +934,12 @@ impl Call {
                     .apply_signal(Signal::Candidate(candidate))
                     .await;
             }
-            // The peer's DTLS handshake is stuck: start over on our side too. Bounded, so a
-            // peer (or a signaling server) repeating it cannot keep the call rebuilding.
-            PeerMessage::Rebuild {} => self.rebuild().await,
+            // The peer's DTLS handshake is stuck: start over on our side too. Only while no
+            // frame from the peer has reached us (a stuck peer has never sent one), so a
+            // signaling server that forges the message cannot tear down a working call; and
+            // bounded, so repeating it cannot keep a set-up rebuilding.
+            PeerMessage::Rebuild {} if self.setup_ms.is_none() => self.rebuild().await,
+            PeerMessage::Rebuild {} => {}
             PeerMessage::Handshake { data } => {
                 let Ok(bytes) = hex::decode(&data) else {
                     return Ok(());
