@@ -143,6 +143,11 @@ pub enum CallUpdate {
         /// Restarts for this outage so far.
         attempt: u32,
     },
+    /// The first frame from the peer was decrypted: the call is set up and audio flows.
+    MediaStarted {
+        /// Both peers joined → this frame, ms (the `setup_ms` of the report).
+        setup_ms: u64,
+    },
     /// The DTLS handshake was stuck during set-up (ours, or the peer's, which asked), so the
     /// peer connection is being built again; the keys stay the same.
     Rebuilding {
@@ -1100,6 +1105,9 @@ impl Call {
                 if let Ok(opus) = security.unprotect_media(&payload, now_ms) {
                     if self.setup_ms.is_none() {
                         self.setup_ms = Some(now_ms);
+                        let _ = self
+                            .updates
+                            .try_send(CallUpdate::MediaStarted { setup_ms: now_ms });
                     }
                     // Never block: a full queue drops the frame, which the jitter buffer conceals.
                     let _ = audio.incoming.try_send((sequence, audio.now_ms(), opus));

@@ -734,6 +734,12 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                  the keys and SAS stay the same"
             );
         }
+        CallUpdate::MediaStarted { setup_ms } => {
+            let _ = writeln!(
+                err,
+                "{clear}media flowing: first frame from the peer decrypted {setup_ms} ms after both joined"
+            );
+        }
         CallUpdate::Reconnected { outage_ms } => {
             let _ = writeln!(err, "{clear}link back after {outage_ms} ms, same keys");
         }
