@@ -409,7 +409,7 @@ fn new_certificate() -> Result<RTCCertificate, TransportError> {
             .map_err(|e| TransportError::WebRtc(webrtc::Error::new(e.to_string())))?;
     // Only checked when a peer connection is made with it; a call's rebuilds come within
     // minutes of the first.
-    let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    let expires = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
     Ok(RTCCertificate::from_existing(certificate, expires))
 }
 
