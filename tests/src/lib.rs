@@ -1,12 +1,14 @@
 //! Shared helpers for aparté's end-to-end tests: finding the workspace binaries, running a
 //! real signaling server process, making speech WAVs with espeak-ng, an in-process recording
-//! (and, on demand, hostile or lossy) TURN relay ([`relay`]), and two in-process call
-//! endpoints over real WebRTC ([`call`]). The scenarios themselves live in `tests/tests/`.
+//! (and, on demand, hostile or lossy) TURN relay ([`relay`]), two in-process call endpoints
+//! over real WebRTC ([`call`]), a cuttable TCP proxy ([`proxy`]) and the socket side of
+//! scripted signaling servers ([`scripted`]). The scenarios themselves live in `tests/tests/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod call;
 pub mod proxy;
 pub mod relay;
+pub mod scripted;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -50,6 +52,15 @@ pub struct SignalingServer {
 }
 
 impl SignalingServer {
+    /// Starts the server handing out TURN REST credentials (made with `secret`) for an
+    /// external relay at `relay` (such as a [`relay::RecordingRelay`]), and waits until it
+    /// listens.
+    pub fn start_with_relay(relay: SocketAddr, secret: &[u8]) -> Self {
+        let turn_url = format!("turn:{relay}?transport=udp");
+        let secret = std::str::from_utf8(secret).expect("a UTF-8 TURN secret");
+        Self::start(&["--turn-url", &turn_url, "--turn-secret", secret])
+    }
+
     /// Starts the server with extra `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(binary("aparte-signaling"))

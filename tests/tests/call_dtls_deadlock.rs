@@ -30,13 +30,7 @@ fn a_lost_final_dtls_flight_is_recovered_by_rebuilding_the_connection() {
     let secret = b"dtls-test-turn-secret-0123456789abcdef";
     let relay = runtime.block_on(RecordingRelay::start_rest(secret));
     relay.drop_change_cipher_spec(2);
-    let turn_url = format!("turn:{}?transport=udp", relay.addr());
-    let server = SignalingServer::start(&[
-        "--turn-url",
-        &turn_url,
-        "--turn-secret",
-        std::str::from_utf8(secret).unwrap(),
-    ]);
+    let server = SignalingServer::start_with_relay(relay.addr(), secret);
     let room = new_room();
     let dir = tempfile::tempdir().unwrap();
     let spawn = |name: &str| {

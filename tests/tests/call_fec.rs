@@ -25,13 +25,7 @@ fn call_over(impairment: Impairment, seed: u64) -> [serde_json::Value; 2] {
         seed,
         RelayAuth::Rest(secret.to_vec()),
     ));
-    let turn_url = format!("turn:{}?transport=udp", relay.addr());
-    let server = SignalingServer::start(&[
-        "--turn-url",
-        &turn_url,
-        "--turn-secret",
-        std::str::from_utf8(secret).unwrap(),
-    ]);
+    let server = SignalingServer::start_with_relay(relay.addr(), secret);
     let room = new_room();
     let dir = tempfile::tempdir().unwrap();
     let spawn = |name: &str| {

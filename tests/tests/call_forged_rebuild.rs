@@ -8,20 +8,14 @@
 //! (`transport_rebuilds` 1) and loses the frames of the new set-up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-
 use aparte_client::signaling::PeerMessage;
+use aparte_e2e_tests::scripted::{accept_two_clients, Outbox, TwoClients};
 use aparte_e2e_tests::{new_room, read_stats, stats_path, CallProcess, WAIT};
 use aparte_signaling_protocol::message::{ClientMessage, ServerMessage};
 use aparte_signaling_protocol::PeerInfo;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 const SECONDS: u64 = 5;
-
-type Outbox = mpsc::UnboundedSender<String>;
 
 fn relay_message(from: usize, payload: &PeerMessage) -> String {
     ServerMessage::Relay {
@@ -34,35 +28,12 @@ fn relay_message(from: usize, payload: &PeerMessage) -> String {
 /// Runs the relaying server for one room of two. Returns its WebSocket URL and a sender:
 /// each `()` on it makes the server forge a rebuild request to both peers.
 async fn start_forger() -> (String, mpsc::UnboundedSender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, String)>();
-    let (outs_tx, mut outs) = mpsc::unbounded_channel::<(usize, Outbox)>();
+    let TwoClients {
+        url,
+        mut outboxes,
+        mut frames,
+    } = accept_two_clients().await;
     let (forge_tx, mut forge) = mpsc::unbounded_channel::<()>();
-    tokio::spawn(async move {
-        for index in 0..2usize {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let (mut sink, mut stream) = ws.split();
-            let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
-            outs_tx.send((index, out_tx)).unwrap();
-            tokio::spawn(async move {
-                while let Some(text) = out_rx.recv().await {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let events_tx = events_tx.clone();
-            tokio::spawn(async move {
-                while let Some(Ok(message)) = stream.next().await {
-                    if let Message::Text(text) = message {
-                        let _ = events_tx.send((index, text.as_str().to_owned()));
-                    }
-                }
-            });
-        }
-    });
     tokio::spawn(async move {
         let mut out: [Option<Outbox>; 2] = [None, None];
         let send = |out: &[Option<Outbox>; 2], to: usize, text: String| {
@@ -72,13 +43,13 @@ async fn start_forger() -> (String, mpsc::UnboundedSender<()>) {
         };
         loop {
             tokio::select! {
-                Some((index, outbox)) = outs.recv() => out[index] = Some(outbox),
+                Some((index, outbox)) = outboxes.recv() => out[index] = Some(outbox),
                 Some(()) = forge.recv() => {
                     for to in 0..2 {
                         send(&out, to, relay_message(1 - to, &PeerMessage::Rebuild {}));
                     }
                 }
-                Some((from, text)) = events.recv() => match ClientMessage::parse(&text).unwrap() {
+                Some((from, text)) = frames.recv() => match ClientMessage::parse(&text).unwrap() {
                     ClientMessage::Hello { version } => send(&out, from, ServerMessage::Welcome {
                         version, server: "forger".into(), max_message_bytes: 65_536, ping_interval_ms: 2_000,
                     }.to_json()),
@@ -102,7 +73,7 @@ async fn start_forger() -> (String, mpsc::UnboundedSender<()>) {
             }
         }
     });
-    (format!("ws://{addr}/ws"), forge_tx)
+    (url, forge_tx)
 }
 
 #[test]

@@ -65,13 +65,7 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let secret = b"ice-restart-test-turn-secret-0123456789";
     let relay = runtime.block_on(RecordingRelay::start_rest(secret));
-    let turn_url = format!("turn:{}?transport=udp", relay.addr());
-    let server = SignalingServer::start(&[
-        "--turn-url",
-        &turn_url,
-        "--turn-secret",
-        std::str::from_utf8(secret).unwrap(),
-    ]);
+    let server = SignalingServer::start_with_relay(relay.addr(), secret);
     let proxy = runtime.block_on(TcpProxy::start(server.addr));
     let bob_url = format!("ws://{}/ws", proxy.addr());
     let room = new_room();

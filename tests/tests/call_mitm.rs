@@ -9,23 +9,16 @@
 //! refuse the call outright (identity CHANGED).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-
 use aparte_client::sdp::dtls_fingerprint;
 use aparte_client::signaling::PeerMessage;
+use aparte_e2e_tests::scripted::{accept_two_clients, Outbox, TwoClients};
 use aparte_e2e_tests::{new_room, CallProcess, SignalingServer, WAIT};
 use aparte_e2ee::handshake::{CallParams, Handshake};
 use aparte_e2ee::identity::IdentityKey;
 use aparte_signaling_protocol::message::{ClientMessage, ServerMessage};
 use aparte_signaling_protocol::{PeerInfo, RoomId};
-use futures_util::{SinkExt, StreamExt};
 use rand_core::OsRng;
 use serde_json::value::RawValue;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-
-type Outbox = mpsc::UnboundedSender<String>;
 
 /// Mallory's view of the two peers: peer 1 joined first (answers, e2ee responder), peer 2
 /// second (offers, e2ee initiator).
@@ -124,34 +117,11 @@ impl Mallory {
 
 /// Runs the hostile server for one room of two; returns its WebSocket URL.
 async fn start_mitm() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, String)>();
-    let (outs_tx, mut outs) = mpsc::unbounded_channel::<(usize, Outbox)>();
-    tokio::spawn(async move {
-        for index in 0..2usize {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let (mut sink, mut stream) = ws.split();
-            let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
-            outs_tx.send((index, out_tx)).unwrap();
-            tokio::spawn(async move {
-                while let Some(text) = out_rx.recv().await {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let events_tx = events_tx.clone();
-            tokio::spawn(async move {
-                while let Some(Ok(message)) = stream.next().await {
-                    if let Message::Text(text) = message {
-                        let _ = events_tx.send((index, text.as_str().to_owned()));
-                    }
-                }
-            });
-        }
-    });
+    let TwoClients {
+        url,
+        mut outboxes,
+        mut frames,
+    } = accept_two_clients().await;
     tokio::spawn(async move {
         let mut mallory = Mallory {
             out: [None, None],
@@ -164,8 +134,8 @@ async fn start_mitm() -> String {
         };
         loop {
             tokio::select! {
-                Some((index, out)) = outs.recv() => mallory.out[index] = Some(out),
-                Some((from, text)) = events.recv() => match ClientMessage::parse(&text).unwrap() {
+                Some((index, out)) = outboxes.recv() => mallory.out[index] = Some(out),
+                Some((from, text)) = frames.recv() => match ClientMessage::parse(&text).unwrap() {
                     ClientMessage::Hello { version } => mallory.send(from, &ServerMessage::Welcome {
                         version, server: "mallory".into(), max_message_bytes: 65_536, ping_interval_ms: 2_000,
                     }),
@@ -187,7 +157,7 @@ async fn start_mitm() -> String {
             }
         }
     });
-    format!("ws://{addr}/ws")
+    url
 }
 
 fn sas(process: &CallProcess) -> String {
