@@ -223,6 +223,13 @@ impl CallProcess {
         &self.seen
     }
 
+    /// Waits for the process to end and asserts that it exited successfully (showing every
+    /// status line seen otherwise).
+    pub fn expect_clean_exit(&mut self) {
+        let status = self.child.wait().expect("wait for aparte");
+        assert!(status.success(), "{status}: {:?}", self.seen);
+    }
+
     /// Waits until a status line (already seen or new) contains `needle`; panics with
     /// everything seen otherwise.
     pub fn wait_for(&mut self, needle: &str, within: Duration) {

@@ -49,8 +49,7 @@ fn a_lost_final_dtls_flight_is_recovered_by_rebuilding_the_connection() {
         peer.wait_for("connecting again", SET_UP_WITHIN);
     }
     for peer in [&mut alice, &mut bob] {
-        let status = peer.child.wait().unwrap();
-        assert!(status.success(), "{:?}", peer.seen());
+        peer.expect_clean_exit();
     }
     let counts = relay.counts();
     runtime.block_on(relay.close());

@@ -45,8 +45,7 @@ fn call_over(impairment: Impairment, seed: u64) -> [serde_json::Value; 2] {
         peer.wait_for("SAS:", WAIT);
     }
     for peer in [&mut alice, &mut bob] {
-        let status = peer.child.wait().unwrap();
-        assert!(status.success(), "{:?}", peer.seen());
+        peer.expect_clean_exit();
     }
     runtime.block_on(relay.close());
     [read_stats(&stats("alice")), read_stats(&stats("bob"))]

@@ -92,8 +92,7 @@ fn a_forged_rebuild_request_does_not_touch_a_call_that_is_set_up() {
     }
     forge.send(()).unwrap();
     for peer in [&mut alice, &mut bob] {
-        let status = peer.child.wait().unwrap();
-        assert!(status.success(), "{:?}", peer.seen());
+        peer.expect_clean_exit();
         assert!(
             !peer.seen().iter().any(|l| l.contains("connecting again")),
             "{:?}",

@@ -122,8 +122,8 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
         back_after.as_secs_f64()
     );
 
-    assert!(alice.child.wait().unwrap().success(), "{:?}", alice.seen());
-    assert!(bob.child.wait().unwrap().success(), "{:?}", bob.seen());
+    alice.expect_clean_exit();
+    bob.expect_clean_exit();
     let after = relay.rtp_relayed_since(cut);
     println!("RTP packets relayed by the allocations made after the cut: {after:?}");
     assert!(

@@ -26,8 +26,8 @@ fn media_keeps_flowing_when_the_signaling_server_restarts_mid_call() {
     bob.wait_for("signaling connection lost", WAIT);
     let _restarted = SignalingServer::start(&[]); // …and bring a new one up, as an operator would
 
-    assert!(alice.child.wait().unwrap().success());
-    assert!(bob.child.wait().unwrap().success());
+    alice.expect_clean_exit();
+    bob.expect_clean_exit();
     let (a, b) = (read_stats(&stats("alice")), read_stats(&stats("bob")));
     for (me, other) in [(&a, &b), (&b, &a)] {
         let sent = other["frames_sent"].as_u64().unwrap();
