@@ -4,11 +4,18 @@
 #   signaling-server/load/run-all.sh [OUT_DIR] [RUNS]
 # The 10,000-connection run needs `ulimit -n` >= 10,200 (the server and the load generator each
 # hold 10,000 sockets); the script raises the soft limit to the hard limit.
+# The coturn runs (the reference relay, same load, same machine) need `turnserver`; the script
+# installs Debian's coturn package when it is missing (as root; nothing else is configured).
 set -euo pipefail
 OUT=${1:-target/signaling-load}
 RUNS=${2:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/aparte/target}
 cargo build --release -p aparte-signaling-server --bins
+if ! command -v turnserver >/dev/null; then
+  echo "==> installing coturn (reference TURN relay for the comparison runs)" >&2
+  apt-get install -y --no-install-recommends coturn >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends coturn >/dev/null; }
+fi
 LOAD="$CARGO_TARGET_DIR/release/aparte-signaling-load"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -23,5 +30,7 @@ run idle-10000 idle --connections 10000 --hold 10
 run relay-500x2000 relay --pairs 500 --rate 2000 --size 300 --duration 20
 run turn-100 turn --allocations 100 --pps 50 --size 100 --duration 20
 run turn-500 turn --allocations 500 --pps 50 --size 100 --duration 20
+run coturn-100 turn --allocations 100 --pps 50 --size 100 --duration 20 --relay-server coturn
+run coturn-500 turn --allocations 500 --pps 50 --size 100 --duration 20 --relay-server coturn
 run turn-100-direct turn --allocations 100 --pps 50 --size 100 --duration 20 --direct
 run turn-500-direct turn --allocations 500 --pps 50 --size 100 --duration 20 --direct

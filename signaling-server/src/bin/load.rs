@@ -8,6 +8,8 @@
 //!   relay latency p50/p99/max, messages lost, server CPU per message and RSS.
 //! - `turn`: K TURN allocations (real webrtc-rs client) each sending 50 packets/s of 100 bytes
 //!   through the relay to a UDP sink; report loss, latency, relay CPU per packet and RSS.
+//!   `--relay-server coturn` drives a `turnserver` (coturn) started the same way instead, so the
+//!   reference relay is measured under the identical load on the same machine.
 //!
 //! Every run is bounded in count and time and only uses loopback addresses.
 #![forbid(unsafe_code)]
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aparte_signaling_protocol::{turn_rest, ClientMessage, RoomId, ServerMessage};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -98,7 +100,20 @@ enum Mode {
         /// tasks. Shows how much of the measured latency is the generator's own scheduling.
         #[arg(long)]
         sink_thread: bool,
+        /// The relay under test: our embedded relay, or coturn's `turnserver` from `PATH`
+        /// (`apt-get install coturn`), started with the same REST secret on loopback.
+        #[arg(long, value_enum, default_value_t = RelayServer::Aparte)]
+        relay_server: RelayServer,
     },
+}
+
+/// Which TURN relay the `turn` mode drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RelayServer {
+    /// The relay embedded in `aparte-signaling` (`--turn-listen`).
+    Aparte,
+    /// coturn's `turnserver`, the reference the targets are set against.
+    Coturn,
 }
 
 /// The server process under test.
@@ -152,6 +167,84 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
         addr,
         turn_addr,
     })
+}
+
+/// Starts coturn's `turnserver` on a free loopback port with the REST secret `secret` (the
+/// same scheme our relay checks), relaying to loopback peers only, UDP only, and waits until it
+/// answers a STUN binding request. Everything else is coturn's default (relay threads, quotas).
+async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = Command::new("turnserver")
+        .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+        .arg(format!("--listening-port={port}"))
+        .args(["--use-auth-secret", "--realm=aparte"])
+        .arg(format!("--static-auth-secret={secret}"))
+        .args([
+            "--allow-loopback-peers",
+            "--no-tcp",
+            "--no-tls",
+            "--no-dtls",
+        ])
+        .args([
+            "--no-tcp-relay",
+            "--no-cli",
+            "--no-stdout-log",
+            "--log-file=/dev/null",
+        ])
+        // Its pid is ours already; nothing is left behind in /var/run.
+        .arg("--pidfile=/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "turnserver (coturn) is not installed: apt-get install coturn".to_string()
+            }
+            _ => format!("cannot start turnserver: {e}"),
+        })?;
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let request = {
+        use stun::message::{Message as StunMessage, Setter, BINDING_REQUEST};
+        let mut msg = StunMessage::new();
+        let setters: [Box<dyn Setter>; 2] = [
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(BINDING_REQUEST),
+        ];
+        msg.build(&setters)?;
+        msg.raw
+    };
+    let mut buf = [0u8; 1500];
+    for _ in 0..50 {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("turnserver exited at start-up ({status})").into());
+        }
+        probe.send_to(&request, addr).await?;
+        let answer = tokio::time::timeout(Duration::from_millis(100), probe.recv_from(&mut buf));
+        if let Ok(Ok((n, from))) = answer.await {
+            if from == addr && n >= 20 {
+                return Ok(ServerProc {
+                    child,
+                    // coturn serves no HTTP; the TURN mode uses only `turn_addr`.
+                    addr,
+                    turn_addr: Some(addr),
+                });
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("turnserver did not answer on {addr} within 5 s").into())
+}
+
+/// Number of threads of `pid` (0 if unknown).
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Resident set size of `pid`, in bytes.
@@ -263,6 +356,7 @@ fn main() -> Result<(), AnyError> {
                 via_client,
                 direct,
                 sink_thread,
+                relay_server,
             } => {
                 let how = if *direct {
                     Sender::Direct
@@ -276,7 +370,16 @@ fn main() -> Result<(), AnyError> {
                 } else {
                     Sink::Task
                 };
-                turn(&cli, *allocations, *pps, *size, *duration, how, sink).await
+                let load = TurnLoad {
+                    k: *allocations,
+                    pps: *pps,
+                    size: *size,
+                    duration: *duration,
+                    how,
+                    sink,
+                    relay_server: *relay_server,
+                };
+                turn(&cli, load).await
             }
         }
     })?;
@@ -489,15 +592,27 @@ async fn relay(
     }))
 }
 
-async fn turn(
-    cli: &Cli,
+/// One `turn` mode run, as given on the command line.
+struct TurnLoad {
     k: usize,
     pps: u64,
     size: usize,
     duration: u64,
     how: Sender,
-    sink_mode: Sink,
-) -> Result<serde_json::Value, AnyError> {
+    sink: Sink,
+    relay_server: RelayServer,
+}
+
+async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> {
+    let TurnLoad {
+        k,
+        pps,
+        size,
+        duration,
+        how,
+        sink: sink_mode,
+        relay_server,
+    } = load;
     let direct = how == Sender::Direct;
     use turn::client::{Client, ClientConfig};
     use webrtc_util::Conn;
@@ -506,19 +621,22 @@ async fn turn(
     let duration = duration.min(120);
     let size = size.max(24);
     let secret = "load-test-turn-secret";
-    let srv = start_server(
-        cli,
-        &[
-            "--turn-listen".into(),
-            "127.0.0.1:0".into(),
-            "--turn-secret".into(),
-            secret.into(),
-            "--turn-max-allocations".into(),
-            (k + 10).to_string(),
-            "--turn-max-bandwidth".into(),
-            "10000000".into(),
-        ],
-    )?;
+    let srv = match relay_server {
+        RelayServer::Aparte => start_server(
+            cli,
+            &[
+                "--turn-listen".into(),
+                "127.0.0.1:0".into(),
+                "--turn-secret".into(),
+                secret.into(),
+                "--turn-max-allocations".into(),
+                (k + 10).to_string(),
+                "--turn-max-bandwidth".into(),
+                "10000000".into(),
+            ],
+        )?,
+        RelayServer::Coturn => start_coturn(secret).await?,
+    };
     let pid = srv.child.id();
     let ticks = clock_ticks();
     let turn_addr = srv.turn_addr.ok_or("server did not start TURN")?;
@@ -695,6 +813,11 @@ async fn turn(
             Sender::Client => "turn-via-webrtc-rs-client",
             Sender::Raw => "turn",
         },
+        "relay_server": match relay_server {
+            RelayServer::Aparte => "aparte",
+            RelayServer::Coturn => "coturn",
+        },
+        "relay_threads": thread_count(pid),
         "sink": match sink_mode {
             Sink::Task => "task",
             Sink::Thread => "thread",
