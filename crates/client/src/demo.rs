@@ -2,9 +2,8 @@
 //! its TURN relay, with the two people played by the demo. It compares the two SAS values the
 //! way people would (they must be equal), confirms them on both sides, and reports.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use aparte_client::audio::{Input, Output};
@@ -21,15 +20,6 @@ const ALICE_SAYS: &str = "Hello Bob, this is Alice. This call is encrypted end t
 const BOB_SAYS: &str =
     "Hi Alice, Bob here. I can hear you clearly. Let us compare the safety words.";
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the demo, writing its files under `out_dir`.
 pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
@@ -40,8 +30,17 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     speak(ALICE_SAYS, &file("alice-says.wav"))?;
     speak(BOB_SAYS, &file("bob-says.wav"))?;
 
-    let (server, url) = start_server()?;
-    println!("signaling server at {url} (with its embedded TURN relay); calls are relay-only");
+    // The real server, in this process: the same code as the `aparte-signaling` binary.
+    let server = aparte_signaling_server::Embedded::start_loopback()
+        .await
+        .map_err(|e| format!("cannot start the signaling server on loopback: {e}"))?;
+    let url = server.ws_url();
+    println!(
+        "signaling server at {url}, TURN relay at udp {}, both in this process; calls are relay-only",
+        server
+            .turn_addr()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string())
+    );
     let room = RoomId::random(&mut rand_core::OsRng);
     // Each side captions its own speech (Whisper tiny.en) and translates it into Spanish
     // (Apertium) on its own CPU; the peer gets the captions inside the call's encryption.
@@ -98,7 +97,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     };
     let (alice, bob) = tokio::join!(alice, bob);
     let sas_equal = people.await.map_err(|e| e.to_string())?;
-    drop(server);
+    server.stop().await;
     let (alice, bob) = (
         alice.map_err(|e| e.to_string())?,
         bob.map_err(|e| e.to_string())?,
@@ -227,48 +226,5 @@ fn speak(text: &str, path: &PathBuf) -> Result<(), String> {
         Ok(())
     } else {
         Err("espeak-ng failed".into())
-    }
-}
-
-/// Starts `aparte-signaling` (built next to this binary) with its TURN relay on loopback.
-fn start_server() -> Result<(Server, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let server_bin = exe.with_file_name("aparte-signaling");
-    let mut child = Command::new(&server_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--log",
-            "error,turn=off",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {} ({e}); build it with `cargo build --release --bins`",
-                server_bin.display()
-            )
-        })?;
-    let stdout = child.stdout.take().ok_or("no stdout from the server")?;
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining the server's stdout for its whole life, so it never writes to a closed pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    return Ok((server, format!("ws://{addr}/ws")));
-                }
-            }
-            Err(_) => return Err("the signaling server did not start listening".into()),
-        }
     }
 }
