@@ -6,6 +6,8 @@
 # hold 10,000 sockets); the script raises the soft limit to the hard limit.
 # The coturn runs (the reference relay, same load, same machine) need `turnserver`; the script
 # installs Debian's coturn package when it is missing (as root; nothing else is configured).
+# The PeerJS runs (the reference signaling server) need `peerjs`; the script installs the npm
+# package `peer` globally when it is missing (needs Node.js and npm).
 set -euo pipefail
 OUT=${1:-target/signaling-load}
 RUNS=${2:-3}
@@ -17,6 +19,10 @@ if ! command -v turnserver >/dev/null; then
     { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends coturn >/dev/null; }
 fi
 LOAD="$CARGO_TARGET_DIR/release/aparte-signaling-load"
+if ! command -v peerjs >/dev/null; then
+  echo "==> installing PeerJS server (npm package peer, reference for the relay runs)" >&2
+  npm install -g --no-audit --no-fund peer@1.0.2 >/dev/null
+fi
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 run() {
@@ -28,6 +34,7 @@ run() {
 }
 run idle-10000 idle --connections 10000 --hold 10
 run relay-500x2000 relay --pairs 500 --rate 2000 --size 300 --duration 20
+run peerjs-500x2000 relay --pairs 500 --rate 2000 --size 300 --duration 20 --signaling-server peerjs
 run turn-100 turn --allocations 100 --pps 50 --size 100 --duration 20
 run turn-500 turn --allocations 500 --pps 50 --size 100 --duration 20
 run coturn-100 turn --allocations 100 --pps 50 --size 100 --duration 20 --relay-server coturn

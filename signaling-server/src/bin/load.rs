@@ -6,6 +6,8 @@
 //! - `idle`: hold N joined, idle WebSocket connections; report server RSS.
 //! - `relay`: P pairs exchanging ~300-byte messages at a total rate R for a duration; report
 //!   relay latency p50/p99/max, messages lost, server CPU per message and RSS.
+//!   `--signaling-server peerjs` drives a PeerJS server (`peerjs` from the npm package `peer`)
+//!   with the same pairs, rate and sizes, in its own protocol, as the reference.
 //! - `turn`: K TURN allocations (real webrtc-rs client) each sending 50 packets/s of 100 bytes
 //!   through the relay to a UDP sink; report loss, latency, relay CPU per packet and RSS.
 //!   `--relay-server coturn` drives a `turnserver` (coturn) started the same way instead, so the
@@ -72,6 +74,10 @@ enum Mode {
         /// Measured duration, in seconds (at most 120).
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// The server under test: ours, or a PeerJS server (the reference) started with the
+        /// `peerjs` command from `PATH` (`npm install -g peer`).
+        #[arg(long, value_enum, default_value_t = SignalingKind::Aparte)]
+        signaling_server: SignalingKind,
     },
     /// Drive the embedded TURN relay.
     Turn {
@@ -105,6 +111,15 @@ enum Mode {
         #[arg(long, value_enum, default_value_t = RelayServer::Aparte)]
         relay_server: RelayServer,
     },
+}
+
+/// Which signaling server the `relay` mode drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SignalingKind {
+    /// `aparte-signaling`.
+    Aparte,
+    /// PeerJS server (Node), whose relay figures the targets are set against.
+    Peerjs,
 }
 
 /// Which TURN relay the `turn` mode drives.
@@ -167,6 +182,63 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
         addr,
         turn_addr,
     })
+}
+
+/// Starts a PeerJS server (`peerjs` from `PATH`, the npm package `peer`) on a free loopback
+/// port, allowing `limit` concurrent clients, and waits until it says it started.
+fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new("peerjs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--concurrent_limit", &limit.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "peerjs is not installed: npm install -g peer@1".to_string()
+            }
+            _ => format!("cannot start peerjs: {e}"),
+        })?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Started PeerServer"));
+    if !started {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("peerjs exited before it started".into());
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerProc {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        turn_addr: None,
+    })
+}
+
+/// Connects to a PeerJS server as peer `id` and waits for its `OPEN`.
+async fn connect_peerjs(addr: SocketAddr, id: &str) -> Result<Ws, AnyError> {
+    let url = format!("ws://{addr}/peerjs?key=peerjs&id={id}&token=t{id}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    loop {
+        let Some(frame) = ws.next().await else {
+            return Err("closed before OPEN".into());
+        };
+        if let Message::Text(t) = frame? {
+            let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+            return match v["type"].as_str() {
+                Some("OPEN") => Ok(ws),
+                _ => Err(format!("peerjs refused {id}: {t}").into()),
+            };
+        }
+    }
 }
 
 /// Starts coturn's `turnserver` on a free loopback port with the REST secret `secret` (the
@@ -347,7 +419,8 @@ fn main() -> Result<(), AnyError> {
                 rate,
                 size,
                 duration,
-            } => relay(&cli, *pairs, *rate, *size, *duration).await,
+                signaling_server,
+            } => relay(&cli, *pairs, *rate, *size, *duration, *signaling_server).await,
             Mode::Turn {
                 allocations,
                 pps,
@@ -469,21 +542,25 @@ async fn relay(
     rate: u64,
     size: usize,
     duration: u64,
+    kind: SignalingKind,
 ) -> Result<serde_json::Value, AnyError> {
     let pairs = pairs.min(5000);
     let rate = rate.clamp(1, 50_000);
     let duration = duration.min(120);
     let size = size.max(120);
     let cap = (pairs * 2 + 100).to_string();
-    let srv = start_server(
-        cli,
-        &[
-            "--max-connections".into(),
-            cap.clone(),
-            "--max-connections-per-ip".into(),
-            cap,
-        ],
-    )?;
+    let srv = match kind {
+        SignalingKind::Aparte => start_server(
+            cli,
+            &[
+                "--max-connections".into(),
+                cap.clone(),
+                "--max-connections-per-ip".into(),
+                cap,
+            ],
+        )?,
+        SignalingKind::Peerjs => start_peerjs(pairs * 2 + 100)?,
+    };
     let pid = srv.child.id();
     let ticks = clock_ticks();
     let url = format!("ws://{}/ws", srv.addr);
@@ -492,14 +569,28 @@ async fn relay(
     let period = Duration::from_secs_f64(senders as f64 / rate as f64);
     let per_sender = (duration as f64 / period.as_secs_f64()).floor() as u64;
 
-    // Connect and join everyone first.
+    // Connect and join everyone first. `peer_of[i]`: where sender i's messages go (PeerJS
+    // addresses each message to a peer id; our server relays within the room).
     let mut conns = Vec::with_capacity(senders);
-    for _ in 0..pairs {
-        let room = RoomId::random(&mut rand_core::OsRng);
-        let (a, _) = connect_join(&url, &room).await?;
-        let (b, _) = connect_join(&url, &room).await?;
+    let mut peer_of = Vec::with_capacity(senders);
+    for pair in 0..pairs {
+        let (a, b) = match kind {
+            SignalingKind::Aparte => {
+                let room = RoomId::random(&mut rand_core::OsRng);
+                (
+                    connect_join(&url, &room).await?.0,
+                    connect_join(&url, &room).await?.0,
+                )
+            }
+            SignalingKind::Peerjs => (
+                connect_peerjs(srv.addr, &format!("a{pair}")).await?,
+                connect_peerjs(srv.addr, &format!("b{pair}")).await?,
+            ),
+        };
         conns.push(a);
         conns.push(b);
+        peer_of.push(format!("b{pair}"));
+        peer_of.push(format!("a{pair}"));
     }
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let received = Arc::new(AtomicU64::new(0));
@@ -508,7 +599,7 @@ async fn relay(
     let cpu_before = cpu_time(pid, ticks);
     let wall = Instant::now();
     let mut tasks = Vec::new();
-    for (i, ws) in conns.into_iter().enumerate() {
+    for ((i, ws), dst) in conns.into_iter().enumerate().zip(peer_of) {
         let (mut tx, mut rx) = ws.split();
         let offset = period.mul_f64(i as f64 / senders as f64);
         let sent = sent.clone();
@@ -516,10 +607,14 @@ async fn relay(
             let start = tokio::time::Instant::now() + offset;
             let mut tick = tokio::time::interval_at(start, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let envelope = match kind {
+                SignalingKind::Aparte => r#"{"type":"relay","payload":"#.to_owned(),
+                SignalingKind::Peerjs => format!(r#"{{"type":"OFFER","dst":"{dst}","payload":"#),
+            };
             for seq in 0..per_sender {
                 tick.tick().await;
                 let t = base.elapsed().as_nanos() as u64;
-                let head = format!(r#"{{"type":"relay","payload":{{"t":{t},"seq":{seq},"pad":""#);
+                let head = format!(r#"{envelope}{{"t":{t},"seq":{seq},"pad":""#);
                 let pad = size.saturating_sub(head.len() + 3);
                 let text = format!("{head}{}\"}}}}", "p".repeat(pad));
                 if tx.send(Message::text(text)).await.is_err() {
@@ -544,13 +639,22 @@ async fn relay(
                     break;
                 };
                 let now = base.elapsed().as_nanos() as u64;
-                if let Ok(ServerMessage::Relay { payload, .. }) = ServerMessage::parse(t.as_str()) {
-                    let v: serde_json::Value =
-                        serde_json::from_str(payload.get()).unwrap_or_default();
-                    if let Some(t0) = v["t"].as_u64() {
-                        local.push(now.saturating_sub(t0) / 1000);
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
+                let sent_at = match kind {
+                    SignalingKind::Aparte => match ServerMessage::parse(t.as_str()) {
+                        Ok(ServerMessage::Relay { payload, .. }) => {
+                            serde_json::from_str::<serde_json::Value>(payload.get())
+                                .ok()
+                                .and_then(|v| v["t"].as_u64())
+                        }
+                        _ => None,
+                    },
+                    SignalingKind::Peerjs => serde_json::from_str::<serde_json::Value>(t.as_str())
+                        .ok()
+                        .and_then(|v| v["payload"]["t"].as_u64()),
+                };
+                if let Some(t0) = sent_at {
+                    local.push(now.saturating_sub(t0) / 1000);
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
             }
             lat.lock().await.extend(local);
@@ -574,6 +678,10 @@ async fn relay(
     let recvd = received.load(Ordering::Relaxed);
     Ok(json!({
         "mode": "relay",
+        "signaling_server": match kind {
+            SignalingKind::Aparte => "aparte",
+            SignalingKind::Peerjs => "peerjs",
+        },
         "pairs": pairs,
         "target_rate_msgs_per_s": rate,
         "message_bytes": size,
