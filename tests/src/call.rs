@@ -496,6 +496,30 @@ pub fn mean_ncc(sent: &[f32], received: &[f32]) -> (f64, usize) {
     (nccs.iter().sum::<f64>() / nccs.len() as f64, nccs.len())
 }
 
+/// Clean-path bar for "what one side heard matches what the other said": the median of the
+/// per-segment NCCs ([`segment_nccs`]) must reach this...
+pub const MIN_MEDIAN_NCC: f64 = 0.80;
+/// ...and their mean at least this.
+pub const MIN_MEAN_NCC: f64 = 0.60;
+
+/// Asserts that the WAV `heard` matches the WAV `said` ([`segment_nccs`]: median ≥
+/// [`MIN_MEDIAN_NCC`], mean ≥ [`MIN_MEAN_NCC`]), printing the per-segment figures.
+pub fn assert_heard_matches_said(said: &Path, heard: &Path) {
+    let sent = read_mono_48k(said).unwrap();
+    let received = read_mono_48k(heard).unwrap();
+    let (said, heard) = (said.display(), heard.display());
+    let mut nccs = segment_nccs(&sent, &received);
+    let mean = nccs.iter().sum::<f64>() / nccs.len() as f64;
+    println!("{said} → {heard}: NCC per speech segment {nccs:.3?}, mean {mean:.3}");
+    nccs.sort_by(f64::total_cmp);
+    let median = nccs[nccs.len() / 2];
+    assert!(
+        median >= MIN_MEDIAN_NCC && mean >= MIN_MEAN_NCC,
+        "{said} → {heard}: median NCC {median:.3} (≥ {MIN_MEDIAN_NCC}), \
+         mean {mean:.3} (≥ {MIN_MEAN_NCC})"
+    );
+}
+
 /// The normalized cross-correlation of each 1 s segment of `sent` that carries speech with
 /// `received`, each segment aligned on its own within ±250 ms (0 for a segment that finds no
 /// alignment). Panics if `sent` has no speech at all.

@@ -5,20 +5,16 @@
 //! - it exits successfully, both sides print the same SAS and both end verified;
 //! - each side's `--stats-json`-style report says the call was relayed, with no frame rejected;
 //! - what each side heard matches what the other said: per-segment normalized
-//!   cross-correlation after delay alignment (the same metric and thresholds as
-//!   `call_processes.rs`: median ≥ 0.80, mean ≥ 0.60).
+//!   cross-correlation after delay alignment, median ≥ 0.80 and mean ≥ 0.60 (the bar every
+//!   clean-path call test uses, `call::assert_heard_matches_said`).
 //!
 //! Needs espeak-ng, Apertium and the tiny.en model; `scripts/test` installs them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 
-use aparte_e2e_tests::call::segment_nccs;
+use aparte_e2e_tests::call::assert_heard_matches_said;
 use aparte_e2e_tests::{binary, frames_rejected_total, read_stats};
-use aparte_media::wav::read_mono_48k;
-
-const MIN_MEDIAN_NCC: f64 = 0.80;
-const MIN_MEAN_NCC: f64 = 0.60;
 
 #[test]
 fn the_readme_demo_runs_a_verified_relayed_call_both_ways() {
@@ -70,17 +66,9 @@ fn the_readme_demo_runs_a_verified_relayed_call_both_ways() {
     }
 
     for (said, heard) in [("alice-says", "bob-heard"), ("bob-says", "alice-heard")] {
-        let sent = read_mono_48k(out_dir.join(format!("{said}.wav"))).unwrap();
-        let received = read_mono_48k(out_dir.join(format!("{heard}.wav"))).unwrap();
-        let mut nccs = segment_nccs(&sent, &received);
-        let mean = nccs.iter().sum::<f64>() / nccs.len() as f64;
-        println!("{said} → {heard}: NCC per speech segment {nccs:.3?}, mean {mean:.3}");
-        nccs.sort_by(f64::total_cmp);
-        let median = nccs[nccs.len() / 2];
-        assert!(
-            median >= MIN_MEDIAN_NCC && mean >= MIN_MEAN_NCC,
-            "{said} → {heard}: median NCC {median:.3} (≥ {MIN_MEDIAN_NCC}), \
-             mean {mean:.3} (≥ {MIN_MEAN_NCC})"
+        assert_heard_matches_said(
+            &out_dir.join(format!("{said}.wav")),
+            &out_dir.join(format!("{heard}.wav")),
         );
     }
 }
