@@ -184,6 +184,20 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
     })
 }
 
+/// Spawns a reference server (coturn, PeerJS) with stdin and stderr closed; a missing program
+/// is an error that says how to install it.
+fn spawn_reference(command: &mut Command, install: &str) -> Result<Child, AnyError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{program} is not installed: {install}").into(),
+            _ => format!("cannot start {program}: {e}").into(),
+        })
+}
+
 /// Starts a PeerJS server (`peerjs` from `PATH`, the npm package `peer`) on a free loopback
 /// port, allowing `limit` concurrent clients, and waits until it says it started.
 fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
@@ -191,19 +205,13 @@ fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = Command::new("peerjs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--concurrent_limit", &limit.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "peerjs is not installed: npm install -g peer@1".to_string()
-            }
-            _ => format!("cannot start peerjs: {e}"),
-        })?;
+    let mut child = spawn_reference(
+        Command::new("peerjs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--concurrent_limit", &limit.to_string()])
+            .stdout(Stdio::piped()),
+        "npm install -g peer@1.0.2",
+    )?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = std::io::BufReader::new(stdout).lines();
     let started = lines
@@ -249,7 +257,8 @@ async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
         .local_addr()?
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = Command::new("turnserver")
+    let mut command = Command::new("turnserver");
+    command
         .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
         .arg(format!("--listening-port={port}"))
         .args(["--use-auth-secret", "--realm=aparte"])
@@ -268,16 +277,8 @@ async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
         ])
         // Its pid is ours already; nothing is left behind in /var/run.
         .arg("--pidfile=/dev/null")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "turnserver (coturn) is not installed: apt-get install coturn".to_string()
-            }
-            _ => format!("cannot start turnserver: {e}"),
-        })?;
+        .stdout(Stdio::null());
+    let mut child = spawn_reference(&mut command, "apt-get install coturn")?;
     let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let request = {
         use stun::message::{Message as StunMessage, Setter, BINDING_REQUEST};
