@@ -209,6 +209,8 @@ fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
         Command::new("peerjs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--concurrent_limit", &limit.to_string()])
+            // Our clients send no PeerJS HEARTBEAT; keep them alive for the longest run.
+            .args(["--alive_timeout", "600000"])
             .stdout(Stdio::piped()),
         "npm install -g peer@1.0.2",
     )?;
