@@ -287,6 +287,7 @@ impl Drop for Running {
 /// through it.
 pub struct Embedded {
     running: Running,
+    turn: SocketAddr,
 }
 
 impl Embedded {
@@ -302,9 +303,11 @@ impl Embedded {
         let cfg = opts
             .resolve()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Embedded {
-            running: Running::start(cfg).await?,
-        })
+        let running = Running::start(cfg).await?;
+        let turn = running
+            .turn_addr()
+            .ok_or_else(|| std::io::Error::other("the TURN relay did not start"))?;
+        Ok(Embedded { running, turn })
     }
 
     /// The WebSocket URL clients join with, `ws://127.0.0.1:PORT/ws`.
@@ -313,8 +316,8 @@ impl Embedded {
     }
 
     /// The TURN relay's UDP address.
-    pub fn turn_addr(&self) -> Option<SocketAddr> {
-        self.running.turn_addr()
+    pub fn turn_addr(&self) -> SocketAddr {
+        self.turn
     }
 
     /// Shuts down gracefully (clients are told, connections drain within the default drain

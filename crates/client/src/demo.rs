@@ -37,9 +37,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     let url = server.ws_url();
     println!(
         "signaling server at {url}, TURN relay at udp {}, both in this process; calls are relay-only",
-        server
-            .turn_addr()
-            .map_or_else(|| "?".to_owned(), |a| a.to_string())
+        server.turn_addr()
     );
     let room = RoomId::random(&mut rand_core::OsRng);
     // Each side captions its own speech (Whisper tiny.en) and translates it into Spanish
