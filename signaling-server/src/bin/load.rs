@@ -75,7 +75,7 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         duration: u64,
         /// The server under test: ours, or a PeerJS server (the reference) started with the
-        /// `peerjs` command from `PATH` (`npm install -g peer`).
+        /// `peerjs` command from `PATH` (`npm install -g peer@1.0.2`).
         #[arg(long, value_enum, default_value_t = SignalingKind::Aparte)]
         signaling_server: SignalingKind,
     },
@@ -108,8 +108,8 @@ enum Mode {
         sink_thread: bool,
         /// The relay under test: our embedded relay, or coturn's `turnserver` from `PATH`
         /// (`apt-get install coturn`), started with the same REST secret on loopback.
-        #[arg(long, value_enum, default_value_t = RelayServer::Aparte)]
-        relay_server: RelayServer,
+        #[arg(long, value_enum, default_value_t = RelayKind::Aparte)]
+        relay_server: RelayKind,
     },
 }
 
@@ -124,7 +124,7 @@ enum SignalingKind {
 
 /// Which TURN relay the `turn` mode drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RelayServer {
+enum RelayKind {
     /// The relay embedded in `aparte-signaling` (`--turn-listen`).
     Aparte,
     /// coturn's `turnserver`, the reference the targets are set against.
@@ -215,17 +215,24 @@ fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
         "npm install -g peer@1.0.2",
     )?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("Started PeerServer"));
-    if !started {
+    // Read its stdout on a thread for its whole life (it never blocks on a full pipe), and
+    // wait a bounded time for the start-up line.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Started PeerServer") {
+                let _ = started_tx.send(());
+            }
+        }
+    });
+    if started.recv_timeout(Duration::from_secs(20)).is_err() {
         let _ = child.kill();
         let _ = child.wait();
-        return Err("peerjs exited before it started".into());
+        return Err("peerjs did not start within 20 s".into());
     }
-    std::thread::spawn(move || for _ in lines {});
     Ok(ServerProc {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -711,7 +718,7 @@ struct TurnLoad {
     duration: u64,
     how: Sender,
     sink: Sink,
-    relay_server: RelayServer,
+    relay_server: RelayKind,
 }
 
 async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> {
@@ -733,7 +740,7 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
     let size = size.max(24);
     let secret = "load-test-turn-secret";
     let srv = match relay_server {
-        RelayServer::Aparte => start_server(
+        RelayKind::Aparte => start_server(
             cli,
             &[
                 "--turn-listen".into(),
@@ -746,7 +753,7 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
                 "10000000".into(),
             ],
         )?,
-        RelayServer::Coturn => start_coturn(secret).await?,
+        RelayKind::Coturn => start_coturn(secret).await?,
     };
     let pid = srv.child.id();
     let ticks = clock_ticks();
@@ -925,8 +932,8 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
             Sender::Raw => "turn",
         },
         "relay_server": match relay_server {
-            RelayServer::Aparte => "aparte",
-            RelayServer::Coturn => "coturn",
+            RelayKind::Aparte => "aparte",
+            RelayKind::Coturn => "coturn",
         },
         "relay_threads": thread_count(pid),
         "sink": match sink_mode {
