@@ -225,6 +225,9 @@ pub struct CallReport {
     pub frames_fec_recovered: u64,
     /// Late packets dropped by the jitter buffer.
     pub frames_late: u64,
+    /// Frames the jitter buffer skipped to bring its delay back down to its target (after a
+    /// burst of arrivals): decrypted, never played.
+    pub frames_dropped_for_latency: u64,
     /// Frames written to the output.
     pub frames_played: u64,
     /// e2ee bytes added per audio frame (average).
@@ -1210,6 +1213,7 @@ impl Call {
             frames_concealed_at_end: audio.jitter.concealed_at_end,
             frames_fec_recovered: audio.jitter.fec_recovered,
             frames_late: audio.jitter.late,
+            frames_dropped_for_latency: audio.jitter.dropped_for_latency,
             frames_played: audio.frames_played,
             e2ee_overhead_bytes_per_frame: if self.frames_sent == 0 {
                 0.0
