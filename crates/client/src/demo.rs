@@ -123,10 +123,12 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// One side's summary line. Its CPU figure is the whole process's since that call began: both
+/// peers, their caption pipelines and the server all run in this one process.
 fn print_report(name: &str, r: &CallReport) {
     let rejected: u64 = r.frames_rejected.values().sum();
     println!(
-        "{name:>5}: {} | relayed: {} | sent {} frames, decrypted {}, rejected {}, concealed {} | e2ee overhead {:.1} B/frame | setup {} ms | CPU {:.2} s",
+        "{name:>5}: {} | relayed: {} | sent {} frames, decrypted {}, rejected {}, concealed {} | e2ee overhead {:.1} B/frame | setup {} ms | process CPU {:.2} s",
         r.security,
         r.relayed,
         r.frames_sent,
