@@ -13,12 +13,12 @@ OUT=${1:-target/signaling-load}
 RUNS=${2:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/aparte/target}
 cargo build --release -p aparte-signaling-server --bins
+LOAD="$CARGO_TARGET_DIR/release/aparte-signaling-load"
 if ! command -v turnserver >/dev/null; then
   echo "==> installing coturn (reference TURN relay for the comparison runs)" >&2
   apt-get install -y --no-install-recommends coturn >/dev/null ||
     { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends coturn >/dev/null; }
 fi
-LOAD="$CARGO_TARGET_DIR/release/aparte-signaling-load"
 if ! command -v peerjs >/dev/null; then
   echo "==> installing PeerJS server (npm package peer, reference for the relay runs)" >&2
   npm install -g --no-audit --no-fund peer@1.0.2 >/dev/null

@@ -5,8 +5,8 @@
 //! - it exits successfully, both sides print the same SAS and both end verified;
 //! - each side's `--stats-json`-style report says the call was relayed, with no frame rejected;
 //! - what each side heard matches what the other said: per-segment normalized
-//!   cross-correlation after delay alignment, median ≥ 0.80 and mean ≥ 0.60 (the bar every
-//!   clean-path call test uses, `call::assert_heard_matches_said`).
+//!   cross-correlation after delay alignment, median ≥ 0.80 and mean ≥ 0.60
+//!   (`call::assert_heard_matches_said`, the bar `call_processes.rs` uses too).
 //!
 //! Needs espeak-ng, Apertium and the tiny.en model; `scripts/test` installs them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
