@@ -57,6 +57,29 @@ pub enum FailReason {
     SasRejectedByPeer,
 }
 
+impl std::fmt::Display for FailReason {
+    /// A sentence for people: what happened and what it may mean.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(e) => write!(
+                f,
+                "the end-to-end key exchange failed: {e}; someone may be tampering with the \
+                 signaling path"
+            ),
+            Self::SasMismatch => f.write_str(
+                "the SAS is not the one expected (--expect-sas): someone may be in the middle; \
+                 call refused",
+            ),
+            Self::SasRejectedLocally => {
+                f.write_str("you said the SAS does not match: someone may be in the middle")
+            }
+            Self::SasRejectedByPeer => {
+                f.write_str("the peer said the SAS does not match: someone may be in the middle")
+            }
+        }
+    }
+}
+
 /// What the call UI must show now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityStatus {
@@ -76,13 +99,15 @@ pub enum SecurityStatus {
         /// The SAS (still worth showing).
         sas: Sas,
     },
-    /// WARNING: the peer presents a different identity than the one pinned under its name.
+    /// WARNING: the peer presents a different identity than the one pinned under its name, or
+    /// none at all (a man-in-the-middle who cannot prove the pinned key simply shows none, so
+    /// "no identity" must raise the same alarm, never a downgrade to a stranger).
     /// No media until [`CallSecurity::override_identity_change`].
     IdentityChanged {
         /// The identity that was pinned.
         pinned: IdentityPublic,
-        /// The identity the peer proved now.
-        presented: IdentityPublic,
+        /// The identity the peer proved now; `None` when it showed no identity.
+        presented: Option<IdentityPublic>,
         /// The SAS, to verify the new identity by voice.
         sas: Sas,
     },
@@ -276,9 +301,20 @@ impl CallSecurity {
             return;
         };
         let presented = self.info.as_ref().and_then(|i| i.peer_identity().copied());
-        if let (Some(name), Some(presented)) = (self.peer_name.clone(), presented) {
-            match self.peers.check(&name, &presented) {
-                PeerStatus::Changed { pinned, .. } => {
+        if let Some(name) = self.peer_name.clone() {
+            let status = match &presented {
+                Some(presented) => self.peers.check(&name, presented),
+                // Pinned, but no identity shown: as alarming as another identity.
+                None => match self.peers.get(&name) {
+                    Some(record) => PeerStatus::Changed {
+                        pinned: record.identity,
+                        was_verified: record.verified,
+                    },
+                    None => PeerStatus::New,
+                },
+            };
+            match (status, presented) {
+                (PeerStatus::Changed { pinned, .. }, presented) => {
                     events.push(self.set_status(SecurityStatus::IdentityChanged {
                         pinned,
                         presented,
@@ -286,7 +322,7 @@ impl CallSecurity {
                     }));
                     return;
                 }
-                PeerStatus::Matches { verified: true } => {
+                (PeerStatus::Matches { verified: true }, Some(presented)) => {
                     if self.peers.record_seen(&name, &presented, now_unix).is_ok() {
                         events.push(Event::PeersChanged);
                     }
@@ -296,11 +332,13 @@ impl CallSecurity {
                     }));
                     return;
                 }
-                PeerStatus::New | PeerStatus::Matches { verified: false } => {
+                (PeerStatus::New | PeerStatus::Matches { .. }, Some(presented)) => {
                     if self.peers.record_seen(&name, &presented, now_unix).is_ok() {
                         events.push(Event::PeersChanged);
                     }
                 }
+                // Nothing pinned and nothing shown: nothing to pin either.
+                (_, None) => {}
             }
         }
         self.apply_policy(sas, now_unix, events);
@@ -350,19 +388,21 @@ impl CallSecurity {
         events
     }
 
-    /// After an identity-changed warning, the person accepts the new identity explicitly: it
-    /// replaces the pinned one (unverified) and the call continues, asking for the SAS.
+    /// After an identity-changed warning, the person accepts the change explicitly. A new
+    /// identity replaces the pinned one (unverified); a peer that showed none leaves the pin
+    /// as it is (the next call that proves the pinned key is verified again). Either way the
+    /// call continues unverified, asking for the SAS: a changed identity is never trusted
+    /// silently, whatever the policy.
     pub fn override_identity_change(&mut self, now_unix: u64) -> Result<Vec<Event>, SessionError> {
         let SecurityStatus::IdentityChanged { presented, sas, .. } = &self.status else {
             return Err(self.wrong_state("override an identity change"));
         };
         let (presented, sas) = (*presented, sas.clone());
         let mut events = Vec::new();
-        if let Some(name) = &self.peer_name {
+        if let (Some(name), Some(presented)) = (&self.peer_name, presented) {
             self.peers.replace(name, &presented, now_unix);
             events.push(Event::PeersChanged);
         }
-        // A changed identity is never trusted silently, whatever the policy.
         if let Policy::TrustOnFirstUse = self.policy {
             self.policy = Policy::Interactive;
         }

@@ -238,7 +238,7 @@ fn changed_identity_stops_media_until_an_explicit_override() {
         panic!("{:?}", a.sec.status())
     };
     assert_eq!(pinned, idb.public());
-    assert_eq!(presented, mallory.public());
+    assert_eq!(presented, Some(mallory.public()));
     assert!(!a.sec.media_allowed());
     assert!(matches!(
         a.sec.protect_media(b"x"),
@@ -257,6 +257,69 @@ fn changed_identity_stops_media_until_an_explicit_override() {
             .check(&PeerName::new("bob").unwrap(), &mallory.public()),
         PeerStatus::Matches { verified: false }
     );
+}
+
+#[test]
+fn a_pinned_peer_that_shows_no_identity_is_a_changed_identity_not_a_stranger() {
+    // Alice and Bob pinned and verified each other. A signaling server in the middle runs its
+    // own handshake with each side and shows no identity at all (it cannot prove Bob's key).
+    let (ida, idb) = (
+        IdentityKey::generate(&mut OsRng),
+        IdentityKey::generate(&mut OsRng),
+    );
+    let bob = PeerName::new("bob").unwrap();
+    for policy in [Policy::Interactive, Policy::TrustOnFirstUse] {
+        let mut a_peers = KnownPeers::new();
+        a_peers.mark_verified(&bob, &idb.public(), 1).unwrap();
+        let (mut a, mut m) = pair(policy.clone(), Some(&ida), None, a_peers, KnownPeers::new());
+        pump(&mut a, &mut m);
+        let SecurityStatus::IdentityChanged {
+            pinned, presented, ..
+        } = a.sec.status().clone()
+        else {
+            panic!("{policy:?}: {:?}", a.sec.status())
+        };
+        assert_eq!(pinned, idb.public());
+        assert_eq!(presented, None);
+        // Nothing flows either way before the person decides.
+        assert!(!a.sec.media_allowed());
+        assert!(a.sec.protect_media(b"x").is_err());
+        assert!(a.sec.send_app(b"caption".to_vec()).is_err());
+        let f = m.sec.protect_media(b"from the middle").unwrap();
+        assert!(a.sec.unprotect_media(&f, 0).is_err());
+        assert!(a.sec.confirm_sas(2).is_err());
+
+        // An explicit override goes on unverified (never silently trusted, even under
+        // TOFU) and keeps Bob's pinned, verified key for the next call.
+        let ev = a.sec.override_identity_change(2).unwrap();
+        a.absorb(ev);
+        assert!(matches!(
+            a.sec.status(),
+            SecurityStatus::Encrypted {
+                confirmed_locally: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            a.sec.known_peers().check(&bob, &idb.public()),
+            PeerStatus::Matches { verified: true }
+        );
+    }
+}
+
+#[test]
+fn an_unpinned_peer_without_identity_is_just_unverified() {
+    let ida = IdentityKey::generate(&mut OsRng);
+    let (mut a, mut b) = pair(
+        Policy::Interactive,
+        Some(&ida),
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    assert!(matches!(a.sec.status(), SecurityStatus::Encrypted { .. }));
+    assert!(a.sec.known_peers().is_empty());
 }
 
 /// Runs a call whose ephemeral keys come from seeded RNGs, so the same seeds give the same SAS.
