@@ -1,18 +1,25 @@
 //! A sans-IO adaptive jitter buffer for 20 ms audio packets.
 //!
-//! The network side calls [`JitterBuffer::push`] with each packet, its sequence number and its
-//! arrival time. The playout side calls [`JitterBuffer::pop`] once per 20 ms tick with the
+//! The network side calls [`JitterBuffer::push_frame`] with each packet, its frame index and
+//! its arrival time. The playout side calls [`JitterBuffer::pop`] once per 20 ms tick with the
 //! current time and gets a [`Playout`]: decode this packet, rebuild the frame from the next
 //! packet's FEC, conceal, or wait (nothing to play yet). There is no clock and no thread inside:
 //! every time is a millisecond count the caller passes in, so tests run a whole call in
 //! microseconds and reproduce exactly.
 //!
-//! ## Sequence numbers
+//! ## Frame indices
 //!
-//! Sequence numbers are `u16` with wraparound, as in RTP: 65535 is followed by 0. Internally
-//! each is extended to a `u64` relative to the highest number seen (a jump of less than half
-//! the space forward is newer, otherwise older), so ordering is correct across any number of
-//! wraps. Each sequence number stands for one 20 ms frame.
+//! The index says where a frame sits in the sender's stream: one more per 20 ms frame. Playout
+//! order, duplicate detection, the timing model and the loss accounting all follow it. In a
+//! call it is the **authenticated** index the e2ee layer returns
+//! (`aparte_session::MediaFrame::index`: the key epoch and frame counter, both covered by the
+//! AEAD), never the RTP sequence number, which anything inside SRTP (an SFU, a relay) can
+//! rewrite to reorder authentic frames or have them dropped as duplicates. The RTP sequence
+//! number stays useful only as a hint for transport loss statistics.
+//!
+//! [`JitterBuffer::push`] still takes a `u16` RTP-style sequence number (65535 is followed by
+//! 0), extended to an index relative to the highest number seen, for streams that have no
+//! authenticated index.
 //!
 //! ## Algorithm
 //!
@@ -36,7 +43,11 @@
 //!   [`Playout::Conceal`], and playout moves on.
 //! * **Too much delay.** If the current delay is more than one frame above the target and at
 //!   least two frames are buffered, one frame is dropped (at most once every
-//!   [`shrink_interval_ticks`](JitterConfig::shrink_interval_ticks) ticks) to bring it down.
+//!   [`shrink_interval_ticks`](JitterConfig::shrink_interval_ticks) ticks) to bring it down,
+//!   but never during the first [`start_grace_ms`](JitterConfig::start_grace_ms) after
+//!   playout starts: at start-up the timing window holds a handful of samples, and one frame
+//!   that came late (two arriving together) made the buffer throw away the opening of the
+//!   call to win back 20 ms.
 //! * **Idle.** After [`idle_after_ms`](JitterConfig::idle_after_ms) of nothing but concealment
 //!   with an empty buffer (the peer stopped sending), the buffer goes back to waiting, answers
 //!   [`Playout::Wait`] and starts afresh when packets come back. The concealment it did
@@ -55,8 +66,16 @@
 //!
 //! At most [`capacity`](JitterConfig::capacity) packets of at most
 //! [`max_packet_bytes`](JitterConfig::max_packet_bytes) each are held, plus a fixed window of
-//! timing samples and recently seen sequence numbers. Late packets (behind playout) and
-//! duplicates are dropped and counted. No input panics.
+//! timing samples and recently seen indices. Late packets (behind playout) and duplicates are
+//! dropped and counted. No input panics, whatever the indices and times.
+//!
+//! ## Accounting
+//!
+//! Every packet pushed ends up in exactly one counter of [`JitterStats`]: played, dropped (for
+//! latency, buffer full, reset, late, duplicate, invalid) or still buffered. The buffer also
+//! tracks which indices it has seen over the whole stream (lowest, highest, how many
+//! distinct), so frames that never arrived can be counted; [`crate::accounting`] puts these
+//! together with the sender's and the e2ee layer's counts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -67,6 +86,10 @@ const FRAME: i64 = FRAME_MS as i64;
 const FAR_LATE_RESYNC: u32 = 8;
 /// Base of the extended sequence space, so unwrapping backwards never goes below zero.
 const EXT_BASE: u64 = 1 << 32;
+/// How many recent distinct indices the stream accounting remembers to tell a repeat from a
+/// first arrival: twice the e2ee replay window (512), so any frame the e2ee layer accepts is
+/// within it.
+const ACCOUNTING_WINDOW: usize = 1024;
 
 /// What went wrong configuring the jitter buffer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +121,9 @@ pub struct JitterConfig {
     /// After this long of concealment with nothing buffered, playout stops and waits. Default
     /// 1000 ms.
     pub idle_after_ms: u32,
+    /// For this long after playout starts (or restarts), no frame is dropped to reduce the
+    /// delay. Default 1000 ms.
+    pub start_grace_ms: u32,
 }
 
 impl Default for JitterConfig {
@@ -111,6 +137,7 @@ impl Default for JitterConfig {
             quantile_percent: 95,
             shrink_interval_ticks: 10,
             idle_after_ms: 1000,
+            start_grace_ms: 1000,
         }
     }
 }
@@ -146,6 +173,9 @@ impl JitterConfig {
         if self.idle_after_ms < FRAME_MS {
             return bad("idle_after_ms must be at least one frame");
         }
+        if self.start_grace_ms > 60_000 {
+            return bad("start_grace_ms must be at most 60000");
+        }
         Ok(())
     }
 }
@@ -180,6 +210,10 @@ pub enum Pushed {
 }
 
 /// Counters and current state, for the call statistics.
+///
+/// Every push lands in exactly one of `received`, `late`, `duplicates` and `invalid`
+/// ([`pushed`](Self::pushed)), and every packet received in exactly one of `played`,
+/// `dropped_for_latency`, `dropped_full`, `dropped_on_reset` and `buffered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JitterStats {
     /// Packets accepted into the buffer.
@@ -197,7 +231,7 @@ pub struct JitterStats {
     pub stretched: u64,
     /// Frames rebuilt from the next packet's FEC ([`Playout::FecFrom`]).
     pub fec_recovered: u64,
-    /// Frames declared lost (rebuilt by FEC or concealed).
+    /// Frames declared lost at playout (rebuilt by FEC or concealed): missing or late.
     pub lost: u64,
     /// Packets that arrived after their frame was played or given up.
     pub late: u64,
@@ -207,8 +241,10 @@ pub struct JitterStats {
     pub invalid: u64,
     /// Frames dropped to bring the delay down to the target.
     pub dropped_for_latency: u64,
-    /// Packets dropped because the buffer was full or was resynchronised.
-    pub overflow: u64,
+    /// Packets dropped because the buffer was full.
+    pub dropped_full: u64,
+    /// Packets that were held when the buffer resynchronised or was reset, and dropped.
+    pub dropped_on_reset: u64,
     /// Times the buffer started afresh after a big jump or a sender restart.
     pub resyncs: u64,
     /// The target delay now, in ms.
@@ -219,6 +255,80 @@ pub struct JitterStats {
     pub jitter_ms: u32,
     /// Packets held now.
     pub buffered: u32,
+    /// Distinct indices pushed over the whole stream, whatever became of the packets
+    /// (resets and resyncs do not clear it). With an authenticated index each frame is
+    /// pushed at most once, so this equals [`pushed`](Self::pushed).
+    pub distinct_frames: u64,
+    /// The lowest index pushed, if any.
+    pub lowest_index: Option<u64>,
+    /// The highest index pushed, if any.
+    pub highest_index: Option<u64>,
+    /// Indices between the lowest and the highest that were never pushed: frames that never
+    /// reached the buffer (lost on the way, rejected, or dropped before it). Frames before the
+    /// lowest and after the highest need the sender's count (see [`crate::accounting`]).
+    pub missing: u64,
+}
+
+impl JitterStats {
+    /// Every packet pushed: `received + late + duplicates + invalid`.
+    pub fn pushed(&self) -> u64 {
+        self.received
+            .saturating_add(self.late)
+            .saturating_add(self.duplicates)
+            .saturating_add(self.invalid)
+    }
+
+    /// Every packet pushed but not played and not held now, all reasons:
+    /// `late + duplicates + invalid + dropped_for_latency + dropped_full + dropped_on_reset`.
+    pub fn dropped(&self) -> u64 {
+        [
+            self.late,
+            self.duplicates,
+            self.invalid,
+            self.dropped_for_latency,
+            self.dropped_full,
+            self.dropped_on_reset,
+        ]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b))
+    }
+}
+
+/// Which indices a stream has brought, for counting frames that never arrived. Bounded: it
+/// remembers the last [`ACCOUNTING_WINDOW`] distinct indices; an index older than all of them
+/// is taken as a first arrival (with an authenticated index, a repeat that old cannot pass
+/// the e2ee replay window).
+#[derive(Debug, Clone, Default)]
+struct Coverage {
+    recent: BTreeSet<u64>,
+    distinct: u64,
+    lowest: Option<u64>,
+    highest: Option<u64>,
+}
+
+impl Coverage {
+    fn note(&mut self, index: u64) {
+        if self.recent.contains(&index) {
+            return;
+        }
+        self.recent.insert(index);
+        while self.recent.len() > ACCOUNTING_WINDOW {
+            self.recent.pop_first();
+        }
+        self.distinct = self.distinct.saturating_add(1);
+        self.lowest = Some(self.lowest.map_or(index, |l| l.min(index)));
+        self.highest = Some(self.highest.map_or(index, |h| h.max(index)));
+    }
+
+    fn missing(&self) -> u64 {
+        match (self.lowest, self.highest) {
+            (Some(l), Some(h)) => h
+                .saturating_sub(l)
+                .saturating_add(1)
+                .saturating_sub(self.distinct),
+            _ => 0,
+        }
+    }
 }
 
 /// The adaptive jitter buffer. See the [module docs](self) for the algorithm.
@@ -226,8 +336,14 @@ pub struct JitterStats {
 pub struct JitterBuffer {
     config: JitterConfig,
     packets: BTreeMap<u64, Vec<u8>>,
-    /// Highest extended sequence number seen, for unwrapping.
+    /// Highest index accepted since the last reset.
     highest: Option<u64>,
+    /// For [`push`](Self::push): the extended sequence number that `u16` numbers are
+    /// unwrapped against.
+    seq_highest: Option<u64>,
+    /// When playout last started (`now` of the starting tick), for the start grace.
+    started_at: Option<i64>,
+    coverage: Coverage,
     /// Next frame to play; `None` while waiting to start.
     next: Option<u64>,
     /// While waiting after an idle period: frames below this were already played.
@@ -261,6 +377,9 @@ impl JitterBuffer {
             config,
             packets: BTreeMap::new(),
             highest: None,
+            seq_highest: None,
+            started_at: None,
+            coverage: Coverage::default(),
             next: None,
             floor: None,
             seen: BTreeSet::new(),
@@ -292,6 +411,10 @@ impl JitterBuffer {
         s.target_delay_ms = self.target_ms;
         s.jitter_ms = u32::try_from((self.jitter_q4 + 8) / 16).unwrap_or(u32::MAX);
         s.buffered = u32::try_from(self.packets.len()).unwrap_or(u32::MAX);
+        s.distinct_frames = self.coverage.distinct;
+        s.lowest_index = self.coverage.lowest;
+        s.highest_index = self.coverage.highest;
+        s.missing = self.coverage.missing();
         s
     }
 
@@ -315,14 +438,40 @@ impl JitterBuffer {
         self.next.is_some()
     }
 
-    /// Takes in one packet with its sequence number and arrival time (ms, any epoch, the same
-    /// clock as [`pop`](Self::pop)).
+    /// Takes in one packet with an RTP-style `u16` sequence number and its arrival time (ms,
+    /// any epoch, the same clock as [`pop`](Self::pop)). Only for streams without an
+    /// authenticated index: a call's audio goes through [`push_frame`](Self::push_frame).
     pub fn push(&mut self, seq: u16, arrival_ms: u64, packet: Vec<u8>) -> Pushed {
+        let ext = match self.seq_highest {
+            None => EXT_BASE + u64::from(seq),
+            Some(h) => {
+                // Truncation to u16 is the point: the difference is taken modulo 2^16.
+                let delta = i64::from(seq.wrapping_sub(h as u16) as i16);
+                h.saturating_add_signed(delta)
+            }
+        };
+        let outcome = self.push_frame(ext, arrival_ms, packet);
+        match outcome {
+            // Unwrapping restarts at this packet.
+            Pushed::Resynced => self.seq_highest = Some(ext),
+            Pushed::Accepted => {
+                self.seq_highest = Some(self.seq_highest.map_or(ext, |h| h.max(ext)))
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Takes in one packet with its frame index (its position in the sender's stream; in a
+    /// call, the authenticated index from the e2ee layer) and its arrival time (ms, any epoch,
+    /// the same clock as [`pop`](Self::pop)).
+    pub fn push_frame(&mut self, index: u64, arrival_ms: u64, packet: Vec<u8>) -> Pushed {
+        let ext = index;
+        self.coverage.note(ext);
         if packet.is_empty() || packet.len() > self.config.max_packet_bytes {
             self.stats.invalid += 1;
             return Pushed::Invalid;
         }
-        let ext = self.extend(seq);
         if self.packets.contains_key(&ext) || self.seen.contains(&ext) {
             self.stats.duplicates += 1;
             return Pushed::Duplicate;
@@ -369,10 +518,6 @@ impl JitterBuffer {
         }
         self.far_late_run = 0;
         self.ending = false;
-        if outcome == Pushed::Resynced {
-            // Unwrapping restarts at this packet.
-            self.highest = Some(ext);
-        }
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
         self.record_timing(ext, arrival_ms);
         self.packets.insert(ext, packet);
@@ -381,7 +526,7 @@ impl JitterBuffer {
         // Keep the bound even in odd cases (packets arriving out of order before playout).
         while self.packets.len() > self.config.capacity {
             if self.packets.pop_last().is_some() {
-                self.stats.overflow += 1;
+                self.stats.dropped_full += 1;
             }
         }
         outcome
@@ -405,16 +550,22 @@ impl JitterBuffer {
         if self.packets.contains_key(&next) {
             self.reset_run();
             let mut play = next;
+            let after = next.saturating_add(1);
+            let settled = self
+                .started_at
+                .is_none_or(|t| now.saturating_sub(t) >= i64::from(self.config.start_grace_ms));
             if delay > target + FRAME
+                && settled
                 && self.ticks_since_shrink >= self.config.shrink_interval_ticks
-                && self.packets.contains_key(&(next + 1))
+                && after != next
+                && self.packets.contains_key(&after)
             {
                 self.packets.remove(&next);
                 self.stats.dropped_for_latency += 1;
                 self.ticks_since_shrink = 0;
-                play = next + 1;
+                play = after;
             }
-            self.next = Some(play + 1);
+            self.next = Some(play.saturating_add(1));
             return match self.packets.remove(&play) {
                 Some(p) => {
                     self.stats.played += 1;
@@ -432,8 +583,9 @@ impl JitterBuffer {
         }
         // Give the frame up.
         self.stats.lost += 1;
-        self.next = Some(next + 1);
-        if let Some(p) = self.packets.get(&(next + 1)).cloned() {
+        let after = next.saturating_add(1);
+        self.next = Some(after);
+        if let Some(p) = self.packets.get(&after).filter(|_| after != next).cloned() {
             self.reset_run();
             self.stats.fec_recovered += 1;
             return Playout::FecFrom(p);
@@ -458,11 +610,14 @@ impl JitterBuffer {
         }
     }
 
-    /// Drops everything held and starts again, keeping the counters.
+    /// Drops everything held and starts again, keeping the counters and the stream
+    /// accounting.
     pub fn reset(&mut self) {
-        self.stats.overflow += self.packets.len() as u64;
+        self.stats.dropped_on_reset += self.packets.len() as u64;
         self.packets.clear();
         self.highest = None;
+        self.seq_highest = None;
+        self.started_at = None;
         self.next = None;
         self.floor = None;
         self.seen.clear();
@@ -532,7 +687,7 @@ impl JitterBuffer {
     /// Stops playout until packets come again. Frames after the last one received were never
     /// sent, as far as we know.
     fn go_idle(&mut self) {
-        self.floor = self.highest.map(|h| h + 1).or(self.next);
+        self.floor = self.highest.map(|h| h.saturating_add(1)).or(self.next);
         self.next = None;
         self.clear_timing();
     }
@@ -544,6 +699,7 @@ impl JitterBuffer {
         }
         self.next = Some(first);
         self.floor = None;
+        self.started_at = Some(now);
         self.ticks_since_shrink = 0;
         self.reset_run();
         Some(first)
@@ -553,17 +709,6 @@ impl JitterBuffer {
     fn delay_of(&self, ext: u64, now: i64) -> i64 {
         let base = self.transits.iter().copied().min().unwrap_or(0);
         now.saturating_sub(base.saturating_add(frame_time(ext)))
-    }
-
-    fn extend(&self, seq: u16) -> u64 {
-        match self.highest {
-            None => EXT_BASE + u64::from(seq),
-            Some(h) => {
-                // Truncation to u16 is the point: the difference is taken modulo 2^16.
-                let delta = i64::from(seq.wrapping_sub(h as u16) as i16);
-                h.saturating_add_signed(delta)
-            }
-        }
     }
 
     fn remember(&mut self, ext: u64) {
@@ -1056,7 +1201,11 @@ mod tests {
         let s = b.stats();
         assert_eq!(
             s.received,
-            s.played + s.dropped_for_latency + s.overflow + u64::from(s.buffered)
+            s.played
+                + s.dropped_for_latency
+                + s.dropped_full
+                + s.dropped_on_reset
+                + u64::from(s.buffered)
         );
     }
 
@@ -1167,7 +1316,7 @@ mod tests {
                 prop_assert!(b.len() <= capacity);
                 let s = b.stats();
                 prop_assert!(s.target_delay_ms >= config.min_delay_ms && s.target_delay_ms <= config.max_delay_ms);
-                prop_assert_eq!(s.received, s.played + s.dropped_for_latency + s.overflow + u64::from(s.buffered));
+                prop_assert_eq!(s.received, s.played + s.dropped_for_latency + s.dropped_full + s.dropped_on_reset + u64::from(s.buffered));
                 prop_assert_eq!((s.played, s.fec_recovered, s.concealed + s.concealed_at_end), (packets, fec, conceal));
                 prop_assert!(s.lost <= s.fec_recovered + s.concealed);
             }
