@@ -4,7 +4,9 @@
 
 mod common;
 
-use aparte_e2ee::frame::{FrameHeader, ReceiverConfig, SenderConfig, REPLAY_WINDOW};
+use aparte_e2ee::frame::{
+    FrameHeader, FramePosition, ReceiverConfig, SenderConfig, EPOCH_FRAMES, REPLAY_WINDOW,
+};
 use aparte_e2ee::{FrameError, RejectReason};
 use common::channels;
 use proptest::prelude::*;
@@ -240,10 +242,90 @@ fn rekey_with_frames_lost_around_the_switch_keeps_working() {
     assert_eq!(bob.media_receiver.stats().rejected_total(), 0);
 }
 
+/// Positions are authenticated and, with full epochs, number the stream without gaps across
+/// rekeys; a late frame of the previous epoch keeps its own (earlier) position.
+#[test]
+fn positions_number_the_stream_across_rekeys() {
+    let epoch_frames = 10;
+    let sender = SenderConfig {
+        rekey_after_frames: Some(epoch_frames),
+        ..SenderConfig::default()
+    };
+    let receiver = ReceiverConfig {
+        epoch_frames: Some(epoch_frames),
+        ..ReceiverConfig::default()
+    };
+    let (mut alice, mut bob) = channels(sender, receiver);
+    let frames: Vec<Vec<u8>> = (0..35u64)
+        .map(|_| alice.media_sender.protect(b"x").unwrap())
+        .collect();
+    assert_eq!(
+        alice.media_sender.next_position().index(epoch_frames),
+        Some(35)
+    );
+    // 19 (the last of epoch 1) arrives after 20 and 21 (the first of epoch 2).
+    let order: Vec<usize> = (0..19).chain([20, 21, 19]).chain(22..35).collect();
+    for i in order {
+        let (_, position) = bob
+            .media_receiver
+            .unprotect_with_position(&frames[i], 0)
+            .unwrap();
+        let i = i as u64;
+        assert_eq!(
+            position,
+            FramePosition {
+                epoch: i / epoch_frames,
+                counter: i % epoch_frames
+            }
+        );
+        assert_eq!(position.index(epoch_frames), Some(i));
+    }
+}
+
+#[test]
+fn a_counter_beyond_the_epoch_length_is_rejected_before_decryption() {
+    let sender = SenderConfig {
+        rekey_after_frames: None,
+        ..SenderConfig::default()
+    };
+    let receiver = ReceiverConfig {
+        epoch_frames: Some(4),
+        ..ReceiverConfig::default()
+    };
+    let (mut alice, mut bob) = channels(sender, receiver);
+    let frames: Vec<Vec<u8>> = (0..5)
+        .map(|_| alice.media_sender.protect(b"x").unwrap())
+        .collect();
+    assert_eq!(
+        bob.media_receiver.unprotect(&frames[4], 0),
+        Err(FrameError::Malformed("counter beyond the epoch length"))
+    );
+    assert_eq!(
+        bob.media_receiver.stats().rejected(RejectReason::Malformed),
+        1
+    );
+    // Nothing moved: every frame within the epoch still decrypts.
+    for f in &frames[..4] {
+        bob.media_receiver.unprotect(f, 0).unwrap();
+    }
+    // The protocol default, and what index() makes of a position.
+    assert_eq!(ReceiverConfig::default().epoch_frames, Some(EPOCH_FRAMES));
+    assert_eq!(
+        SenderConfig::default().rekey_after_frames,
+        Some(EPOCH_FRAMES)
+    );
+    let p = |epoch, counter| FramePosition { epoch, counter };
+    assert_eq!(p(2, 5).index(EPOCH_FRAMES), Some(2 * EPOCH_FRAMES + 5));
+    assert_eq!(p(0, EPOCH_FRAMES).index(EPOCH_FRAMES), None);
+    assert_eq!(p(u64::MAX, 0).index(EPOCH_FRAMES), None);
+    assert_eq!(p(0, 0).index(0), None);
+}
+
 #[test]
 fn the_old_key_is_dropped_after_the_grace_period() {
     let receiver = ReceiverConfig {
         grace_period_ms: 1_000,
+        ..ReceiverConfig::default()
     };
     let (mut alice, mut bob) = channels(SenderConfig::default(), receiver);
     let old = alice.media_sender.protect(b"old").unwrap();

@@ -20,6 +20,8 @@
 //! 4. [`wav`]: reading any common PCM WAV file as 48 kHz mono, and writing 48 kHz mono 16-bit.
 //! 5. [`metrics`]: level (RMS, dBFS), SNR and delay-aligned normalized cross-correlation, used
 //!    to check that received audio matches what was sent.
+//! 6. [`accounting`]: checks that every frame the peer sent is explained on the receiving
+//!    side (decrypted and played or dropped for a reason, rejected, refused, or lost).
 //!
 //! The design and the measured figures are in `docs/MEDIA.md`.
 //!
@@ -40,6 +42,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod codec;
 pub mod fec;
 pub mod jitter;

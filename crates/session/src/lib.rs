@@ -21,5 +21,6 @@ pub mod session;
 pub use control::Control;
 pub use policy::Policy;
 pub use session::{
-    CallSecurity, Event, FailReason, SecurityStatus, SessionConfig, SessionError, VerifiedBy,
+    CallSecurity, Event, FailReason, MediaFrame, SecurityStatus, SessionConfig, SessionError,
+    VerifiedBy,
 };

@@ -1,7 +1,7 @@
 //! The per-call security state machine.
 #![forbid(unsafe_code)]
 
-use aparte_e2ee::frame::{ReceiverConfig, ReceiverStats, SenderConfig};
+use aparte_e2ee::frame::{FramePosition, ReceiverConfig, ReceiverStats, SenderConfig};
 use aparte_e2ee::handshake::{CallParams, Channels, Handshake, Role, SessionInfo};
 use aparte_e2ee::identity::{IdentityKey, IdentityPublic, KnownPeers, PeerName, PeerStatus};
 use aparte_e2ee::sas::Sas;
@@ -29,10 +29,27 @@ pub struct SessionConfig {
     pub peer_name: Option<PeerName>,
     /// How to trust the peer.
     pub policy: Policy,
-    /// Frame sender policy (rekeying).
+    /// Frame sender policy (rekeying). Its `rekey_after_frames` must equal
+    /// `receiver.epoch_frames`: both endpoints of a call keep the same epoch length (the
+    /// protocol's [`EPOCH_FRAMES`](aparte_e2ee::frame::EPOCH_FRAMES) unless a test changes it
+    /// on both), because the peer numbers our frames by it.
     pub sender: SenderConfig,
-    /// Frame receiver policy (grace period).
+    /// Frame receiver policy (grace period, the peer's epoch length).
     pub receiver: ReceiverConfig,
+}
+
+/// An incoming audio frame that authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFrame {
+    /// The decrypted payload (an Opus packet).
+    pub payload: Vec<u8>,
+    /// The frame's index in the peer's stream: 0 for its first frame, one more for each
+    /// frame after, across rekeys (`epoch × epoch_frames + counter`). Authenticated, unlike
+    /// the RTP sequence number, so it is what playout order, duplicate detection and loss
+    /// counting follow.
+    pub index: u64,
+    /// The authenticated (epoch, counter) the index comes from.
+    pub position: FramePosition,
 }
 
 /// How a call came to be verified.
@@ -188,6 +205,10 @@ pub struct CallSecurity {
     confirmed_locally: bool,
     confirmed_by_peer: bool,
     early_data: Vec<Vec<u8>>,
+    /// The peer's epoch length, for [`MediaFrame::index`].
+    epoch_frames: u64,
+    /// Incoming media frames refused because media was not allowed.
+    media_refused: u64,
 }
 
 impl CallSecurity {
@@ -197,6 +218,17 @@ impl CallSecurity {
         peers: KnownPeers,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Self, Vec<Event>), HandshakeError> {
+        let epoch_frames =
+            match (
+                config.sender.rekey_after_frames,
+                config.receiver.epoch_frames,
+            ) {
+                (Some(sent), Some(received)) if sent == received && sent > 0 => received,
+                _ => return Err(HandshakeError::InvalidParams(
+                    "the sender's rekey interval and the receiver's epoch length must be equal \
+                     and set (the protocol fixes both at 16384 frames)",
+                )),
+            };
         let mut events = Vec::new();
         let handshake = match config.role {
             Role::Initiator => {
@@ -220,6 +252,8 @@ impl CallSecurity {
             confirmed_locally: false,
             confirmed_by_peer: false,
             early_data: Vec::new(),
+            epoch_frames,
+            media_refused: 0,
         };
         Ok((session, events))
     }
@@ -247,9 +281,31 @@ impl CallSecurity {
         self.info.as_ref()
     }
 
-    /// Incoming audio frame counts (accepted and rejected by reason).
+    /// Incoming audio frame counts (accepted and rejected by reason). Frames refused before
+    /// decryption are in [`media_refused`](Self::media_refused) instead.
     pub fn media_stats(&self) -> Option<&ReceiverStats> {
         self.channels.as_ref().map(|c| c.media_receiver.stats())
+    }
+
+    /// Incoming audio frames refused without being looked at because media was not allowed
+    /// (before key confirmation, after an identity change, a failure or the end). They
+    /// arrived, so they are neither decrypted, rejected nor lost, and the frame accounting
+    /// needs them.
+    pub fn media_refused(&self) -> u64 {
+        self.media_refused
+    }
+
+    /// How many audio frames this side has protected: the peer's sent count, as the peer
+    /// numbers them ([`MediaFrame::index`] runs from 0 to this minus one). 0 before keys.
+    pub fn media_frames_protected(&self) -> u64 {
+        self.channels.as_ref().map_or(0, |c| {
+            let p = c.media_sender.next_position();
+            // A full epoch has counter == epoch_frames until the next frame rekeys; the sum
+            // is the same either way.
+            p.epoch
+                .saturating_mul(self.epoch_frames)
+                .saturating_add(p.counter)
+        })
     }
 
     /// Feeds one handshake message from the peer. `now_unix` dates known-peer records.
@@ -427,12 +483,35 @@ impl CallSecurity {
     }
 
     /// Verifies and decrypts an incoming audio frame; refused unless media is allowed.
+    /// Prefer [`unprotect_media_frame`](Self::unprotect_media_frame), which also gives the
+    /// frame's authenticated index.
     pub fn unprotect_media(&mut self, frame: &[u8], now_ms: u64) -> Result<Vec<u8>, SessionError> {
+        self.unprotect_media_frame(frame, now_ms).map(|f| f.payload)
+    }
+
+    /// Verifies and decrypts an incoming audio frame and gives its authenticated index in the
+    /// peer's stream; refused (and counted in [`media_refused`](Self::media_refused)) unless
+    /// media is allowed. Rejections are counted in [`media_stats`](Self::media_stats).
+    pub fn unprotect_media_frame(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+    ) -> Result<MediaFrame, SessionError> {
         let state = self.status.label();
-        match (self.media_allowed(), self.channels.as_mut()) {
-            (true, Some(c)) => Ok(c.media_receiver.unprotect(frame, now_ms)?),
-            _ => Err(SessionError::NotAllowed(state)),
-        }
+        let allowed = self.media_allowed();
+        let Some(c) = self.channels.as_mut().filter(|_| allowed) else {
+            self.media_refused = self.media_refused.saturating_add(1);
+            return Err(SessionError::NotAllowed(state));
+        };
+        let (payload, position) = c.media_receiver.unprotect_with_position(frame, now_ms)?;
+        // The receiver refuses counters at or beyond the epoch length, so this cannot fail
+        // with the lengths `new` checked; if it ever did, saturate rather than panic.
+        let index = position.index(self.epoch_frames).unwrap_or(u64::MAX);
+        Ok(MediaFrame {
+            payload,
+            index,
+            position,
+        })
     }
 
     /// Sends application data (a caption) over the encrypted data channel.

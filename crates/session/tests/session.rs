@@ -511,3 +511,101 @@ fn a_tampered_handshake_fails_the_session_and_blocks_media() {
     ));
     assert!(b.sec.protect_media(b"x").is_err());
 }
+
+/// Media frames come out with their authenticated index, consecutive across a rekey and in
+/// the order they were sent, whatever order they arrive in.
+#[test]
+fn media_frames_carry_their_authenticated_index_across_rekeys() {
+    let (mut a, mut b) = pair(
+        Policy::TrustOnFirstUse,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    assert_eq!(a.sec.media_frames_protected(), 0);
+    let epoch = aparte_e2ee::frame::EPOCH_FRAMES;
+    let n = epoch + 20;
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| a.sec.protect_media(&i.to_be_bytes()).unwrap())
+        .collect();
+    assert_eq!(a.sec.media_frames_protected(), n);
+    // Deliver the last 30 of epoch 0 and the first 20 of epoch 1 reversed.
+    let first = (epoch - 30) as usize;
+    let order: Vec<usize> = (first..frames.len()).rev().collect();
+    for i in order {
+        let m = b.sec.unprotect_media_frame(&frames[i], 0).unwrap();
+        assert_eq!(m.index, i as u64);
+        assert_eq!(m.payload, (i as u64).to_be_bytes());
+        assert_eq!(m.position.epoch, i as u64 / epoch);
+        assert_eq!(m.position.counter, i as u64 % epoch);
+    }
+    // The old entry point still works and agrees.
+    let f = a.sec.protect_media(b"more").unwrap();
+    assert_eq!(b.sec.unprotect_media(&f, 0).unwrap(), b"more");
+    assert_eq!(b.sec.media_stats().unwrap().accepted, 51);
+    assert_eq!(b.sec.media_refused(), 0);
+}
+
+/// The responder has keys one message before the initiator, so its first frames can reach
+/// the initiator before the Confirm does: they are refused, and counted as such.
+#[test]
+fn media_that_outruns_key_confirmation_is_refused_and_counted() {
+    let (mut a, mut b) = pair(
+        Policy::TrustOnFirstUse,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    deliver_one(&mut a, &mut b); // commit
+    deliver_one(&mut b, &mut a); // response
+    deliver_one(&mut a, &mut b); // reveal: b has keys, a waits for b's confirm
+    assert!(b.sec.media_allowed() && !a.sec.media_allowed());
+    let early = b.sec.protect_media(b"early").unwrap();
+    assert_eq!(
+        a.sec.unprotect_media_frame(&early, 0),
+        Err(SessionError::NotAllowed("connecting"))
+    );
+    assert_eq!(a.sec.media_refused(), 1);
+    pump(&mut a, &mut b);
+    let next = b.sec.protect_media(b"next").unwrap();
+    let m = a.sec.unprotect_media_frame(&next, 0).unwrap();
+    assert_eq!((m.index, m.payload.as_slice()), (1, &b"next"[..]));
+    assert_eq!(b.sec.media_frames_protected(), 2);
+    let stats = a.sec.media_stats().unwrap();
+    assert_eq!((stats.accepted, stats.rejected_total()), (1, 0));
+}
+
+#[test]
+fn epoch_lengths_that_differ_or_are_unset_are_refused() {
+    let config = |sender: Option<u64>, receiver: Option<u64>| SessionConfig {
+        role: Role::Initiator,
+        params: CallParams::new(b"room".to_vec(), b"fp-a".to_vec(), b"fp-b".to_vec()).unwrap(),
+        identity: None,
+        peer_name: None,
+        policy: Policy::Interactive,
+        sender: SenderConfig {
+            rekey_after_frames: sender,
+            ..SenderConfig::default()
+        },
+        receiver: ReceiverConfig {
+            epoch_frames: receiver,
+            ..ReceiverConfig::default()
+        },
+    };
+    for (s, r) in [
+        (Some(10), Some(20)),
+        (None, Some(10)),
+        (Some(10), None),
+        (None, None),
+        (Some(0), Some(0)),
+    ] {
+        assert!(
+            CallSecurity::new(config(s, r), KnownPeers::new(), &mut OsRng).is_err(),
+            "{s:?} {r:?}"
+        );
+    }
+    assert!(CallSecurity::new(config(Some(10), Some(10)), KnownPeers::new(), &mut OsRng).is_ok());
+}

@@ -14,7 +14,8 @@ pub mod replay;
 
 pub use header::FrameHeader;
 pub use protect::{
-    Direction, FrameReceiver, FrameSender, ReceiverConfig, ReceiverStats, SenderConfig,
+    Direction, FramePosition, FrameReceiver, FrameSender, ReceiverConfig, ReceiverStats,
+    SenderConfig, EPOCH_FRAMES,
 };
 pub use replay::{ReplayWindow, REPLAY_WINDOW};
 

@@ -7,6 +7,12 @@
 //! A receiver holds the current epoch and, for a grace period after a switch, the previous
 //! one. A frame whose epoch is one or two ahead is tried with the ratcheted key and moves the
 //! receiver forward only if it authenticates.
+//!
+//! Every frame that authenticates comes with its [`FramePosition`]: the full epoch of the key
+//! that opened it (not just the two bits in the key id) and its counter. Both are
+//! authenticated, so a receiver may order frames by them, which it must not do by anything a
+//! relay can rewrite (RTP sequence numbers). With fixed-length epochs
+//! ([`EPOCH_FRAMES`]), [`FramePosition::index`] turns a position into a gap-free stream index.
 #![forbid(unsafe_code)]
 
 use chacha20poly1305::aead::AeadInPlace;
@@ -41,12 +47,45 @@ pub fn key_id(epoch: u64, direction: Direction) -> u64 {
     ((epoch % 4) << 1) | direction.bit()
 }
 
+/// The protocol's epoch length: a sender moves to the next key after exactly this many frames
+/// (counters 0..=16,383), so a receiver can number every frame of a stream as
+/// `epoch × EPOCH_FRAMES + counter` ([`FramePosition::index`]). 16,384 frames is about 5.5
+/// minutes of 20 ms audio and keeps the counter within two bytes.
+pub const EPOCH_FRAMES: u64 = 16_384;
+
+/// Where an authenticated frame sits in its sender's stream. Both fields are covered by the
+/// AEAD: the counter is in the header (the AAD) and the nonce, and the epoch is the one whose
+/// key opened the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FramePosition {
+    /// The sender's epoch (its number of rekeys before this frame).
+    pub epoch: u64,
+    /// The frame's counter within that epoch.
+    pub counter: u64,
+}
+
+impl FramePosition {
+    /// The frame's index in its stream when every epoch holds exactly `epoch_frames` frames:
+    /// `epoch × epoch_frames + counter`. Consecutive frames get consecutive indices, across
+    /// rekeys. `None` if `counter` is not below `epoch_frames` (the sender broke the rule, and
+    /// the index would collide with the next epoch's) or the index does not fit in a `u64`.
+    pub fn index(&self, epoch_frames: u64) -> Option<u64> {
+        if self.counter >= epoch_frames {
+            return None;
+        }
+        self.epoch
+            .checked_mul(epoch_frames)?
+            .checked_add(self.counter)
+    }
+}
+
 /// Sender policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SenderConfig {
     /// Move to the next key after this many frames in an epoch (`None`: only on request).
-    /// The default, 16,384 frames, is about 5.5 minutes of 20 ms audio; it also keeps the
-    /// counter within two bytes.
+    /// The default is the protocol's [`EPOCH_FRAMES`]; a receiver that numbers frames by
+    /// [`FramePosition::index`] assumes it, so only tests should change it (on both sides,
+    /// with [`ReceiverConfig::epoch_frames`]).
     pub rekey_after_frames: Option<u64>,
     /// The sender refuses to use a counter at or above this in one epoch. It exists so the
     /// "exhaustion is an error, never a wrap" rule can be exercised; the default is `u64::MAX`.
@@ -56,7 +95,7 @@ pub struct SenderConfig {
 impl Default for SenderConfig {
     fn default() -> Self {
         Self {
-            rekey_after_frames: Some(16_384),
+            rekey_after_frames: Some(EPOCH_FRAMES),
             counter_limit: u64::MAX,
         }
     }
@@ -68,12 +107,19 @@ pub struct ReceiverConfig {
     /// How long the previous epoch's key stays usable after the sender moves on, in the
     /// caller's milliseconds. Late or reordered frames from before the switch still decode.
     pub grace_period_ms: u64,
+    /// The epoch length the peer keeps to ([`EPOCH_FRAMES`] by default). A frame whose counter
+    /// is at or above it is rejected as malformed before any cryptography: no conforming
+    /// sender uses such a counter, and accepting it would give two frames the same
+    /// [`FramePosition::index`]. `None` accepts any counter (positions then still order
+    /// frames, but [`FramePosition::index`] may not apply).
+    pub epoch_frames: Option<u64>,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
             grace_period_ms: 2_000,
+            epoch_frames: Some(EPOCH_FRAMES),
         }
     }
 }
@@ -204,6 +250,15 @@ impl FrameSender {
         self.counter
     }
 
+    /// The position the next frame will take (before any automatic rekey). With fixed-length
+    /// epochs, `next_position().index(n)` is the number of frames protected so far.
+    pub fn next_position(&self) -> FramePosition {
+        FramePosition {
+            epoch: self.cipher.epoch,
+            counter: self.counter,
+        }
+    }
+
     /// The direction this sender protects.
     pub fn direction(&self) -> Direction {
         self.direction
@@ -302,9 +357,19 @@ impl FrameReceiver {
     /// the rekey grace period. Every rejection is counted in [`FrameReceiver::stats`], and a
     /// rejected frame never changes the receiver's state.
     pub fn unprotect(&mut self, frame: &[u8], now_ms: u64) -> Result<Vec<u8>, FrameError> {
+        self.unprotect_with_position(frame, now_ms).map(|(p, _)| p)
+    }
+
+    /// Like [`FrameReceiver::unprotect`], also returning the frame's authenticated position
+    /// in the sender's stream.
+    pub fn unprotect_with_position(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+    ) -> Result<(Vec<u8>, FramePosition), FrameError> {
         let mut out = Vec::with_capacity(frame.len());
-        self.unprotect_into(frame, now_ms, &mut out)?;
-        Ok(out)
+        let position = self.unprotect_at(frame, now_ms, &mut out)?;
+        Ok((out, position))
     }
 
     /// Like [`FrameReceiver::unprotect`], writing the payload into `out` (cleared first) to
@@ -315,6 +380,16 @@ impl FrameReceiver {
         now_ms: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), FrameError> {
+        self.unprotect_at(frame, now_ms, out).map(|_| ())
+    }
+
+    /// Like [`FrameReceiver::unprotect_into`], returning the frame's authenticated position.
+    pub fn unprotect_at(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<FramePosition, FrameError> {
         out.clear();
         let result = self.unprotect_inner(frame, now_ms, out);
         if result.is_err() {
@@ -346,7 +421,7 @@ impl FrameReceiver {
         frame: &[u8],
         now_ms: u64,
         out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
+    ) -> Result<FramePosition, FrameError> {
         if frame.len() > MAX_FRAME_LEN {
             return Err(FrameError::TooLarge {
                 len: frame.len(),
@@ -363,6 +438,9 @@ impl FrameReceiver {
         if header.key_id & 1 != self.direction.bit() {
             return Err(FrameError::Reflected);
         }
+        if matches!(self.config.epoch_frames, Some(n) if header.counter >= n) {
+            return Err(FrameError::Malformed("counter beyond the epoch length"));
+        }
         if matches!(self.previous, Some((_, until)) if now_ms >= until) {
             self.previous = None;
         }
@@ -370,10 +448,18 @@ impl FrameReceiver {
         let (ciphertext, tag) = rest.split_at(rest.len().saturating_sub(TAG_LEN));
         let tag = Tag::from_slice(tag);
 
+        let counter = header.counter;
+        let at = |epoch: u64| FramePosition { epoch, counter };
         match self.slot(header.key_id)? {
-            KeySlot::Current => open(&mut self.current, header.counter, aad, ciphertext, tag, out),
+            KeySlot::Current => {
+                open(&mut self.current, counter, aad, ciphertext, tag, out)?;
+                Ok(at(self.current.cipher.epoch))
+            }
             KeySlot::Previous => match self.previous.as_mut() {
-                Some((epoch, _)) => open(epoch, header.counter, aad, ciphertext, tag, out),
+                Some((epoch, _)) => {
+                    open(epoch, counter, aad, ciphertext, tag, out)?;
+                    Ok(at(epoch.cipher.epoch))
+                }
                 None => Err(FrameError::UnknownKeyId(header.key_id)),
             },
             KeySlot::Ahead(steps) => {
@@ -391,13 +477,14 @@ impl FrameReceiver {
                         .next()
                         .ok_or(FrameError::UnknownKeyId(header.key_id))?;
                 }
-                open(&mut candidate, header.counter, aad, ciphertext, tag, out)?;
+                open(&mut candidate, counter, aad, ciphertext, tag, out)?;
+                let position = at(candidate.cipher.epoch);
                 // Authenticated under the next key: follow the sender.
                 let old = std::mem::replace(&mut self.current, candidate);
                 let grace_end = now_ms.saturating_add(self.config.grace_period_ms);
                 self.previous = (steps == 1).then_some((old, grace_end));
                 self.stats.rekeys = self.stats.rekeys.saturating_add(1);
-                Ok(())
+                Ok(position)
             }
         }
     }
