@@ -52,6 +52,9 @@ pub struct Settings {
     pub peer_lang: Option<String>,
     /// Where the speech models are (`--model-dir`).
     pub model_dir: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for `wss://`, for a self-signed deployment
+    /// (`--ca-file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -69,6 +72,7 @@ impl Settings {
             lang: self.lang.or(lower.lang),
             peer_lang: self.peer_lang.or(lower.peer_lang),
             model_dir: self.model_dir.or(lower.model_dir),
+            ca_file: self.ca_file.or(lower.ca_file),
         }
     }
 
@@ -165,6 +169,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     if let Some(home) = settings.home.take() {
         settings.home = Some(base.join(home));
     }
+    if let Some(ca) = settings.ca_file.take() {
+        settings.ca_file = Some(base.join(ca));
+    }
     if let Some(models) = settings.model_dir.take() {
         settings.model_dir = Some(base.join(models));
     }
@@ -184,7 +191,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
 
 /// A commented example, printed by `aparte config example`.
 pub const EXAMPLE: &str = r#"# aparté config file (TOML). Every key is optional; command-line flags override it.
-# server = "wss://signal.example.org/"   # signaling server URL
+# server = "wss://signal.example.org/ws" # signaling server URL
+# ca_file = "/path/to/ca.pem"            # trust this CA too (a self-signed server's)
 # token = "…"                            # join token, if the server requires one
 # input = "mic"                          # mic | tone | silence | path/to/file.wav
 # output = "speaker"                     # speaker | null | path/to/file.wav

@@ -53,8 +53,10 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         .map(EngineChoice::check)
         .transpose()
         .map_err(|e| format!("the demo shows translated captions: {e}"))?;
+    let tls = aparte_client::tls::client_config(None).map_err(|e| e.to_string())?;
     let options = |input: &str, output: &str, captions: &str| CallOptions {
         server: url.clone(),
+        tls: std::sync::Arc::clone(&tls),
         room: room.clone(),
         token: None,
         input: Input::Wav(file(input)),

@@ -9,6 +9,7 @@
 //! expired token, a room the server no longer admits us to) is final and is reported.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aparte_signaling_protocol::RoomId;
@@ -35,7 +36,10 @@ pub fn backoff(attempt: u32) -> Duration {
 pub fn retryable(error: &SignalingError) -> bool {
     match error {
         SignalingError::Refused { code, .. } => code == "room_full",
-        SignalingError::WrongPath(_) | SignalingError::BadPeerMessage(_) => false,
+        SignalingError::WrongPath(_)
+        | SignalingError::BadPeerMessage(_)
+        | SignalingError::BadUrl { .. }
+        | SignalingError::Tls(_) => false,
         _ => true,
     }
 }
@@ -44,6 +48,7 @@ pub fn retryable(error: &SignalingError) -> bool {
 /// a refusal is final. Runs until then; the caller aborts it when the call ends.
 pub async fn rejoin(
     server: String,
+    tls: Arc<rustls::ClientConfig>,
     room: RoomId,
     token: Option<String>,
 ) -> Result<Rejoined, SignalingError> {
@@ -52,7 +57,7 @@ pub async fn rejoin(
         tokio::time::sleep(backoff(attempt)).await;
         // A connect into a black hole (the old network) would otherwise wait for the
         // kernel's TCP timeout, minutes.
-        let join = Signaling::join(&server, &room, token.clone());
+        let join = Signaling::join(&server, &tls, &room, token.clone());
         match tokio::time::timeout(ATTEMPT_TIMEOUT, join).await {
             Ok(Ok(rejoined)) => return Ok(rejoined),
             Ok(Err(e)) if !retryable(&e) => return Err(e),

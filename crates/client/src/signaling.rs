@@ -3,6 +3,8 @@
 //! (SDP, ICE candidates) or e2ee handshake messages, which are safe to show a hostile server.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -21,6 +23,9 @@ pub const MAX_CANDIDATE_BYTES: usize = 1024;
 /// is longer (by default it pings an idle connection every 2–2.25 s), the connection is taken
 /// as dead: a network change can leave a TCP connection that never reports an error.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connecting, saying hello and joining must finish within this; a server that accepts the
+/// TCP connection and then says nothing (or never confirms the join) is reported, not waited on.
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest e2ee handshake message we accept (hex-encoded, so twice the binary bound).
 pub const MAX_HANDSHAKE_HEX: usize = 2 * aparte_e2ee::handshake::messages::MAX_MESSAGE_LEN;
 
@@ -102,6 +107,99 @@ pub enum SignalingError {
     /// A peer sent a payload that does not parse.
     #[error("bad message from the peer: {0}")]
     BadPeerMessage(&'static str),
+    /// The URL is not a `ws://` or `wss://` URL with a host.
+    #[error("--server {url}: {why} (expected ws://HOST:PORT/ws or wss://HOST/ws)")]
+    BadUrl {
+        /// What was given.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The server could not be reached at all.
+    #[error("cannot reach the signaling server at {url}: {why}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why, with a hint.
+        why: String,
+    },
+    /// The TLS handshake failed (the message says why and what to do).
+    #[error("{0}")]
+    Tls(String),
+    /// The server did not answer the join in time.
+    #[error("no answer from the signaling server at {url} within {} s: is it an aparte-signaling server, and is it overloaded?", .after.as_secs())]
+    NoAnswer {
+        /// The URL.
+        url: String,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
+}
+
+impl SignalingError {
+    /// The refusal's code, when the server refused (`bad_token`, `room_full`, …).
+    pub fn refusal_code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `url` is a `ws://` or `wss://` URL with a host (no network involved).
+pub fn check_url(url: &str) -> Result<(), SignalingError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let bad = |why: &str| SignalingError::BadUrl {
+        url: url.to_owned(),
+        why: why.to_owned(),
+    };
+    let scheme_ok = url.starts_with("ws://") || url.starts_with("wss://");
+    if !scheme_ok {
+        return Err(bad("the scheme must be ws:// or wss://"));
+    }
+    let request = url.into_client_request().map_err(|e| bad(&e.to_string()))?;
+    match request.uri().host() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(bad("no host")),
+    }
+}
+
+/// A connection failure in words, with what to try.
+fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> SignalingError {
+    use tokio_tungstenite::tungstenite::Error as Ws;
+    if let Some(why) = crate::tls::explain(&e, url) {
+        return SignalingError::Tls(why);
+    }
+    match e {
+        Ws::Http(response) if response.status().as_u16() == 404 => {
+            SignalingError::WrongPath(url.to_owned())
+        }
+        Ws::Io(io) => {
+            let why = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused: is aparte-signaling running there, on that port?"
+                        .to_owned()
+                }
+                std::io::ErrorKind::TimedOut => {
+                    "timed out: is the address right, and does a firewall let TCP through?"
+                        .to_owned()
+                }
+                _ if io.to_string().contains("lookup") => {
+                    format!("{io}: check the host name")
+                }
+                _ => io.to_string(),
+            };
+            SignalingError::Unreachable {
+                url: url.to_owned(),
+                why,
+            }
+        }
+        Ws::Url(u) => SignalingError::BadUrl {
+            url: url.to_owned(),
+            why: u.to_string(),
+        },
+        other => SignalingError::WebSocket(other),
+    }
 }
 
 /// The result of joining a room.
@@ -144,22 +242,34 @@ pub struct Signaling {
 }
 
 impl Signaling {
-    /// Connects to `url` (`ws://` or `wss://`), says hello, and joins `room`.
+    /// Connects to `url` (`ws://`, or `wss://` verified with `tls`), says hello, and joins
+    /// `room`, all within [`JOIN_TIMEOUT`].
     pub async fn join(
         url: &str,
+        tls: &Arc<rustls::ClientConfig>,
         room: &RoomId,
         token: Option<String>,
     ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        tokio::time::timeout(JOIN_TIMEOUT, Self::join_now(url, tls, room, token))
             .await
-            .map_err(|e| match &e {
-                tokio_tungstenite::tungstenite::Error::Http(response)
-                    if response.status().as_u16() == 404 =>
-                {
-                    SignalingError::WrongPath(url.to_owned())
-                }
-                _ => SignalingError::WebSocket(e),
-            })?;
+            .map_err(|_| SignalingError::NoAnswer {
+                url: url.to_owned(),
+                after: JOIN_TIMEOUT,
+            })?
+    }
+
+    async fn join_now(
+        url: &str,
+        tls: &Arc<rustls::ClientConfig>,
+        room: &RoomId,
+        token: Option<String>,
+    ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
+        check_url(url)?;
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::clone(tls));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .map_err(|e| connect_error(url, e))?;
         let (mut sink, mut stream) = ws.split();
         let hello = ClientMessage::Hello {
             version: PROTOCOL_VERSION,
