@@ -9,7 +9,7 @@
 //! either.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::captions::AudioTaps;
 use crate::capture::MicSource;
 use crate::devices::{DeviceCounters, DeviceError, DeviceStats};
+use crate::output_file::PendingFile;
 use crate::playback::Speaker;
 
 /// Where the audio to send comes from.
@@ -75,6 +76,14 @@ pub enum AudioError {
     /// A sound device failed during the call.
     #[error("audio output: {0}")]
     Playback(String),
+    /// The output file could not be created or put in place.
+    #[error("--output {}: {message}", .path.display())]
+    Output {
+        /// The file asked for.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Where the audio thread puts decoded audio, one 20 ms frame of 48 kHz mono at a time.
@@ -94,6 +103,53 @@ impl AudioSink for MonoWavWriter {
 
     fn finish(self: Box<Self>) -> Result<(), AudioError> {
         Ok(self.finalize()?)
+    }
+}
+
+/// `--output FILE.wav`: the recording goes to a temporary file beside the target and replaces
+/// it only once something was heard (see [`crate::output_file`]). A call that never got media
+/// leaves an existing file as it was and creates no empty one.
+struct WavRecording {
+    writer: MonoWavWriter,
+    file: PendingFile,
+    frames: u64,
+}
+
+impl WavRecording {
+    fn create(target: &Path) -> Result<Self, AudioError> {
+        let file = PendingFile::create(target).map_err(|e| AudioError::Output {
+            path: target.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            writer: MonoWavWriter::create(file.path())?,
+            file,
+            frames: 0,
+        })
+    }
+}
+
+impl AudioSink for WavRecording {
+    fn write_frame(&mut self, samples: &[f32]) -> Result<(), AudioError> {
+        self.frames += 1;
+        Ok(self.writer.write_f32(samples)?)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), AudioError> {
+        let Self {
+            writer,
+            file,
+            frames,
+        } = *self;
+        writer.finalize()?;
+        if frames > 0 {
+            let target = file.target().to_owned();
+            file.commit().map_err(|e| AudioError::Output {
+                path: target,
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -129,8 +185,9 @@ pub struct AudioStats {
     pub devices: DeviceStats,
 }
 
-/// A received packet for the audio thread: (RTP sequence, arrival ms since call start, Opus).
-pub type Incoming = (u16, u64, Vec<u8>);
+/// A received frame for the audio thread: (its authenticated e2ee index, arrival ms since call
+/// start, Opus). The jitter buffer orders by the index, never by the unauthenticated RTP sequence.
+pub type Incoming = (u64, u64, Vec<u8>);
 
 /// The running audio thread and its queues.
 pub struct AudioPipeline {
@@ -182,7 +239,7 @@ impl AudioPipeline {
         };
         let live_input = matches!(input, Input::Mic(_));
         let sink: Option<Box<dyn AudioSink>> = match output {
-            Output::Wav(path) => Some(Box::new(MonoWavWriter::create(path)?)),
+            Output::Wav(path) => Some(Box::new(WavRecording::create(path)?)),
             Output::Null => None,
             Output::Speaker(name) => Some(Box::new(Speaker::open(
                 name.as_deref(),
@@ -332,6 +389,11 @@ impl Worker {
                 deadline = now;
             }
         }
+        // Frames decrypted in the last moments still reach the buffer (and its counts: they
+        // end as buffered, not as frames that vanished between decryption and playout).
+        while let Ok((index, arrival, packet)) = self.in_rx.try_recv() {
+            self.jitter.push_frame(index, arrival, packet);
+        }
         // The call is over: concealment since the peer's last packet was the end of its
         // stream, not loss (see `JitterBuffer::end_of_stream`).
         self.jitter.end_of_stream();
@@ -385,8 +447,8 @@ impl Worker {
     }
 
     fn play_tick(&mut self) -> Result<(), AudioError> {
-        while let Ok((seq, arrival, packet)) = self.in_rx.try_recv() {
-            self.jitter.push(seq, arrival, packet);
+        while let Ok((index, arrival, packet)) = self.in_rx.try_recv() {
+            self.jitter.push_frame(index, arrival, packet);
         }
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut decode_failed = false;

@@ -28,6 +28,7 @@ use aparte_translate::{Caption, PipelineEvent};
 use crate::audio::{AudioPipeline, AudioStats, Input, Output};
 use crate::captions::{CaptionReport, CaptionSource, Captions, Direction, TranslationOptions};
 use crate::devices::DeviceStats;
+use crate::outcome::{explain_no_path, Achieved, Ending, Outcome, PathFacts, TamperWatch};
 use crate::rejoin::Rejoined;
 use crate::signaling::{Joined, PeerMessage, Signaling, SignalingError, SignalingEvent};
 use crate::transport::{
@@ -42,6 +43,9 @@ const MAX_EARLY_HANDSHAKE: usize = 8;
 /// A call whose keys are not confirmed on a connected link this long after both peers joined
 /// is given up (ICE or the handshake is stuck).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an interactive call waits for the person to decide about a changed identity
+/// before refusing it (nobody may be at the terminal).
+const DECISION_TIMEOUT: Duration = Duration::from_secs(300);
 /// After the input ends, keep the call up this long so the peer's tail arrives.
 const TAIL: Duration = Duration::from_millis(1500);
 /// With captions on, wait at most this much longer for the last caption to be made and sent.
@@ -66,6 +70,8 @@ const MAX_REBUILDS: u32 = 2;
 pub struct CallOptions {
     /// Signaling server URL (`ws://host:port/` or `wss://…`).
     pub server: String,
+    /// How `wss://` servers are verified (see [`crate::tls::client_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
     /// The room.
     pub room: RoomId,
     /// Join token, if the server needs one.
@@ -108,6 +114,16 @@ pub enum UserAction {
 /// Live updates for the UI.
 #[derive(Debug, Clone)]
 pub enum CallUpdate {
+    /// Connecting to the signaling server at this URL.
+    Connecting {
+        /// The URL.
+        server: String,
+    },
+    /// Frames from the peer keep failing authentication: someone is tampering with the media.
+    Tampering {
+        /// Frames rejected in the last second.
+        rejected: u64,
+    },
     /// Joined the room; waiting for the peer or connecting.
     Joined {
         /// Whether the peer was already there.
@@ -196,25 +212,65 @@ pub struct LiveStats {
     pub devices: DeviceStats,
 }
 
-/// The figures written by `--stats-json` at the end of a call.
-#[derive(Debug, Clone, Serialize)]
+/// The figures written by `--stats-json` at the end of a call (also when it fails early: then
+/// most counters are zero and `ended_by` says why).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CallReport {
+    /// How the call ended, as a script tells it apart (see [`crate::outcome`]).
+    pub outcome: Outcome,
+    /// The process exit code `aparte call` ends with.
+    pub exit_code: u8,
     /// Whether we sent the offer (and initiated the handshake).
     pub offerer: bool,
     /// Final security state label.
     pub security: String,
     /// Whether the call was verified (SAS or pinned identity).
     pub verified: bool,
-    /// Whether the selected path used a TURN relay.
+    /// Whether the selected path went through a TURN relay (ours or the peer's).
     pub relayed: bool,
+    /// Our candidate type on the selected ICE pair (`host`, `srflx`, `prflx`, `relay`).
+    pub local_candidate: Option<String>,
+    /// The peer's candidate type on the selected ICE pair.
+    pub remote_candidate: Option<String>,
     /// Frames encoded and sent.
     pub frames_sent: u64,
+    /// Frames protected by the e2ee layer: the authenticated indices used (`0..this`). The
+    /// peer's frame accounting starts from this count (a protected frame that then failed to
+    /// send still used its index).
+    pub frames_protected: u64,
     /// RTP packets received.
     pub frames_received: u64,
     /// Frames that authenticated and decrypted.
     pub frames_decrypted: u64,
     /// Frames rejected, by reason.
     pub frames_rejected: std::collections::BTreeMap<String, u64>,
+    /// Media packets refused before decryption because the keys were not confirmed yet
+    /// (media can outrun the last handshake message).
+    pub frames_refused: u64,
+    /// Decrypted frames dropped before the jitter buffer (its queue was full).
+    pub frames_dropped_before_buffer: u64,
+    /// Packets the jitter buffer dropped as copies of a frame it already had.
+    pub frames_duplicate: u64,
+    /// Packets the jitter buffer dropped as empty or too large.
+    pub frames_invalid: u64,
+    /// Packets dropped because the jitter buffer was full.
+    pub frames_dropped_full: u64,
+    /// Packets held when the jitter buffer resynchronised, and dropped.
+    pub frames_dropped_on_reset: u64,
+    /// Frames still in the jitter buffer when the call ended.
+    pub frames_buffered_at_end: u64,
+    /// Frames the jitter buffer took in (not late, not a copy, valid).
+    pub frames_into_buffer: u64,
+    /// Frames played from their own packet (not rebuilt or concealed).
+    pub frames_played_from_packet: u64,
+    /// Indices between the lowest and highest received that never reached the buffer.
+    pub frames_missing: u64,
+    /// Distinct authenticated indices received.
+    pub frames_distinct: u64,
+    /// Lowest and highest authenticated index received.
+    pub lowest_index: Option<u64>,
+    /// See `lowest_index`.
+    pub highest_index: Option<u64>,
     /// Frames concealed by the jitter buffer (lost or late), not counting the end of the
     /// peer's stream.
     pub frames_concealed: u64,
@@ -270,7 +326,7 @@ pub struct CallReport {
     pub cpu_seconds: f64,
     /// Call length from both-joined to hang-up, seconds.
     pub duration_s: f64,
-    /// How the call ended.
+    /// How the call ended, in words.
     pub ended_by: String,
     /// Microphone and speaker overruns and underruns (all zero without a sound device).
     pub audio_devices: DeviceStats,
@@ -302,6 +358,40 @@ pub enum CallError {
     Translation(String),
 }
 
+impl CallError {
+    /// The kind of failure, for the exit code.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            CallError::Signaling(_) => Outcome::Signaling,
+            CallError::Transport(TransportError::FingerprintChanged) | CallError::Handshake(_) => {
+                Outcome::Security
+            }
+            // The peer's SDP arrives through signaling: a bad one is a signaling problem.
+            CallError::Transport(
+                TransportError::UnexpectedSignal(_) | TransportError::NoFingerprint,
+            ) => Outcome::Signaling,
+            CallError::Transport(_) | CallError::Audio(_) | CallError::Translation(_) => {
+                Outcome::Failed
+            }
+            CallError::Aborted(_) => Outcome::Incomplete,
+        }
+    }
+}
+
+impl CallReport {
+    /// The report of a call that failed before it could count anything.
+    pub fn failed_early(error: &CallError) -> Self {
+        let outcome = error.outcome();
+        CallReport {
+            outcome,
+            exit_code: outcome.exit_code(),
+            security: "not started".into(),
+            ended_by: error.to_string(),
+            ..CallReport::default()
+        }
+    }
+}
+
 /// Runs one call to its end.
 pub async fn run_call(
     options: CallOptions,
@@ -316,8 +406,23 @@ pub async fn run_call(
     let (mut captions, taps) =
         Captions::start(&options.translation).map_err(CallError::Translation)?;
     let mut audio = AudioPipeline::start_with_taps(&options.input, &options.output, taps)?;
-    let (signaling, joined, mut sig_rx) =
-        Signaling::join(&options.server, &options.room, options.token.clone()).await?;
+    let _ = updates
+        .send(CallUpdate::Connecting {
+            server: options.server.clone(),
+        })
+        .await;
+    let join = Signaling::join(
+        &options.server,
+        &options.tls,
+        &options.room,
+        options.token.clone(),
+    );
+    let (signaling, joined, mut sig_rx) = tokio::select! {
+        joined = join => joined?,
+        () = hang_up_requested(&mut actions) => {
+            return Err(CallError::Aborted("hung up while connecting to the signaling server"))
+        }
+    };
     let _ = updates
         .send(CallUpdate::Joined {
             peer_present: !joined.peers.is_empty(),
@@ -333,15 +438,7 @@ pub async fn run_call(
     let both_joined = Instant::now();
 
     let config = TransportConfig {
-        ice_servers: joined
-            .ice_servers
-            .iter()
-            .map(|s| IceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
-            })
-            .collect(),
+        ice_servers: ice_servers(&joined),
         relay_only: options.relay_only,
         loopback_only: options.loopback_only,
     };
@@ -366,7 +463,7 @@ pub async fn run_call(
         verified: false,
         setup_ms: None,
         media_since: None,
-        ended_by: None,
+        ended: None,
         both_joined,
         received_app: VecDeque::new(),
         played: Arc::clone(&audio.stats),
@@ -390,6 +487,14 @@ pub async fn run_call(
         rebuilds: 0,
         new_transport_events: None,
         signaling_open: true,
+        keys_agreed: false,
+        keys_accepted: false,
+        local_candidate_types: Default::default(),
+        remote_candidate_types: Default::default(),
+        ever_connected: false,
+        tamper: TamperWatch::default(),
+        frames_refused_before_session: 0,
+        frames_dropped_before_buffer: 0,
     };
     if role == SdpRole::Offerer {
         if let Signal::Offer(sdp) = call.transport.create_offer().await? {
@@ -402,7 +507,7 @@ pub async fn run_call(
     let mut settled_ticks = 0u32;
     let mut actions_open = true;
     let mut rejoin: Option<tokio::task::JoinHandle<Result<Rejoined, SignalingError>>> = None;
-    while call.ended_by.is_none() {
+    while call.ended.is_none() {
         tokio::select! {
             Some(result) = OptionFuture::from(rejoin.as_mut()) => {
                 rejoin = None;
@@ -433,8 +538,21 @@ pub async fn run_call(
                 None => actions_open = false,
             },
             _ = tick.tick() => {
-                if !call.ever_set_up && call.both_joined.elapsed() >= SETUP_TIMEOUT {
-                    call.ended_by = Some("call setup timed out".into());
+                // A person deciding about a changed identity is not a stuck set-up.
+                let awaiting_person = call.options.policy == Policy::Interactive
+                    && call.security.as_ref().is_some_and(|s| {
+                        matches!(s.status(), SecurityStatus::IdentityChanged { .. })
+                    });
+                if awaiting_person && call.both_joined.elapsed() >= DECISION_TIMEOUT {
+                    call.end(Ending::failure(
+                        Outcome::Security,
+                        "the peer's identity CHANGED (or it showed none) and nobody typed \
+                         `override`: call refused, nothing sent",
+                    ));
+                }
+                if !call.ever_set_up && !awaiting_person && call.both_joined.elapsed() >= SETUP_TIMEOUT {
+                    let why = call.explain_no_path();
+                    call.end(Ending::failure(Outcome::NoPath, why));
                 }
                 call.check_dtls_stall().await;
                 call.check_link().await;
@@ -458,6 +576,7 @@ pub async fn run_call(
                         call.hang_up("duration reached").await;
                     }
                 }
+                call.watch_for_tampering().await;
                 let live = call.live(&audio);
                 let _ = call.updates.try_send(CallUpdate::Live(live));
             }
@@ -473,10 +592,11 @@ pub async fn run_call(
             && call.ever_set_up
             && !call.rejoin_failed
             && rejoin.is_none()
-            && call.ended_by.is_none()
+            && call.ended.is_none()
         {
             rejoin = Some(tokio::spawn(crate::rejoin::rejoin(
                 call.options.server.clone(),
+                Arc::clone(&call.options.tls),
                 call.options.room.clone(),
                 call.options.token.clone(),
             )));
@@ -495,7 +615,7 @@ pub async fn run_call(
     audio
         .sending
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let relayed = call.transport.is_relayed().await;
+    let pair = call.transport.selected_pair_types().await;
     // Joining the audio thread and waiting for the caption pipelines to finish their last
     // utterance block: off the (single) runtime thread, so the Bye, the last caption and any
     // other call in this process (the demo runs two) keep moving meanwhile. The audio thread
@@ -512,15 +632,48 @@ pub async fn run_call(
             "cancelled"
         })
     })?;
-    let audio_stats = audio_stats?;
+    // The recording could not be finished (a full disk, say): the call's figures are still
+    // written, and the failure is the outcome.
+    let audio_stats = audio_stats.unwrap_or_else(|e| {
+        // A failure already recorded (a security one, say) stays the outcome.
+        if call.ended.as_ref().is_none_or(|end| end.outcome.is_none()) {
+            call.ended = Some(Ending::failure(Outcome::Failed, e.to_string()));
+        }
+        AudioStats::default()
+    });
     let caption_report = (call.options.translation.enabled()
         || caption_report.received_finals + caption_report.received_partials > 0)
         .then_some(caption_report);
     call.signaling.leave().await;
     let _ = call.transport.close().await;
-    let mut report = call.report(audio_stats, relayed, cpu_seconds() - cpu_start);
+    let mut report = call.report(audio_stats, pair, cpu_seconds() - cpu_start);
     report.captions = caption_report;
     Ok(report)
+}
+
+/// The STUN/TURN servers a join answer lists, for the transport.
+fn ice_servers(joined: &Joined) -> Vec<IceServer> {
+    joined
+        .ice_servers
+        .iter()
+        .map(|s| IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Resolves when the person (or a signal) hangs up; other actions wait for the call.
+async fn hang_up_requested(actions: &mut mpsc::Receiver<UserAction>) {
+    loop {
+        match actions.recv().await {
+            Some(UserAction::HangUp) => return,
+            Some(_) => continue,
+            // Nobody can hang up any more: never resolve.
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 async fn wait_for_peer(
@@ -532,7 +685,7 @@ async fn wait_for_peer(
             event = sig_rx.recv() => match event {
                 Some(SignalingEvent::PeerJoined(peer)) => return Ok(peer),
                 Some(SignalingEvent::Closed(_)) | None => {
-                    return Err(CallError::Aborted("the signaling server closed the connection before the peer joined"))
+                    return Err(CallError::Signaling(SignalingError::Closed))
                 }
                 Some(_) => continue,
             },
@@ -563,7 +716,8 @@ struct Call {
     verified: bool,
     setup_ms: Option<u64>,
     media_since: Option<Instant>,
-    ended_by: Option<String>,
+    /// Why the call is ending (set once; the first reason wins).
+    ended: Option<Ending>,
     both_joined: Instant,
     /// Application data (captions) that arrived, waiting to be handled.
     received_app: VecDeque<Vec<u8>>,
@@ -604,6 +758,35 @@ struct Call {
     new_transport_events: Option<mpsc::Receiver<TransportEvent>>,
     /// The signaling connection is up (needed to restart ICE).
     signaling_open: bool,
+    /// The key exchange completed (a SAS exists).
+    keys_agreed: bool,
+    /// This side verified or accepted the keys (see [`Achieved::keys_accepted`]).
+    keys_accepted: bool,
+    /// Our ICE candidate types gathered, and the peer's received (for a no-path diagnosis).
+    local_candidate_types: std::collections::BTreeSet<String>,
+    remote_candidate_types: std::collections::BTreeSet<String>,
+    /// The link was connected at some point.
+    ever_connected: bool,
+    /// Watches for frames that keep failing authentication.
+    tamper: TamperWatch,
+    /// Media packets that arrived before the security session existed.
+    frames_refused_before_session: u64,
+    /// Decrypted frames the audio thread's queue had no room for.
+    frames_dropped_before_buffer: u64,
+}
+
+/// The `typ` of an ICE candidate line (`host`, `srflx`, `prflx`, `relay`), if it has a
+/// known one.
+fn candidate_type(candidate: &str) -> Option<&'static str> {
+    let mut words = candidate.split_ascii_whitespace();
+    words.find(|w| *w == "typ")?;
+    match words.next()? {
+        "host" => Some("host"),
+        "srflx" => Some("srflx"),
+        "prflx" => Some("prflx"),
+        "relay" => Some("relay"),
+        _ => None,
+    }
 }
 
 /// A link outage after set-up, and what the offerer did about it.
@@ -624,6 +807,58 @@ fn unix_now() -> u64 {
 }
 
 impl Call {
+    /// Records why the call ends; the first reason wins (a hang-up after a security failure
+    /// does not hide the failure).
+    fn end(&mut self, ending: Ending) {
+        self.ended.get_or_insert(ending);
+    }
+
+    /// What the call achieved, for the outcome.
+    fn achieved(&self) -> Achieved {
+        let media = self.security.as_ref().and_then(|s| s.media_stats());
+        Achieved {
+            keys_agreed: self.keys_agreed,
+            keys_accepted: self.keys_accepted,
+            frames_decrypted: media.map_or(0, |m| m.accepted),
+            frames_rejected: media.map_or(0, |m| {
+                RejectReason::ALL.iter().map(|r| m.rejected(*r)).sum()
+            }),
+        }
+    }
+
+    /// Why set-up has not worked: what was tried, and what probably blocks it.
+    fn explain_no_path(&self) -> String {
+        let turn_servers = self
+            .transport_config
+            .ice_servers
+            .iter()
+            .flat_map(|s| &s.urls)
+            .filter_map(|u| turn_host_port(u))
+            .collect();
+        explain_no_path(&PathFacts {
+            relay_only: self.options.relay_only,
+            turn_servers,
+            local_types: self.local_candidate_types.clone(),
+            remote_types: self.remote_candidate_types.clone(),
+            link_connected: self.ever_connected,
+            keys_agreed: self.keys_agreed,
+            waited_s: self.both_joined.elapsed().as_secs(),
+        })
+    }
+
+    /// Warns the person at once when frames from the peer keep failing authentication.
+    async fn watch_for_tampering(&mut self) {
+        let achieved = self.achieved();
+        let now_ms = self.now_ms();
+        if let Some(rejected) =
+            self.tamper
+                .observe(now_ms, achieved.frames_decrypted, achieved.frames_rejected)
+        {
+            tracing::warn!(rejected, "frames from the peer are failing authentication");
+            let _ = self.updates.send(CallUpdate::Tampering { rejected }).await;
+        }
+    }
+
     /// Keys confirmed on a connected link: the call no longer needs the signaling server.
     fn is_set_up(&self) -> bool {
         self.connected && self.security.as_ref().is_some_and(|s| s.media_allowed())
@@ -651,7 +886,7 @@ impl Call {
             }
             SignalingEvent::PeerLeft(peer, _) if peer == self.peer => {
                 let _ = self.updates.send(CallUpdate::PeerLeft).await;
-                self.ended_by = Some("peer left".into());
+                self.end(Ending::normal("the peer left"));
             }
             // In a 1:1 room the peer's old session is gone before its new one can join, so
             // whoever joins while our peer is away is the peer rejoining. (A stranger with the
@@ -675,7 +910,10 @@ impl Call {
         self.signaling_open = false;
         let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
         if !self.ever_set_up {
-            self.ended_by = Some("signaling lost before the call was set up".into());
+            self.end(Ending::failure(
+                Outcome::Signaling,
+                "the signaling connection was lost before the call was set up",
+            ));
         }
     }
 
@@ -684,6 +922,11 @@ impl Call {
     /// bigger room only our peer's old id counts. An empty room means the peer is away too.
     async fn on_rejoined(&mut self, signaling: Signaling, joined: &Joined) {
         self.signaling = signaling;
+        // The join minted fresh TURN credentials (the old ones may have expired, or the
+        // server's secret changed): a rebuilt peer connection uses them. (An ICE restart
+        // keeps the agent's first credentials: webrtc-rs 0.17 fixes its TURN URLs when the
+        // peer connection is built; docs/WEBRTC.md.)
+        self.transport_config.ice_servers = ice_servers(joined);
         self.signaling_open = true;
         self.rejoins += 1;
         self.room_capacity = joined.capacity;
@@ -741,7 +984,7 @@ impl Call {
             .is_some_and(|o| o.since.elapsed() >= PEER_AWAY_GRACE);
         if !self.connected && since.elapsed() >= PEER_AWAY_GRACE && link_down_long {
             let _ = self.updates.send(CallUpdate::PeerLeft).await;
-            self.ended_by = Some("peer left".into());
+            self.end(Ending::normal("the peer left"));
         }
     }
 
@@ -786,7 +1029,10 @@ impl Call {
         let (transport, events) = match self.transport.rebuilt(&self.transport_config).await {
             Ok(built) => built,
             Err(e) => {
-                self.ended_by = Some(format!("could not rebuild the connection: {e}"));
+                self.end(Ending::failure(
+                    Outcome::Failed,
+                    format!("could not rebuild the connection: {e}"),
+                ));
                 return;
             }
         };
@@ -812,7 +1058,10 @@ impl Call {
             match self.transport.create_offer().await {
                 Ok(Signal::Offer(sdp)) => self.relay(PeerMessage::Offer { sdp }).await,
                 Ok(_) | Err(_) => {
-                    self.ended_by = Some("could not offer on the rebuilt connection".into());
+                    self.end(Ending::failure(
+                        Outcome::Failed,
+                        "could not offer on the rebuilt connection",
+                    ));
                 }
             }
         }
@@ -825,7 +1074,13 @@ impl Call {
             return;
         };
         if outage.since.elapsed() >= LINK_LOST_TIMEOUT {
-            self.ended_by = Some("connection lost".into());
+            self.end(Ending::failure(
+                Outcome::NoPath,
+                format!(
+                    "the connection was lost and did not come back within {} s",
+                    LINK_LOST_TIMEOUT.as_secs()
+                ),
+            ));
             return;
         }
         let due = outage
@@ -878,6 +1133,7 @@ impl Call {
     /// Tracks the link state for outages and recoveries.
     fn on_link(&mut self, state: LinkState) {
         self.connected = state == LinkState::Connected;
+        self.ever_connected |= self.connected;
         if self.connected {
             if let Some(outage) = self.outage.take() {
                 self.last_recovered_at = Some(Instant::now());
@@ -936,6 +1192,9 @@ impl Call {
                 }
             }
             PeerMessage::Candidate { candidate } => {
+                if let Some(typ) = candidate_type(&candidate) {
+                    self.remote_candidate_types.insert(typ.to_owned());
+                }
                 // A bad candidate from the peer is not fatal; ICE uses the others.
                 let _ = self
                     .transport
@@ -969,7 +1228,10 @@ impl Call {
     /// it ends the call. Anything else leaves the current path as it is.
     fn refuse_renegotiation(&mut self, e: TransportError) -> Result<(), CallError> {
         if matches!(e, TransportError::FingerprintChanged) {
-            self.ended_by = Some(format!("refused: {e}"));
+            self.end(Ending::failure(
+                Outcome::Security,
+                format!("call refused: {e}"),
+            ));
         }
         Ok(())
     }
@@ -1010,10 +1272,10 @@ impl Call {
         // Non-fatal rejections (junk) are ignored; fatal ones arrive as a Failed status.
         if let Ok(events) = security.on_handshake(bytes, now_ms, unix_now()) {
             self.carry_out(events).await;
-        } else if let SecurityStatus::Failed(_) = security.status() {
-            let status = security.status().clone();
+        } else if let SecurityStatus::Failed(reason) = security.status() {
+            let (status, reason) = (security.status().clone(), reason.to_string());
             let _ = self.updates.send(CallUpdate::Security(status)).await;
-            self.ended_by = Some("e2ee handshake failed".into());
+            self.end(Ending::failure(Outcome::Security, reason));
         }
     }
 
@@ -1032,18 +1294,33 @@ impl Call {
                         self.last_security = status.label().to_owned();
                     }
                     self.verified |= matches!(status, SecurityStatus::Verified { .. });
+                    self.keys_agreed |= !matches!(
+                        status,
+                        SecurityStatus::Connecting | SecurityStatus::Failed(_)
+                    );
+                    self.keys_accepted |= match &status {
+                        SecurityStatus::Verified { .. } => true,
+                        SecurityStatus::Encrypted {
+                            confirmed_locally, ..
+                        } => *confirmed_locally || self.options.policy == Policy::TrustOnFirstUse,
+                        _ => false,
+                    };
                     match &status {
-                        SecurityStatus::Failed(_) => {
-                            self.ended_by = Some("security failure".into())
+                        SecurityStatus::Failed(reason) => {
+                            self.end(Ending::failure(Outcome::Security, reason.to_string()))
                         }
                         // A scripted call has nobody to accept a changed identity: refuse it.
                         SecurityStatus::IdentityChanged { .. }
                             if self.options.policy != Policy::Interactive =>
                         {
-                            self.ended_by = Some("peer identity changed: call refused".into())
+                            self.end(Ending::failure(
+                                Outcome::Security,
+                                "the peer's identity CHANGED (or it showed none) and this \
+                                 scripted call cannot ask anyone: call refused, nothing sent",
+                            ))
                         }
                         SecurityStatus::Ended { by_peer: true } => {
-                            self.ended_by = Some("peer hung up".into())
+                            self.end(Ending::normal("the peer hung up"))
                         }
                         _ => {}
                     }
@@ -1075,6 +1352,9 @@ impl Call {
     async fn on_transport(&mut self, event: TransportEvent, audio: &AudioPipeline) {
         match event {
             TransportEvent::Signal(Signal::Candidate(candidate)) => {
+                if let Some(typ) = candidate_type(&candidate) {
+                    self.local_candidate_types.insert(typ.to_owned());
+                }
                 self.relay(PeerMessage::Candidate { candidate }).await
             }
             TransportEvent::Signal(_) => {}
@@ -1096,24 +1376,33 @@ impl Call {
                     }
                 }
             }
-            TransportEvent::Media {
-                sequence, payload, ..
-            } => {
+            TransportEvent::Media { payload, .. } => {
                 self.frames_received += 1;
                 self.last_packet_at = Some(Instant::now());
                 let now_ms = self.now_ms();
                 let Some(security) = self.security.as_mut() else {
+                    // Media before the handshake even started: refused, and counted as such.
+                    self.frames_refused_before_session += 1;
                     return;
                 };
-                if let Ok(opus) = security.unprotect_media(&payload, now_ms) {
+                // Ordered by its authenticated index from here on (the RTP sequence number
+                // only feeds the loss statistics; anyone inside SRTP can rewrite it).
+                if let Ok(frame) = security.unprotect_media_frame(&payload, now_ms) {
                     if self.setup_ms.is_none() {
                         self.setup_ms = Some(now_ms);
                         let _ = self
                             .updates
                             .try_send(CallUpdate::MediaStarted { setup_ms: now_ms });
                     }
-                    // Never block: a full queue drops the frame, which the jitter buffer conceals.
-                    let _ = audio.incoming.try_send((sequence, audio.now_ms(), opus));
+                    // Never block: a full queue drops the frame (counted), which the jitter
+                    // buffer conceals.
+                    if audio
+                        .incoming
+                        .try_send((frame.index, audio.now_ms(), frame.payload))
+                        .is_err()
+                    {
+                        self.frames_dropped_before_buffer += 1;
+                    }
                 }
             }
         }
@@ -1138,7 +1427,7 @@ impl Call {
         let now = unix_now();
         let Some(security) = self.security.as_mut() else {
             if action == UserAction::HangUp {
-                self.ended_by = Some("hung up".into());
+                self.end(Ending::normal("hung up"));
             }
             return;
         };
@@ -1161,7 +1450,7 @@ impl Call {
             let events = security.hang_up();
             self.carry_out(events).await;
         }
-        self.ended_by = Some(why.to_owned());
+        self.end(Ending::normal(why));
     }
 
     fn live(&self, audio: &AudioPipeline) -> LiveStats {
@@ -1193,7 +1482,16 @@ impl Call {
         }
     }
 
-    fn report(&self, audio: AudioStats, relayed: bool, cpu: f64) -> CallReport {
+    fn report(&self, audio: AudioStats, pair: Option<(String, String)>, cpu: f64) -> CallReport {
+        let ending = self
+            .ended
+            .clone()
+            .unwrap_or_else(|| Ending::normal("ended"));
+        let (outcome, ended_by) = ending.resolve(&self.achieved());
+        let (local_candidate, remote_candidate) = pair.unzip();
+        let relayed = [&local_candidate, &remote_candidate]
+            .iter()
+            .any(|t| t.as_deref() == Some("relay"));
         let media = self.security.as_ref().and_then(|s| s.media_stats());
         let frames_rejected = RejectReason::ALL
             .iter()
@@ -1201,14 +1499,36 @@ impl Call {
             .collect();
         let link = self.transport.link_stats();
         CallReport {
+            outcome,
+            exit_code: outcome.exit_code(),
+            local_candidate,
+            remote_candidate,
             offerer: self.role == SdpRole::Offerer,
             security: self.last_security.clone(),
             verified: self.verified,
             relayed,
             frames_sent: self.frames_sent,
+            frames_protected: self
+                .security
+                .as_ref()
+                .map_or(0, |s| s.media_frames_protected()),
             frames_received: self.frames_received,
             frames_decrypted: media.map_or(0, |m| m.accepted),
             frames_rejected,
+            frames_refused: self.frames_refused_before_session
+                + self.security.as_ref().map_or(0, |s| s.media_refused()),
+            frames_dropped_before_buffer: self.frames_dropped_before_buffer,
+            frames_duplicate: audio.jitter.duplicates,
+            frames_invalid: audio.jitter.invalid,
+            frames_dropped_full: audio.jitter.dropped_full,
+            frames_dropped_on_reset: audio.jitter.dropped_on_reset,
+            frames_buffered_at_end: u64::from(audio.jitter.buffered),
+            frames_into_buffer: audio.jitter.received,
+            frames_played_from_packet: audio.jitter.played,
+            frames_missing: audio.jitter.missing,
+            frames_distinct: audio.jitter.distinct_frames,
+            lowest_index: audio.jitter.lowest_index,
+            highest_index: audio.jitter.highest_index,
             frames_concealed: audio.jitter.concealed,
             frames_concealed_at_end: audio.jitter.concealed_at_end,
             frames_fec_recovered: audio.jitter.fec_recovered,
@@ -1241,7 +1561,7 @@ impl Call {
             .unwrap_or(u64::MAX),
             cpu_seconds: cpu,
             duration_s: self.both_joined.elapsed().as_secs_f64(),
-            ended_by: self.ended_by.clone().unwrap_or_default(),
+            ended_by,
             audio_devices: audio.devices,
             captions: None,
         }
@@ -1328,6 +1648,23 @@ impl Call {
                 .try_send(CallUpdate::Caption(CaptionSource::Peer, caption));
         }
     }
+}
+
+/// `turn:HOST:PORT?transport=udp` (or `turns:`) as `HOST:PORT (udp)`; `None` for STUN URLs.
+fn turn_host_port(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("turn:")
+        .or_else(|| url.strip_prefix("turns:"))?;
+    let (host, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let transport = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("transport="))
+        .unwrap_or(if url.starts_with("turns:") {
+            "tls"
+        } else {
+            "udp"
+        });
+    Some(format!("{host} ({transport})"))
 }
 
 /// CPU seconds (user + system) this process has used.

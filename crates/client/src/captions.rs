@@ -12,7 +12,6 @@
 //! and written to `--captions FILE`, never logged.
 
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +26,8 @@ use aparte_translate::{
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::output_file::PendingFile;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +115,9 @@ pub struct Captions {
     outgoing: Option<Running>,
     incoming: Option<Running>,
     events: mpsc::Receiver<(Direction, PipelineEvent)>,
-    vtt: Option<WebVttWriter<BufWriter<File>>>,
+    vtt: Option<(WebVttWriter<File>, PendingFile)>,
+    /// Captions written to the file.
+    vtt_cues: u64,
     /// Figures so far.
     pub report: CaptionReport,
 }
@@ -131,13 +134,17 @@ impl Captions {
     /// Starts the pipelines asked for (models load on their own threads) and opens the
     /// captions file. Returns the taps to hand to the audio thread.
     pub fn start(options: &TranslationOptions) -> Result<(Self, AudioTaps), String> {
+        // Written beside the target under a temporary name, put in place only when the
+        // call wrote a caption (see `crate::output_file`).
         let vtt = match &options.captions_file {
-            Some(path) => Some(
-                File::create(path)
-                    .map(BufWriter::new)
-                    .and_then(WebVttWriter::new)
-                    .map_err(|e| format!("--captions {}: {e}", path.display()))?,
-            ),
+            Some(path) => {
+                let open = || -> std::io::Result<_> {
+                    let pending = PendingFile::create(path)?;
+                    let writer = WebVttWriter::new(File::create(pending.path())?)?;
+                    Ok((writer, pending))
+                };
+                Some(open().map_err(|e| format!("--captions {}: {e}", path.display()))?)
+            }
             None => None,
         };
         let (tx, events) = mpsc::channel(64);
@@ -170,6 +177,7 @@ impl Captions {
                 incoming,
                 events,
                 vtt,
+                vtt_cues: 0,
                 report: CaptionReport::default(),
             },
             taps,
@@ -199,12 +207,14 @@ impl Captions {
         if source == CaptionSource::Mine || !caption.is_final {
             return;
         }
-        if let Some(vtt) = self.vtt.as_mut() {
+        if let Some((vtt, _)) = self.vtt.as_mut() {
             if vtt.write(caption).is_err() {
                 self.report
                     .errors
                     .push("writing the captions file failed".into());
                 self.vtt = None;
+            } else {
+                self.vtt_cues += 1;
             }
         }
     }
@@ -220,6 +230,16 @@ impl Captions {
                 running.stop.store(true, Ordering::SeqCst);
                 let _ = running.thread.join();
                 *slot = Some(running.stats.snapshot());
+            }
+        }
+        if let Some((vtt, pending)) = self.vtt.take() {
+            drop(vtt);
+            if self.vtt_cues > 0 {
+                if let Err(e) = pending.commit() {
+                    self.report
+                        .errors
+                        .push(format!("the captions file could not be put in place: {e}"));
+                }
             }
         }
         std::mem::take(&mut self.report)

@@ -12,6 +12,8 @@ use aparte_client::captions::{CaptionSource, TranslationOptions};
 use aparte_client::config::{self, Settings};
 use aparte_client::devices::DeviceStats;
 use aparte_client::offline;
+use aparte_client::outcome::Outcome;
+use aparte_client::output_file::PendingFile;
 use aparte_e2ee::identity::{KnownPeers, PeerName};
 use aparte_e2ee::store;
 use aparte_session::{Policy, SecurityStatus};
@@ -24,6 +26,51 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 mod demo;
+
+/// `aparte call --help`'s list of exit codes (docs/CLIENT.md has the same table).
+const CALL_EXIT_CODES: &str = "Exit codes:
+  0  the call completed with verified or accepted keys
+  1  a local failure (sound device, file, internal error)
+  2  bad usage (a flag, value or config file); nothing was attempted
+  3  security: SAS mismatch or rejected, identity CHANGED (or missing), the key exchange
+     failed a check, or every frame received failed authentication
+  4  no network path: ICE found no working pair, the relay was unreachable, or the link was
+     lost for good
+  5  signaling: the server was unreachable or did not answer, TLS failed, or it refused the
+     join (token, full room)
+  6  incomplete: the call ended before the keys were verified or accepted
+--stats-json is written in every case, with `outcome`, `exit_code` and `ended_by`.";
+
+/// A command's failure: the one line to print and the exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: Outcome::Usage.exit_code(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            code: Outcome::Failed.exit_code(),
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
 
 /// aparté: two-party voice calls that nobody in between can listen to.
 #[derive(Parser, Debug)]
@@ -43,6 +90,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Place (or answer) a call in a room.
+    #[command(after_help = CALL_EXIT_CODES)]
     Call(Box<CallArgs>),
     /// Room helpers.
     Room {
@@ -118,10 +166,14 @@ enum ConfigCommand {
 
 #[derive(clap::Args, Debug)]
 struct CallArgs {
-    /// Signaling server URL, e.g. ws://127.0.0.1:8080/ or wss://signal.example.org/ (config:
-    /// `server`).
+    /// Signaling server URL, e.g. ws://127.0.0.1:8443/ws or wss://signal.example.org/ws
+    /// (config: `server`).
     #[arg(long, env = "APARTE_SERVER")]
     server: Option<String>,
+    /// Also trust the CA certificates in this PEM file for wss:// (a self-signed server);
+    /// the usual web roots stay trusted (config: `ca_file`).
+    #[arg(long, env = "APARTE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Room id (make one with `aparte room new`).
     #[arg(long)]
     room: String,
@@ -274,24 +326,24 @@ async fn main() -> ExitCode {
     let result = run(cli).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     // Only the commands that use settings read the config file, so a broken file does not get
     // in the way of `devices`, `room new`, `demo` or `config path`.
     let settings = || file_settings(&cli).map(|(_, s)| s);
     match &cli.command {
         Command::Call(args) => {
-            let file = settings()?;
+            let file = settings().map_err(Failure::usage)?;
             let home = home(&cli.home, &file);
             call(args, file, &home).await
         }
-        Command::Demo { out_dir } => demo::run(out_dir).await,
+        Command::Demo { out_dir } => Ok(demo::run(out_dir).await?),
         Command::Languages { model_dir } => {
             let models = model_dir
                 .clone()
@@ -309,14 +361,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             captions,
             json,
             model_dir,
-        } => translate_command(
+        } => Ok(translate_command(
             file,
             lang,
             to.as_deref(),
             captions.as_deref(),
             *json,
             model_dir,
-        ),
+        )?),
         Command::Room {
             command: RoomCommand::New { server },
         } => {
@@ -329,20 +381,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Id => {
             let home = home(&cli.home, &settings()?);
-            identity(&home).map(|(id, created)| {
-                if created {
-                    eprintln!("created a new identity in {}", home.display());
-                }
-                println!("{}", id.public().fingerprint());
-            })
+            let (id, created) = identity(&home)?;
+            if created {
+                eprintln!("created a new identity in {}", home.display());
+            }
+            println!("{}", id.public().fingerprint());
+            Ok(())
         }
-        Command::Devices => aparte_client::devices::list()
+        Command::Devices => Ok(aparte_client::devices::list()
             .map(|list| print!("{list}"))
-            .map_err(|e| e.to_string()),
-        Command::Config { command } => config_command(&cli, command),
+            .map_err(|e| e.to_string())?),
+        Command::Config { command } => Ok(config_command(&cli, command)?),
         Command::Peers => {
             let home = home(&cli.home, &settings()?);
-            store::load_known_peers(&home.join("known_peers"))
+            Ok(store::load_known_peers(&home.join("known_peers"))
                 .map_err(|e| e.to_string())
                 .map(|peers| {
                     if peers.is_empty() {
@@ -361,7 +413,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                             state
                         );
                     }
-                })
+                })?)
         }
     }
 }
@@ -438,6 +490,7 @@ fn call_settings(args: &CallArgs, file: Settings) -> Result<Settings, String> {
         lang: args.lang.clone(),
         peer_lang: args.peer_lang.clone(),
         model_dir: args.model_dir.clone(),
+        ca_file: args.ca_file.clone(),
     };
     let settings = flags.over(file);
     // A device named on the command line but not used is a mistake worth saying; one from the
@@ -451,12 +504,78 @@ fn call_settings(args: &CallArgs, file: Settings) -> Result<Settings, String> {
     Ok(settings)
 }
 
-async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result<(), String> {
-    let settings = call_settings(args, file)?;
+/// The longest `--duration` accepted (a year): anything longer is a typo, and a far larger
+/// value would not fit a timer.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `--duration` in seconds, checked.
+fn parse_duration(seconds: f64) -> Result<Duration, String> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("--duration must be a positive number of seconds".into());
+    }
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "--duration {seconds} is too long (at most {} s, a year)",
+            MAX_DURATION.as_secs()
+        )),
+    }
+}
+
+/// Whether two paths name the same file, existing or not (an output that does not exist yet
+/// is compared by its folder and name).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let resolve = |p: &std::path::Path| -> Option<PathBuf> {
+        if let Ok(full) = p.canonicalize() {
+            return Some(full);
+        }
+        let parent = match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.canonicalize().ok()?,
+            _ => std::env::current_dir().ok()?,
+        };
+        Some(parent.join(p.file_name()?))
+    };
+    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Refuses a call whose files would overwrite each other (`--input x.wav --output x.wav`
+/// would wipe the input).
+fn check_files_distinct(files: &[(&str, Option<&std::path::Path>)]) -> Result<(), String> {
+    for (i, (flag_a, a)) in files.iter().enumerate() {
+        for (flag_b, b) in &files[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if same_file(a, b) {
+                    return Err(format!(
+                        "{flag_a} and {flag_b} name the same file ({}): the call would overwrite it",
+                        a.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything about a call that can be decided from the flags and config alone (no identity
+/// file, no network): checked here so that bad usage fails at once, with exit code 2.
+#[derive(Debug)]
+struct CallPlan {
+    server: String,
+    room: RoomId,
+    input: Input,
+    output: Output,
+    duration: Option<Duration>,
+    policy: Policy,
+    peer_name: Option<PeerName>,
+    translation: TranslationOptions,
+}
+
+fn plan_call(args: &CallArgs, settings: &Settings) -> Result<CallPlan, String> {
     let room = RoomId::parse(&args.room).map_err(|e| format!("--room: {e}"))?;
     let server = settings.server.clone().ok_or(
         "no signaling server: pass --server URL, set APARTE_SERVER, or set `server` in the config file (`aparte config path` shows where)",
     )?;
+    aparte_client::signaling::check_url(&server).map_err(|e| e.to_string())?;
     let input = match settings.input_or_default() {
         "tone" => Input::Tone(440.0),
         "silence" => Input::Silence,
@@ -468,18 +587,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
         "speaker" => Output::Speaker(settings.output_device.clone()),
         path => Output::Wav(PathBuf::from(path)),
     };
-    let duration = match args.duration {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(_) => return Err("--duration must be a positive number of seconds".into()),
-        None => None,
-    };
-    let identity = if args.no_identity {
-        None
-    } else {
-        Some(identity(home)?.0)
-    };
-    let peers_path = home.join("known_peers");
-    let known_peers = store::load_known_peers(&peers_path).map_err(|e| e.to_string())?;
+    let duration = args.duration.map(parse_duration).transpose()?;
     let peer_name = args
         .peer
         .as_deref()
@@ -491,21 +599,75 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
         (None, true) => Policy::TrustOnFirstUse,
         (None, false) => Policy::Interactive,
     };
-    let interactive = policy == Policy::Interactive;
-    let options = CallOptions {
+    let translation = translation_options(args, settings)?;
+    let input_path = match &input {
+        Input::Wav(p) => Some(p.as_path()),
+        _ => None,
+    };
+    let output_path = match &output {
+        Output::Wav(p) => Some(p.as_path()),
+        _ => None,
+    };
+    check_files_distinct(&[
+        ("--input", input_path),
+        ("--output", output_path),
+        ("--captions", args.captions.as_deref()),
+        ("--stats-json", args.stats_json.as_deref()),
+    ])?;
+    Ok(CallPlan {
         server,
         room,
-        token: settings.token.clone(),
         input,
         output,
-        relay_only: settings.relay_only.unwrap_or(false),
-        loopback_only: args.loopback_only,
         duration,
         policy,
-        identity,
         peer_name,
+        translation,
+    })
+}
+
+async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result<(), Failure> {
+    // Usage errors are written to --stats-json too, so a script always finds the file.
+    let usage = |message: String| {
+        let report = CallReport {
+            outcome: Outcome::Usage,
+            exit_code: Outcome::Usage.exit_code(),
+            security: "not started".into(),
+            ended_by: message.clone(),
+            ..CallReport::default()
+        };
+        if let Some(path) = &args.stats_json {
+            let _ = write_report(path, &report);
+        }
+        Failure::usage(message)
+    };
+    let settings = call_settings(args, file).map_err(usage)?;
+    let plan = plan_call(args, &settings).map_err(usage)?;
+    let tls = aparte_client::tls::client_config(settings.ca_file.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
+    let identity = if args.no_identity {
+        None
+    } else {
+        Some(identity(home)?.0)
+    };
+    let peers_path = home.join("known_peers");
+    let known_peers = store::load_known_peers(&peers_path).map_err(|e| e.to_string())?;
+    let interactive = plan.policy == Policy::Interactive;
+    let options = CallOptions {
+        server: plan.server,
+        tls,
+        room: plan.room,
+        token: settings.token.clone(),
+        input: plan.input,
+        output: plan.output,
+        relay_only: settings.relay_only.unwrap_or(false),
+        loopback_only: args.loopback_only,
+        duration: plan.duration,
+        policy: plan.policy,
+        identity,
+        peer_name: plan.peer_name,
         known_peers,
-        translation: translation_options(args, &settings)?,
+        translation: plan.translation,
     };
 
     let (actions_tx, actions) = mpsc::channel(8);
@@ -528,14 +690,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
             }
         });
     }
-    {
-        let tx = actions_tx.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = tx.send(UserAction::HangUp).await;
-            }
-        });
-    }
+    hang_up_on_signals(actions_tx.clone())?;
     drop(actions_tx);
 
     let display = tokio::spawn(async move {
@@ -546,21 +701,54 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
     });
     let result = run_call(options, actions, updates_tx).await;
     let _ = display.await;
-    let report = result.map_err(|e| e.to_string())?;
-    eprintln!(
-        "\ncall ended ({}): {}, {} frames sent, {} decrypted, {} rejected, {} concealed",
-        report.ended_by,
-        report.security,
-        report.frames_sent,
-        report.frames_decrypted,
-        report.frames_rejected.values().sum::<u64>(),
-        report.frames_concealed
-    );
-    if report.audio_devices != DeviceStats::default() {
-        eprintln!("sound devices: {}", device_counts(&report.audio_devices));
-    }
+    let report = match result {
+        Ok(report) => {
+            eprintln!(
+                "\ncall ended ({}): {}, {} frames sent, {} decrypted, {} rejected, {} concealed",
+                report.ended_by,
+                report.security,
+                report.frames_sent,
+                report.frames_decrypted,
+                report.frames_rejected.values().sum::<u64>(),
+                report.frames_concealed
+            );
+            if report.audio_devices != DeviceStats::default() {
+                eprintln!("sound devices: {}", device_counts(&report.audio_devices));
+            }
+            report
+        }
+        Err(e) => CallReport::failed_early(&e),
+    };
     if let Some(path) = &args.stats_json {
         write_report(path, &report)?;
+    }
+    match report.exit_code {
+        0 => Ok(()),
+        code => Err(Failure {
+            code,
+            message: report.ended_by,
+        }),
+    }
+}
+
+/// SIGINT (Ctrl-C), SIGTERM (`kill`, `systemctl stop`) and SIGHUP (the terminal closed) all
+/// hang up cleanly: the recording gets its final header and the stats are written.
+fn hang_up_on_signals(actions: mpsc::Sender<UserAction>) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ] {
+        let mut stream = signal(kind).map_err(|e| format!("cannot watch for signals: {e}"))?;
+        let tx = actions.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(UserAction::HangUp).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
     Ok(())
 }
@@ -579,9 +767,14 @@ fn device_counts(d: &DeviceStats) -> String {
     )
 }
 
+/// Writes the stats beside the target and renames them over it, so a reader never sees half
+/// a file.
 fn write_report(path: &std::path::Path, report: &CallReport) -> Result<(), String> {
     let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))
+    let fail = |e: std::io::Error| format!("--stats-json {}: {e}", path.display());
+    let pending = PendingFile::create(path).map_err(fail)?;
+    std::fs::write(pending.path(), json + "\n").map_err(fail)?;
+    pending.commit().map_err(fail)
 }
 
 fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path::Path) {
@@ -589,14 +782,24 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
     // On a TTY a status line first clears the live line it replaces.
     let clear = if tty { "\r\x1b[K" } else { "" };
     match update {
+        CallUpdate::Connecting { server } => {
+            let _ = writeln!(err, "connecting to {server} …");
+        }
+        CallUpdate::Tampering { rejected } => {
+            let _ = writeln!(
+                err,
+                "{clear}!!! {rejected} frames from the peer failed authentication in the last second: \
+                 someone is tampering with the media (nothing forged is played)"
+            );
+        }
         CallUpdate::Joined { peer_present } => {
             let _ = writeln!(
                 err,
                 "joined the room; {}",
                 if peer_present {
-                    "peer is here, connecting"
+                    "the peer is here, connecting …"
                 } else {
-                    "waiting for the peer"
+                    "waiting for the peer …"
                 }
             );
         }
@@ -621,15 +824,18 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 SecurityStatus::IdentityChanged {
                     pinned, presented, ..
                 } => {
+                    let now = presented.map_or_else(
+                        || "NO identity at all".to_owned(),
+                        |p| p.fingerprint().to_string(),
+                    );
                     let _ = write!(
                         err,
-                        "\n  !!! the peer's identity CHANGED: pinned {} now {}\n  !!! this may be a man-in-the-middle. Type `override` only if you know why it changed.",
+                        "\n  !!! the peer's identity CHANGED: pinned {} now {now}\n  !!! this may be a man-in-the-middle; nothing is sent or played. Type `override` only if you know why it changed.",
                         pinned.fingerprint(),
-                        presented.fingerprint()
                     );
                 }
                 SecurityStatus::Failed(reason) => {
-                    let _ = write!(err, " {reason:?}");
+                    let _ = write!(err, " {reason}");
                 }
                 _ => {}
             }
@@ -754,4 +960,124 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
 
 fn save_peers(path: &std::path::Path, peers: &KnownPeers) -> Result<(), String> {
     store::save_known_peers(path, peers).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Parses `aparte call` arguments and plans the call, as `call` does before any file or
+    /// network is touched.
+    fn plan(args: &[String]) -> Option<Result<(), String>> {
+        let argv = ["aparte", "call"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(args.iter().cloned());
+        let cli = Cli::try_parse_from(argv).ok()?;
+        let Command::Call(call) = cli.command else {
+            return None;
+        };
+        let settings = match call_settings(&call, Settings::default()) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(plan_call(&call, &settings).map(|_| ()))
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[-+]?[0-9]{0,40}(\\.[0-9]{0,10})?(e[-+]?[0-9]{1,4})?",
+            Just("NaN".to_owned()),
+            Just("inf".to_owned()),
+            Just("-0".to_owned()),
+            "(ws|wss|http)://[a-z0-9.:\\[\\]]{0,30}(/[a-z]{0,5})?",
+            Just("PUZ3L1CZ48JDc3EURQ4wOg".to_owned()),
+        ]
+    }
+
+    const FLAGS: [&str; 12] = [
+        "--server",
+        "--room",
+        "--duration",
+        "--input",
+        "--output",
+        "--peer",
+        "--expect-sas",
+        "--lang",
+        "--peer-lang",
+        "--captions",
+        "--stats-json",
+        "--ca-file",
+    ];
+
+    proptest! {
+        /// No flag value makes `aparte call` panic: every one is either accepted or refused
+        /// with a message.
+        #[test]
+        fn no_flag_value_panics(pairs in proptest::collection::vec((0..FLAGS.len(), value()), 0..8)) {
+            let mut args = vec!["--room=PUZ3L1CZ48JDc3EURQ4wOg".to_owned(),
+                "--server=ws://127.0.0.1:9/ws".to_owned()];
+            for (flag, v) in pairs {
+                args.push(format!("{}={v}", FLAGS[flag]));
+            }
+            if let Some(Err(message)) = plan(&args) {
+                prop_assert!(!message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn durations_are_checked_not_panicked_on() {
+        for bad in ["1e30", "1e400", "-1", "0", "NaN", "inf", "31622401"] {
+            let args = [
+                "--room=PUZ3L1CZ48JDc3EURQ4wOg".to_owned(),
+                "--server=ws://127.0.0.1:9/ws".to_owned(),
+                format!("--duration={bad}"),
+            ];
+            match plan(&args) {
+                Some(Err(e)) => assert!(e.contains("--duration"), "{bad}: {e}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_duration(2.5), Ok(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn files_that_would_overwrite_each_other_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.wav");
+        std::fs::write(&a, b"x").unwrap();
+        let via_dot = dir.path().join(".").join("a.wav");
+        assert!(same_file(&a, &via_dot));
+        assert!(!same_file(&a, &dir.path().join("b.wav")));
+        let e = check_files_distinct(&[
+            ("--input", Some(a.as_path())),
+            ("--output", Some(via_dot.as_path())),
+        ])
+        .unwrap_err();
+        assert!(e.contains("--input and --output"), "{e}");
+        assert!(
+            check_files_distinct(&[("--input", Some(a.as_path())), ("--output", None)]).is_ok()
+        );
+    }
+
+    #[test]
+    fn server_urls_are_checked() {
+        for (url, ok) in [
+            ("ws://127.0.0.1:8443/ws", true),
+            ("wss://signal.example.org/ws", true),
+            ("http://127.0.0.1/ws", false),
+            ("ws://", false),
+            ("signal.example.org", false),
+        ] {
+            let args = [
+                "--room=PUZ3L1CZ48JDc3EURQ4wOg".to_owned(),
+                format!("--server={url}"),
+            ];
+            assert_eq!(plan(&args).unwrap().is_ok(), ok, "{url}");
+        }
+    }
 }

@@ -749,6 +749,14 @@ impl Transport {
         matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
     }
 
+    /// The candidate types of the selected ICE pair, (local, remote): `host`, `srflx`,
+    /// `prflx` or `relay`. A call is relayed when either side is `relay`: with one peer
+    /// relay-only, the other's local candidate is a plain host address.
+    pub async fn selected_pair_types(&self) -> Option<(String, String)> {
+        let pair = self.selected_candidate_pair().await?;
+        Some((pair.local.typ.to_string(), pair.remote.typ.to_string()))
+    }
+
     async fn selected_candidate_pair(&self) -> Option<RTCIceCandidatePair> {
         let sctp = self.pc.sctp();
         let dtls = sctp.transport();

@@ -19,14 +19,14 @@ async fn null_microphone_and_speaker_carry_frames_through_the_pipeline() {
     audio.sending.store(true, Ordering::SeqCst);
     // Every packet the audio thread encodes marks one of its 20 ms ticks; loop each back in as
     // if the peer had sent it, so the jitter buffer, decoder and speaker run too.
-    for seq in 0..60u16 {
+    for index in 0..60u64 {
         let packet = tokio::time::timeout(Duration::from_secs(5), audio.outgoing.recv())
             .await
             .expect("the audio thread keeps encoding microphone frames")
             .expect("the pipeline is running");
         audio
             .incoming
-            .try_send((seq, audio.now_ms(), packet))
+            .try_send((index, audio.now_ms(), packet))
             .expect("the incoming queue has room");
     }
     let stats = audio.stop().expect("the pipeline stops cleanly");
