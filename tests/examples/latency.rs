@@ -163,8 +163,8 @@ async fn pump(
             Some(arrival) = peer.media.recv() => {
                 receives.arrived.lock().unwrap().push(Instant::now());
                 let now_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if let Ok(opus) = peer.security.unprotect_media(&arrival.payload, now_ms) {
-                    let _ = audio.incoming.try_send((arrival.sequence, audio.now_ms(), opus));
+                if let Ok(frame) = peer.security.unprotect_media_frame(&arrival.payload, now_ms) {
+                    let _ = audio.incoming.try_send((frame.index, audio.now_ms(), frame.payload));
                 }
             }
             _ = stop.changed() => break,

@@ -430,10 +430,10 @@ pub struct Playback {
     pub decode_errors: u64,
 }
 
-/// Runs the receiving audio path on recorded arrivals: `(sequence, arrival_ms, opus)` pushed
-/// into the jitter buffer at their arrival times, one pop per 20 ms tick, decode / FEC /
-/// concealment exactly as `crates/client/src/audio.rs` does.
-pub fn play_out(arrivals: &[(u16, u64, Vec<u8>)]) -> Playback {
+/// Runs the receiving audio path on recorded arrivals: `(authenticated index, arrival_ms,
+/// opus)` pushed into the jitter buffer at their arrival times, one pop per 20 ms tick,
+/// decode / FEC / concealment exactly as `crates/client/src/audio.rs` does.
+pub fn play_out(arrivals: &[(u64, u64, Vec<u8>)]) -> Playback {
     let mut jitter = JitterBuffer::new(JitterConfig::default()).expect("jitter buffer");
     let mut decoder = Decoder::new().expect("Opus decoder");
     let mut sorted: Vec<_> = arrivals.iter().collect();
@@ -451,11 +451,11 @@ pub fn play_out(arrivals: &[(u16, u64, Vec<u8>)]) -> Playback {
     let mut next = 0;
     let mut playing = false;
     while next < sorted.len() || !jitter.is_empty() {
-        while let Some((seq, at, packet)) = sorted.get(next).copied() {
+        while let Some((index, at, packet)) = sorted.get(next).copied() {
             if *at > now {
                 break;
             }
-            jitter.push(*seq, *at, packet.clone());
+            jitter.push_frame(*index, *at, packet.clone());
             next += 1;
         }
         let decoded = match jitter.pop(now) {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod call;
+pub mod netns;
 pub mod proxy;
 pub mod relay;
 pub mod scripted;
@@ -49,6 +50,8 @@ pub struct SignalingServer {
     pub addr: SocketAddr,
     /// The embedded TURN relay's UDP address, when started with one.
     pub turn_addr: Option<SocketAddr>,
+    /// Whether it serves TLS (`wss://`).
+    pub tls: bool,
 }
 
 impl SignalingServer {
@@ -80,6 +83,7 @@ impl SignalingServer {
             }
         });
         let mut turn_addr = None;
+        let mut tls = false;
         let addr = loop {
             let line = lines
                 .recv_timeout(WAIT)
@@ -90,17 +94,28 @@ impl SignalingServer {
             if let Some(a) = line.strip_prefix("listening on http://") {
                 break a.parse().expect("listen address");
             }
+            if let Some(a) = line.strip_prefix("listening on https://") {
+                tls = true;
+                break a.parse().expect("listen address");
+            }
         };
         Self {
             child,
             addr,
             turn_addr,
+            tls,
         }
     }
 
     /// The WebSocket URL clients connect to.
     pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.addr)
+    }
+
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -131,6 +146,49 @@ pub fn frames_rejected_total(report: &serde_json::Value) -> u64 {
         .values()
         .map(|v| v.as_u64().expect("a count"))
         .sum()
+}
+
+/// Asserts the frame accounting of one direction of a call (issue 15): every frame the peer
+/// protected is, in `me`'s `--stats-json`, decrypted (then played, dropped by reason or still
+/// buffered), rejected, refused, or lost, with no unexplained remainder. Returns the frames
+/// lost on the way.
+pub fn assert_frames_add_up(me: &serde_json::Value, peer: &serde_json::Value) -> u64 {
+    let n = |v: &serde_json::Value, key: &str| {
+        v[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing from {v}"))
+    };
+    let jitter = aparte_media::jitter::JitterStats {
+        received: n(me, "frames_into_buffer"),
+        played: n(me, "frames_played_from_packet"),
+        late: n(me, "frames_late"),
+        duplicates: n(me, "frames_duplicate"),
+        invalid: n(me, "frames_invalid"),
+        dropped_for_latency: n(me, "frames_dropped_for_latency"),
+        dropped_full: n(me, "frames_dropped_full"),
+        dropped_on_reset: n(me, "frames_dropped_on_reset"),
+        buffered: u32::try_from(n(me, "frames_buffered_at_end")).expect("a small count"),
+        distinct_frames: n(me, "frames_distinct"),
+        lowest_index: me["lowest_index"].as_u64(),
+        highest_index: me["highest_index"].as_u64(),
+        missing: n(me, "frames_missing"),
+        ..Default::default()
+    };
+    let counts = aparte_media::accounting::FrameCounts {
+        sent: n(peer, "frames_protected"),
+        arrived: Some(n(me, "frames_received")),
+        refused: n(me, "frames_refused"),
+        rejected: frames_rejected_total(me),
+        decrypted: n(me, "frames_decrypted"),
+        dropped_before_buffer: n(me, "frames_dropped_before_buffer"),
+        jitter,
+    };
+    let r = counts.reconcile();
+    assert!(
+        r.is_balanced(),
+        "frames do not add up: {r:?}\nreceiver: {me}\nsender: {peer}"
+    );
+    r.lost
 }
 
 /// A fresh room id from `aparte room new`, as a user would make one.
@@ -228,6 +286,16 @@ impl CallProcess {
     pub fn expect_clean_exit(&mut self) {
         let status = self.child.wait().expect("wait for aparte");
         assert!(status.success(), "{status}: {:?}", self.seen);
+    }
+
+    /// Waits for the process to end and asserts its exit code (showing every status line
+    /// seen otherwise).
+    pub fn expect_exit_code(&mut self, code: i32) {
+        let status = self.child.wait().expect("wait for aparte");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(line);
+        }
+        assert_eq!(status.code(), Some(code), "{status}: {:?}", self.seen);
     }
 
     /// Waits until a status line (already seen or new) contains `needle`; panics with

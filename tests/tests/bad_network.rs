@@ -29,15 +29,15 @@ const BOB_SAYS: &str = "Hi Alice. I hear you fine. A few words sound a little ro
 
 /// Everything `peer` receives until nothing has come for a second after the sending ended:
 /// with at most 60 ms of added delay, a frame that late is lost. Returns
-/// (sequence, arrival_ms, opus) of every frame that decrypted.
-async fn receive_all(peer: &mut CallPeer) -> Vec<(u16, u64, Vec<u8>)> {
+/// (authenticated index, arrival_ms, opus) of every frame that decrypted.
+async fn receive_all(peer: &mut CallPeer) -> Vec<(u64, u64, Vec<u8>)> {
     let mut got = Vec::new();
     while let Some(a) = peer.next_media(Duration::from_secs(1)).await {
-        let opus = peer
+        let frame = peer
             .security
-            .unprotect_media(&a.payload, a.arrival_ms)
+            .unprotect_media_frame(&a.payload, a.arrival_ms)
             .expect("an honest but lossy path delivers only genuine frames");
-        got.push((a.sequence, a.arrival_ms, opus));
+        got.push((frame.index, a.arrival_ms, frame.payload));
     }
     got
 }

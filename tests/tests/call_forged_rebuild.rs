@@ -113,7 +113,7 @@ fn a_forged_rebuild_request_does_not_touch_a_call_that_is_set_up() {
         assert_eq!(me["transport_rebuilds"], 0, "{name}: {me}");
         let ended_by = me["ended_by"].as_str().unwrap();
         assert!(
-            ["duration reached", "peer hung up"].contains(&ended_by),
+            ["duration reached", "the peer hung up"].contains(&ended_by),
             "{name}: {me}"
         );
         assert_eq!(me["frames_concealed"], 0, "{name}: {me}");

@@ -174,7 +174,7 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
         assert!(
             matches!(
                 me["ended_by"].as_str(),
-                Some("duration reached" | "peer hung up")
+                Some("duration reached" | "the peer hung up")
             ),
             "{me}"
         );

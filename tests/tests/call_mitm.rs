@@ -5,8 +5,10 @@
 //! hostile server can make on aparté.
 //!
 //! What must hold: the two people see different SAS; media encrypted for the attacker is
-//! rejected by the real peer; and peers that pinned each other's identities on an earlier call
-//! refuse the call outright (identity CHANGED).
+//! rejected by the real peer, and the call ends as a security failure (exit 3); and peers that
+//! pinned each other's identities on an earlier call refuse the call outright (identity
+//! CHANGED, exit 3, nothing sent), whether Mallory shows her own identity or strips it (shows
+//! none at all, hoping to be taken for a new peer).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aparte_client::sdp::dtls_fingerprint;
@@ -31,7 +33,8 @@ struct Mallory {
     toward_initiator: Option<Handshake>,
     /// Mallory as initiator to peer 1 (the responder).
     toward_responder: Option<Handshake>,
-    identity: IdentityKey,
+    /// Mallory's identity; `None` strips identities (`id_flag = 0`).
+    identity: Option<IdentityKey>,
 }
 
 impl Mallory {
@@ -106,17 +109,19 @@ impl Mallory {
         let params =
             CallParams::new(room.clone(), answerer_fp.clone(), offerer_fp.clone()).unwrap();
         self.toward_initiator =
-            Some(Handshake::responder(params, Some(&self.identity), &mut OsRng).unwrap());
+            Some(Handshake::responder(params, self.identity.as_ref(), &mut OsRng).unwrap());
         // To the responder (answerer), Mallory poses as the offerer and starts with a Commit.
         let params = CallParams::new(room, offerer_fp, answerer_fp).unwrap();
-        let (hs, commit) = Handshake::initiator(params, Some(&self.identity), &mut OsRng).unwrap();
+        let (hs, commit) =
+            Handshake::initiator(params, self.identity.as_ref(), &mut OsRng).unwrap();
         self.toward_responder = Some(hs);
         self.handshake_to(0, commit);
     }
 }
 
-/// Runs the hostile server for one room of two; returns its WebSocket URL.
-async fn start_mitm() -> String {
+/// Runs the hostile server for one room of two, showing `identity` (or none); returns its
+/// WebSocket URL.
+async fn start_mitm(identity: Option<IdentityKey>) -> String {
     let TwoClients {
         url,
         mut outboxes,
@@ -130,7 +135,7 @@ async fn start_mitm() -> String {
             answer_fp: None,
             toward_initiator: None,
             toward_responder: None,
-            identity: IdentityKey::generate(&mut OsRng),
+            identity,
         };
         loop {
             tokio::select! {
@@ -175,7 +180,7 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
     let stats = |n: &str| dir.path().join(format!("{n}.json"));
 
     // 1. Without pinned identities: each side completes a handshake with Mallory.
-    let url = start_mitm().await;
+    let url = start_mitm(Some(IdentityKey::generate(&mut OsRng))).await;
     let room = new_room();
     let args = |n: &str| {
         vec![
@@ -208,10 +213,16 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
     })
     .await
     .unwrap();
-    assert!(a_exit.success() && b_exit.success());
+    // Every frame failed authentication: a security failure, said as such.
+    assert_eq!((a_exit.code(), b_exit.code()), (Some(3), Some(3)));
     for n in ["alice", "bob"] {
         let s: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(stats(n)).unwrap()).unwrap();
+        assert_eq!(s["outcome"], "security", "{n}: {s}");
+        assert!(
+            s["ended_by"].as_str().unwrap().contains("tampering"),
+            "{n}: {s}"
+        );
         assert_eq!(
             s["frames_decrypted"], 0,
             "{n} decrypted frames encrypted for Mallory: {s}"
@@ -254,29 +265,51 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
     .unwrap();
     assert_eq!(sa, sb, "the honest call is not intercepted");
     drop(honest);
-
-    // ... then Mallory's server sits in the middle of their next call: both refuse it.
-    let url = start_mitm().await;
-    let room = new_room();
-    let mut alice = spawn_on(&url, &room, "alice2", "bob");
-    // Alice joins first (Mallory numbers peers by arrival): wait until she is in the room.
-    tokio::task::block_in_place(|| alice.wait_for("waiting for the peer", WAIT));
-    let mut bob = spawn_on(&url, &room, "bob2", "alice");
-    tokio::task::spawn_blocking(move || {
-        for peer in [&mut alice, &mut bob] {
-            peer.wait_for("CHANGED", WAIT);
-            assert!(peer.child.wait().unwrap().success());
-        }
-    })
-    .await
-    .unwrap();
+    // They compared the SAS (equal, as asserted): both records now say verified, as after an
+    // interactive confirmation.
     for n in ["alice2", "bob2"] {
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(stats(n)).unwrap()).unwrap();
-        assert_eq!(s["frames_sent"], 0, "{n} sent media on a refused call: {s}");
-        assert_eq!(
-            s["ended_by"], "peer identity changed: call refused",
-            "{n}: {s}"
-        );
+        let path = home(n).join("known_peers");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(" unverified "), "{text}");
+        std::fs::write(&path, text.replace(" unverified ", " verified ")).unwrap();
+    }
+
+    // ... then Mallory's server sits in the middle of their next call, first showing her own
+    // identity, then stripping identities altogether: both sides refuse both calls.
+    for mallory in [Some(IdentityKey::generate(&mut OsRng)), None] {
+        let stripped = mallory.is_none();
+        let url = start_mitm(mallory).await;
+        let room = new_room();
+        let mut alice = spawn_on(&url, &room, "alice2", "bob");
+        // Alice joins first (Mallory numbers peers by arrival): wait until she is in the room.
+        tokio::task::block_in_place(|| alice.wait_for("waiting for the peer", WAIT));
+        let mut bob = spawn_on(&url, &room, "bob2", "alice");
+        tokio::task::spawn_blocking(move || {
+            for peer in [&mut alice, &mut bob] {
+                peer.wait_for("CHANGED", WAIT);
+                if stripped {
+                    peer.wait_for("NO identity at all", WAIT);
+                }
+                peer.expect_exit_code(3);
+            }
+        })
+        .await
+        .unwrap();
+        for n in ["alice2", "bob2"] {
+            let s: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(stats(n)).unwrap()).unwrap();
+            assert_eq!(s["frames_sent"], 0, "{n} sent media on a refused call: {s}");
+            assert_eq!(s["outcome"], "security", "{n}: {s}");
+            assert!(
+                s["ended_by"].as_str().unwrap().contains("CHANGED"),
+                "{n}: {s}"
+            );
+            // The pinned, verified record is untouched.
+            let peers = std::fs::read_to_string(home(n).join("known_peers")).unwrap();
+            assert!(
+                peers.contains(" verified "),
+                "{n} (stripped: {stripped}): {peers}"
+            );
+        }
     }
 }

@@ -16,7 +16,8 @@ use std::process::{Command, Output};
 
 use aparte_e2e_tests::call::assert_heard_matches_said;
 use aparte_e2e_tests::{
-    binary, frames_rejected_total, new_room, read_stats, speak, SignalingServer,
+    assert_frames_add_up, binary, frames_rejected_total, new_room, read_stats, speak,
+    SignalingServer,
 };
 
 fn call(
@@ -117,6 +118,7 @@ fn speech_both_ways_through_a_real_signaling_server_matches_what_was_sent() {
         );
         let rejected = frames_rejected_total(me);
         assert_eq!(rejected, 0);
+        assert_frames_add_up(me, other);
         assert_eq!(me["relayed"], false);
     }
 

@@ -91,15 +91,16 @@ async fn relay_mangling_is_dropped_by_srtp_and_the_call_survives() {
             .ok()
             .flatten()
             .unwrap_or_else(|| panic!("only {} frames arrived", accepted.len()));
-        let opus = call
+        let frame = call
             .bob
             .security
-            .unprotect_media(&a.payload, a.arrival_ms)
+            .unprotect_media_frame(&a.payload, a.arrival_ms)
             .expect("every packet SRTP lets through is genuine");
+        let opus = frame.payload;
         if opus == b"end-1" {
             marker_seen = true;
         } else {
-            played.push((a.sequence, a.arrival_ms, opus.clone()));
+            played.push((frame.index, a.arrival_ms, opus.clone()));
             accepted.push(opus);
         }
     }
@@ -342,12 +343,15 @@ async fn forged_replayed_and_reordered_frames_inside_srtp_are_rejected_and_count
     let mut accepted = vec![0u32; n];
     let mut played = Vec::new();
     for (k, (a, expect)) in arrivals.iter().zip(&expected).enumerate() {
-        let got = call.bob.security.unprotect_media(&a.payload, a.arrival_ms);
+        let got = call
+            .bob
+            .security
+            .unprotect_media_frame(&a.payload, a.arrival_ms);
         match (expect, got) {
-            (Expect::Accept(i), Ok(opus)) => {
-                assert_eq!(opus, frames[*i], "write {k}: wrong plaintext");
+            (Expect::Accept(i), Ok(frame)) => {
+                assert_eq!(frame.payload, frames[*i], "write {k}: wrong plaintext");
                 accepted[*i] += 1;
-                played.push((a.sequence, a.arrival_ms, opus));
+                played.push((frame.index, a.arrival_ms, frame.payload));
             }
             (Expect::Reject(reason), Err(SessionError::Frame(e))) => {
                 assert_eq!(

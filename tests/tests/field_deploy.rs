@@ -1,0 +1,276 @@
+//! docs/DEPLOY.md followed end to end, the way a user meets it: the signaling server with its
+//! TURN relay on a "VPS", TLS on port 443 with a certificate made by the commands in DEPLOY.md
+//! ("Option D: your own CA"), join tokens minted on the VPS, and two peers in two "homes"
+//! behind NAT routers, each placing `aparte call --server wss://…` with the CA file. All of it
+//! in network namespaces (`aparte_e2e_tests::netns`), real processes, real sockets.
+//!
+//! Two kinds of home router: `masquerade` (a typical home NAT; peers may connect directly
+//! through it) and `masquerade fully-random` (symmetric NAT: only the relay can connect them).
+//! What must hold in both: both calls exit 0, show the same SAS, decrypt what the other sent,
+//! reject nothing, and both reports agree on whether the call was relayed (under symmetric
+//! NAT: both say relayed).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aparte_e2e_tests::netns::{Nat, Topology, VPS_IP};
+use aparte_e2e_tests::{binary, frames_rejected_total, read_stats, speak, WAIT};
+
+/// The shell block of docs/DEPLOY.md that follows `<!-- field-test: NAME -->`.
+fn deploy_block(name: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DEPLOY.md")).unwrap();
+    let marker = format!("<!-- field-test: {name} -->");
+    let after = doc
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("DEPLOY.md has no {marker}"))
+        .1;
+    let body = after
+        .split_once("```sh\n")
+        .expect("a ```sh block after the marker")
+        .1;
+    body.split_once("```").expect("the block ends").0.to_owned()
+}
+
+/// The folder holding the workspace binaries, for PATH.
+fn bin_dir() -> String {
+    binary("aparte")
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs a DEPLOY.md block with `sh -e` in `dir`, the binaries on PATH; returns stdout.
+fn run_block(name: &str, dir: &Path, env: &[(&str, &str)]) -> String {
+    let path = format!(
+        "{}:{}",
+        bin_dir(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("sh")
+        .args(["-e", "-c", &deploy_block(name)])
+        .current_dir(dir)
+        .env("PATH", path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "DEPLOY.md block {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A process in a namespace whose output lines are collected as they come; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no {needle:?} within {within:?}:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn finish(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Both pipes closed: the process is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.child.wait().unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}:\n{}",
+                self.seen.join("\n")
+            );
+        }
+    }
+
+    fn sas(&self) -> String {
+        self.seen
+            .iter()
+            .find_map(|l| l.split_once("SAS: ").map(|(_, s)| s.to_owned()))
+            .unwrap_or_else(|| panic!("no SAS shown:\n{}", self.seen.join("\n")))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn call_between_homes(nat: Nat) {
+    let topo = Topology::build(nat);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // DEPLOY.md §4 Option D: a CA and a certificate for the VPS, made on the VPS.
+    run_block("certificates", d, &[]);
+    // §3: the two secrets (`openssl rand -hex 32` each), then the server as in Option C (TLS
+    // in the server itself, port 443) with the embedded TURN relay of §6.
+    let rand_hex = || {
+        let out = Command::new("openssl")
+            .args(["rand", "-hex", "32"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (token_secret, turn_secret) = (rand_hex(), rand_hex());
+    let mut server = Topology::command(&topo.vps, binary("aparte-signaling"));
+    server
+        .current_dir(d)
+        .env("APARTE_TOKEN_SECRET", &token_secret)
+        .env("APARTE_TURN_SECRET", &turn_secret)
+        .args(["--listen", "0.0.0.0:443"])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+        .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
+        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")]);
+    let mut server = Running::start(server);
+    server.wait_for("listening on https://", WAIT);
+
+    // §5: a room and one token per person, minted on the VPS.
+    let tokens = run_block(
+        "tokens",
+        d,
+        &[("APARTE_TOKEN_SECRET", token_secret.as_str())],
+    );
+    let lines: Vec<&str> = tokens.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 3, "room, alice's token, bob's token: {tokens}");
+    let room = lines[0].strip_prefix("room: ").expect("room: ID");
+    let (alice_token, bob_token) = (lines[1], lines[2]);
+
+    // Each person, at home, with the CA file handed over with the token (§9).
+    speak(
+        "Hello Bob, this is Alice, calling from home through the server.",
+        &d.join("alice.wav"),
+    );
+    speak(
+        "Hi Alice, Bob here, I hear you through two routers.",
+        &d.join("bob.wav"),
+    );
+    let url = format!("wss://{VPS_IP}/ws");
+    let person = |home: &str, name: &str, peer: &str, token: &str| {
+        let mut cmd = Topology::command(home, binary("aparte"));
+        cmd.current_dir(d)
+            .env("APARTE_HOME", d.join(format!("home-{name}")))
+            .args(["call", "--server", &url, "--ca-file", "ca.pem"])
+            .arg(format!("--room={room}"))
+            .args(["--token", token, "--peer", peer, "--tofu"])
+            .args(["--input", &format!("{name}.wav")])
+            .args(["--output", &format!("{name}-heard.wav")])
+            .args(["--stats-json", &format!("{name}.json")]);
+        Running::start(cmd)
+    };
+    let mut alice = person(&topo.a.host, "alice", "bob", alice_token);
+    alice.wait_for("waiting for the peer", WAIT);
+    let mut bob = person(&topo.b.host, "bob", "alice", bob_token);
+    for p in [&mut alice, &mut bob] {
+        let status = p.finish(Duration::from_secs(90));
+        assert_eq!(status.code(), Some(0), "{nat:?}:\n{}", p.seen.join("\n"));
+    }
+    assert_eq!(alice.sas(), bob.sas(), "{nat:?}");
+    let (sa, sb) = (
+        read_stats(&d.join("alice.json")),
+        read_stats(&d.join("bob.json")),
+    );
+    println!(
+        "{nat:?}: alice {} -> {} ({}), bob {} -> {} ({}), setup {} / {} ms",
+        sa["local_candidate"],
+        sa["remote_candidate"],
+        sa["relayed"],
+        sb["local_candidate"],
+        sb["remote_candidate"],
+        sb["relayed"],
+        sa["setup_ms"],
+        sb["setup_ms"]
+    );
+    for (me, other) in [(&sa, &sb), (&sb, &sa)] {
+        assert_eq!(me["outcome"], "completed", "{me}");
+        assert_eq!(frames_rejected_total(me), 0, "{me}");
+        let sent = other["frames_sent"].as_u64().unwrap();
+        let got = me["frames_decrypted"].as_u64().unwrap();
+        assert!(
+            sent > 100 && got * 100 >= sent * 95,
+            "{got} of {sent}: {me}"
+        );
+        aparte_e2e_tests::assert_frames_add_up(me, other);
+    }
+    assert_eq!(sa["relayed"], sb["relayed"], "both sides agree: {sa}\n{sb}");
+    if nat == Nat::Symmetric {
+        assert_eq!(sa["relayed"], true, "symmetric NAT needs the relay: {sa}");
+    }
+    aparte_e2e_tests::call::assert_heard_matches_said(
+        &d.join("bob.wav"),
+        &d.join("alice-heard.wav"),
+    );
+    aparte_e2e_tests::call::assert_heard_matches_said(
+        &d.join("alice.wav"),
+        &d.join("bob-heard.wav"),
+    );
+    drop(server);
+}
+
+#[test]
+fn a_tls_call_between_two_homes_behind_nat_follows_deploy_md() {
+    call_between_homes(Nat::Masquerade);
+}
+
+#[test]
+fn a_tls_call_between_two_homes_behind_symmetric_nat_is_relayed_on_both_sides() {
+    call_between_homes(Nat::Symmetric);
+}
