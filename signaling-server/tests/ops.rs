@@ -704,3 +704,197 @@ async fn scan_run(uncapped: bool) -> Scan {
         tag,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Certificate reload on SIGHUP.
+
+/// Accepts any server certificate (checking only the handshake signatures): the test compares
+/// the certificate it was shown with the files itself.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+type TlsWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket over TLS; returns it with the leaf certificate the server showed.
+async fn wss_connect(addr: SocketAddr) -> (TlsWs, Vec<u8>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake");
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tls))
+        .await
+        .expect("WebSocket upgrade timed out")
+        .expect("WebSocket upgrade");
+    (ws, leaf)
+}
+
+/// Sends `msg` and returns the next server message (skipping pings).
+async fn ask(ws: &mut TlsWs, msg: &ClientMessage) -> ServerMessage {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(msg.to_json())).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no answer")
+            .expect("connection closed")
+            .expect("read");
+        if let Message::Text(t) = frame {
+            return ServerMessage::parse(t.as_str()).unwrap();
+        }
+    }
+}
+
+fn der(cert: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::from_pem_file(cert)
+        .unwrap()
+        .to_vec()
+}
+
+/// Replaces `to` with a copy of `from` the way a renewal tool does: write beside, then rename.
+fn replace(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_keeps_open_connections() {
+    let d = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = make_cert(d.path(), "a");
+    let (cert_b, key_b) = make_cert(d.path(), "b");
+    let cert = d.path().join("cert.pem");
+    let key = d.path().join("key.pem");
+    replace(&cert_a, &cert);
+    replace(&key_a, &key);
+    let p = Proc::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("APARTE_TOKEN_SECRET", SECRET)],
+    );
+    let (mut old, leaf) = wss_connect(p.addr).await;
+    assert_eq!(leaf, der(&cert_a), "not serving certificate A");
+    let hello = ClientMessage::Hello {
+        version: aparte_signaling_protocol::PROTOCOL_VERSION,
+    };
+    assert!(matches!(
+        ask(&mut old, &hello).await,
+        ServerMessage::Welcome { .. }
+    ));
+
+    // Renewal: both files replaced, then SIGHUP.
+    replace(&cert_b, &cert);
+    replace(&key_b, &key);
+    p.signal("HUP");
+    p.wait_log("SIGHUP: TLS certificate reloaded");
+    let (mut new, leaf) = wss_connect(p.addr).await;
+    assert_eq!(
+        leaf,
+        der(&cert_b),
+        "a new connection still sees certificate A"
+    );
+    assert!(matches!(
+        ask(&mut new, &hello).await,
+        ServerMessage::Welcome { .. }
+    ));
+    // The connection opened before the reload is still served.
+    assert!(matches!(
+        ask(&mut old, &ClientMessage::Ping).await,
+        ServerMessage::Pong
+    ));
+
+    // A bad new file: the error is logged and certificate B stays.
+    std::fs::write(&cert, "garbage\n").unwrap();
+    p.signal("HUP");
+    p.wait_log("SIGHUP: TLS certificate NOT reloaded");
+    let (_, leaf) = wss_connect(p.addr).await;
+    assert_eq!(leaf, der(&cert_b));
+    assert!(matches!(
+        ask(&mut old, &ClientMessage::Ping).await,
+        ServerMessage::Pong
+    ));
+    let log = p.stop();
+    assert!(
+        log.contains(&format!("--tls-cert {}: not a PEM file", cert.display())),
+        "{log}"
+    );
+}
+
+/// Without TLS, SIGHUP is logged and ignored (its default action would kill the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_keeps_serving() {
+    let p = Proc::start(&["--listen", "127.0.0.1:0", "--metrics-listen", "off"], &[]);
+    p.signal("HUP");
+    p.wait_log("SIGHUP: no --tls-cert/--tls-key, nothing to reload");
+    let (status, _) = common::http_get(p.addr, "/healthz");
+    assert!(status.contains("200"), "{status}");
+    p.stop();
+}
