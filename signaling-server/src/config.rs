@@ -123,6 +123,33 @@ pub(crate) struct ServeOpts {
     #[arg(long, env = "APARTE_TLS_KEY", requires = "tls_cert", global = true)]
     pub(crate) tls_key: Option<PathBuf>,
 
+    /// Get the TLS certificate automatically from an ACME CA for this domain (repeatable),
+    /// instead of --tls-cert/--tls-key. The CA checks the domain with TLS-ALPN-01 on port 443,
+    /// so --listen must be reachable there (e.g. 0.0.0.0:443).
+    #[arg(
+        long = "acme-domain",
+        env = "APARTE_ACME_DOMAINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub(crate) acme_domains: Vec<String>,
+    /// Contact e-mail for the ACME account (required with --acme-domain).
+    #[arg(long, env = "APARTE_ACME_EMAIL", global = true)]
+    pub(crate) acme_email: Option<String>,
+    /// ACME directory URL. [default: Let's Encrypt production,
+    /// https://acme-v02.api.letsencrypt.org/directory]
+    #[arg(long, env = "APARTE_ACME_DIRECTORY", global = true)]
+    pub(crate) acme_directory: Option<String>,
+    /// Where the ACME account key and certificates are kept (directory 0700, files 0600).
+    /// [default: <state directory>/acme]
+    #[arg(long, env = "APARTE_ACME_CACHE", global = true)]
+    pub(crate) acme_cache: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for the ACME directory's HTTPS instead of the built-in web
+    /// roots: for a private CA or a test CA such as pebble. [default: web roots]
+    #[arg(long, env = "APARTE_ACME_CA_FILE", global = true)]
+    pub(crate) acme_ca_file: Option<PathBuf>,
+
     /// Secret (at least 32 bytes) that signs join tokens. Without it the server is OPEN: anyone
     /// who knows a room id can join it.
     #[arg(
@@ -325,6 +352,16 @@ pub(crate) struct TurnRelayConfig {
     pub(crate) max_bandwidth: u64,
 }
 
+/// ACME settings (`--acme-*`).
+#[derive(Debug, Clone)]
+pub(crate) struct AcmeSettings {
+    pub(crate) domains: Vec<String>,
+    pub(crate) email: String,
+    pub(crate) directory: String,
+    pub(crate) cache: PathBuf,
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -358,6 +395,8 @@ pub(crate) struct Config {
     pub(crate) metrics_listen: Option<SocketAddr>,
     /// The state directory; `None` when no default could be worked out (no `HOME`).
     pub(crate) state_dir: Option<PathBuf>,
+    /// Automatic certificates; exclusive with `tls`.
+    pub(crate) acme: Option<AcmeSettings>,
 }
 
 /// Where the TURN secret came from.
@@ -419,6 +458,79 @@ fn load_file(path: &Path) -> Result<ServeOpts, ConfigError> {
         path: path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// Checks and completes the ACME settings; `None` without `--acme-domain`.
+fn resolve_acme(
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    cache: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    state_dir: Option<&Path>,
+) -> Result<Option<AcmeSettings>, ConfigError> {
+    let bad = |flag: &'static str, value: &str, why: &str| ConfigError::BadValue {
+        flag,
+        value: value.to_owned(),
+        why: why.to_owned(),
+    };
+    if domains.is_empty() {
+        if email.is_some() || directory.is_some() || cache.is_some() || ca_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "the --acme-* options need --acme-domain".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    for d in &domains {
+        if !ice_url::is_dns_name(d) || !d.contains('.') {
+            return Err(bad(
+                "--acme-domain",
+                d,
+                "expected a fully qualified DNS name, e.g. signal.example.org",
+            ));
+        }
+    }
+    let email = email.ok_or_else(|| {
+        ConfigError::Invalid("--acme-domain needs --acme-email (the ACME account contact)".into())
+    })?;
+    let (user, host) = email.split_once('@').unwrap_or(("", ""));
+    if user.is_empty()
+        || !ice_url::is_dns_name(host)
+        || email
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(bad(
+            "--acme-email",
+            &email,
+            "expected an address like admin@example.org",
+        ));
+    }
+    let directory = directory.unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_owned());
+    if !directory.starts_with("https://") || directory.len() > 2048 {
+        return Err(bad(
+            "--acme-directory",
+            &directory,
+            "expected an https:// URL",
+        ));
+    }
+    let cache = match (cache, state_dir) {
+        (Some(c), _) => c,
+        (None, Some(s)) => s.join("acme"),
+        (None, None) => {
+            return Err(ConfigError::Invalid(
+                "no directory for the ACME cache (no state directory): set --acme-cache".into(),
+            ))
+        }
+    };
+    Ok(Some(AcmeSettings {
+        domains,
+        email,
+        directory,
+        cache,
+        ca_file,
+    }))
 }
 
 /// Checks every URI of one list; the error names the flag and the bad value.
@@ -515,6 +627,17 @@ impl ServeOpts {
             .state_dir
             .or(file.state_dir)
             .or_else(|| crate::state::default_dir(|k| std::env::var_os(k)));
+        let acme = resolve_acme(
+            merge_vec(self.acme_domains, file.acme_domains),
+            self.acme_email.or(file.acme_email),
+            self.acme_directory.or(file.acme_directory),
+            self.acme_cache.or(file.acme_cache),
+            self.acme_ca_file.or(file.acme_ca_file),
+            state_dir.as_deref(),
+        )?;
+        if acme.is_some() && tls.is_some() {
+            return invalid("--acme-domain and --tls-cert/--tls-key exclude each other");
+        }
         let log = self
             .log
             .or(file.log)
@@ -639,6 +762,7 @@ impl ServeOpts {
             turn_secret_origin,
             metrics_listen,
             state_dir,
+            acme,
             turn_ttl: self
                 .turn_ttl
                 .or(file.turn_ttl)
@@ -742,5 +866,66 @@ mod tests {
         assert!(cli.opts.resolve().is_err());
         let cli = parse(&["--turn-url", "turn:x"]);
         assert!(cli.opts.resolve().is_err());
+    }
+
+    #[test]
+    fn acme_settings() {
+        let ok = parse(&[
+            "--acme-domain",
+            "signal.example.org",
+            "--acme-email",
+            "admin@example.org",
+            "--state-dir",
+            "/var/lib/aparte",
+        ])
+        .opts
+        .resolve()
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(ok.directory, crate::acme::LETS_ENCRYPT);
+        assert_eq!(ok.cache, PathBuf::from("/var/lib/aparte/acme"));
+        for bad in [
+            &["--acme-domain", "signal.example.org"][..],
+            &[
+                "--acme-domain",
+                "localhost",
+                "--acme-email",
+                "a@example.org",
+            ],
+            &[
+                "--acme-domain",
+                "bad_name.org",
+                "--acme-email",
+                "a@example.org",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "nobody",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "a@example.org",
+                "--acme-directory",
+                "http://insecure.example/dir",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "a@example.org",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ],
+            &["--acme-email", "a@example.org"],
+        ] {
+            assert!(parse(bad).opts.resolve().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -104,15 +104,11 @@ fn check_hostport(hp: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host(host: &str) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("no host".to_owned());
-    }
-    if host.parse::<Ipv4Addr>().is_ok() {
-        return Ok(());
-    }
-    // Bare IPv6 without brackets has several ':' and was split at the first one.
-    let name_ok = host.len() <= 253
+/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters, digits and inner
+/// hyphens, 253 characters at most.
+pub(crate) fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -121,8 +117,18 @@ fn check_host(host: &str) -> Result<(), String> {
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if name_ok {
+        })
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    // Bare IPv6 without brackets has several ':' and was split at the first one.
+    if is_dns_name(host) {
         Ok(())
     } else {
         Err(format!(

@@ -11,6 +11,7 @@
 //! second binary.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod config;
 mod connection;
 mod ice_url;
@@ -355,7 +356,32 @@ impl Running {
         let handle = axum_server::Handle::<SocketAddr>::new();
         let app =
             server::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Ordering starts only now that every address is bound.
+        let rustls_cfg = match (&tls, &cfg.acme) {
+            (Some(cert), _) => Some(
+                cert.server_config()
+                    .map_err(|e| Failure::Runtime(format!("TLS: {e}")))?,
+            ),
+            (None, Some(settings)) => {
+                let resolver = acme::start(settings).map_err(Failure::Config)?;
+                tracing::info!(
+                    domains = %settings.domains.join(","),
+                    directory = %settings.directory,
+                    cache = %settings.cache.display(),
+                    "ACME: certificates from the CA, TLS-ALPN-01 on this listener"
+                );
+                Some(
+                    tls::acme_server_config(resolver)
+                        .map_err(|e| Failure::Runtime(format!("TLS: {e}")))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let scheme = if rustls_cfg.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // TCP_NODELAY: every write already carries whole frames (queued frames are batched
         // into one write), so Nagle's algorithm can only delay a frame behind an
         // unacknowledged one.
@@ -368,11 +394,8 @@ impl Running {
                 .max_buf_size(16 * 1024);
         };
         let runtime = |e: std::io::Error| Failure::Runtime(e.to_string());
-        let serving = match &tls {
-            Some(cert) => {
-                let rustls_cfg = cert
-                    .server_config()
-                    .map_err(|e| Failure::Runtime(format!("TLS: {e}")))?;
+        let serving = match rustls_cfg {
+            Some(rustls_cfg) => {
                 let tls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(rustls_cfg);
                 let mut srv = axum_server::from_tcp_rustls(listener, tls_cfg)
                     .map_err(runtime)?
@@ -380,10 +403,12 @@ impl Running {
                     .handle(handle.clone())
                     .first_request_timeout(cfg.handshake_timeout);
                 limit_http(srv.http_builder());
-                tracing::info!(
-                    fingerprint = %cert.current_fingerprint(),
-                    "TLS certificate loaded (SIGHUP reloads it)"
-                );
+                if let Some(cert) = &tls {
+                    tracing::info!(
+                        fingerprint = %cert.current_fingerprint(),
+                        "TLS certificate loaded (SIGHUP reloads it)"
+                    );
+                }
                 tokio::spawn(async move { srv.serve(app).await })
             }
             None => {
@@ -396,7 +421,7 @@ impl Running {
                 tokio::spawn(async move { srv.serve(app).await })
             }
         };
-        tracing::info!(addr = %local, tls = tls.is_some(), "signaling server listening");
+        tracing::info!(addr = %local, tls = scheme == "https", "signaling server listening");
         Ok(Running {
             state,
             handle,
@@ -419,7 +444,10 @@ impl Running {
     /// new file keeps the old certificate.
     fn reload_certificate(&self) {
         let Some(cert) = &self.tls else {
-            tracing::info!("SIGHUP: no --tls-cert/--tls-key, nothing to reload");
+            tracing::info!(
+                "SIGHUP: no --tls-cert/--tls-key, nothing to reload (ACME certificates renew by \
+                 themselves)"
+            );
             return;
         };
         match cert.reload() {

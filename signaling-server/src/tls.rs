@@ -211,6 +211,23 @@ impl ReloadableCert {
     }
 }
 
+/// The rustls server configuration for ACME: `rustls-acme`'s resolver, which answers
+/// TLS-ALPN-01 validation handshakes (ALPN `acme-tls/1`) with the challenge certificate and
+/// everything else with the issued one.
+pub(crate) fn acme_server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![
+        b"http/1.1".to_vec(),
+        rustls_acme::acme::ACME_TLS_ALPN_NAME.to_vec(),
+    ];
+    Ok(Arc::new(cfg))
+}
+
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(
