@@ -103,7 +103,7 @@ start_service() {
   (umask 0077; exec setpriv --reuid=65534 --regid=65534 --clear-groups \
     env -i "${env[@]}" $exec_start) >"$work/out" 2>"$work/err" &
   pid=$!
-  for _ in $(seq 100); do
+  for _ in $(seq 200); do   # up to 20 s on a loaded machine
     grep -q '^listening on http://127.0.0.1:8443$' "$work/out" 2>/dev/null && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
@@ -125,7 +125,9 @@ if start_service with-turn-secret; then
     && pass "GET /healthz on 127.0.0.1:8443: ok" || fail "/healthz"
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:8443/metrics)
   [ "$code" = 404 ] && pass "GET /metrics on the public port: 404" || fail "/metrics on 8443: $code"
-  curl -s --max-time 5 http://127.0.0.1:9090/metrics | grep -q '^aparte_signaling_connections ' \
+  # Captured first: `curl | grep -q` could fail under pipefail when grep exits early.
+  metrics=$(curl -s --max-time 5 http://127.0.0.1:9090/metrics || true)
+  grep -q '^aparte_signaling_connections ' <<<"$metrics" \
     && pass "GET /metrics on 127.0.0.1:9090: Prometheus text" || fail "metrics on 9090"
   grep -q 'TURN secret: from the environment (APARTE_TURN_SECRET)' "$work/err" \
     && pass "log: TURN secret: from the environment" || fail "TURN secret origin not logged"
