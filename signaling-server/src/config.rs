@@ -8,6 +8,23 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::ice_url;
+
+/// Shown after `--help` and `serve --help`.
+const AFTER_HELP: &str = "Every option can also be set with the environment variable shown, or in \
+    the TOML file given by --config (same names, with '_' for '-'). Flags win over the \
+    environment, which wins over the file; they may come before or after `serve`. Durations are \
+    written like 5s, 250ms, 12h.\n\n\
+    Signals: SIGTERM or SIGINT drains the connections and stops; SIGHUP re-reads \
+    --tls-cert/--tls-key.\n\n\
+    Exit status:\n  \
+    0  stopped by SIGTERM/SIGINT, or a subcommand succeeded\n  \
+    1  failed while running\n  \
+    2  bad usage or configuration: a flag, a value, the config file, a certificate or key file, \
+    the state file (fix it; restarting will not help)\n  \
+    3  a listen address cannot be bound: in use, not on this host, or a port below 1024 without \
+    CAP_NET_BIND_SERVICE";
+
 /// Command line of `aparte-signaling`.
 #[derive(Debug, Parser)]
 #[command(
@@ -16,9 +33,7 @@ use serde::Deserialize;
     about = "aparté signaling server: a dumb, hardened mailbox that introduces the two peers of a \
              call and relays opaque messages between them. It never sees a key.",
     long_about = None,
-    after_help = "Every option can also be set with the environment variable shown, or in the TOML \
-                  file given by --config (same names, with '_' for '-'). Flags win over the \
-                  environment, which wins over the file. Durations are written like 5s, 250ms, 12h."
+    after_help = AFTER_HELP
 )]
 pub(crate) struct Cli {
     /// What to do; without a subcommand the server runs.
@@ -33,6 +48,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server (the default).
+    #[command(after_help = AFTER_HELP)]
     Serve,
     /// Mint a join token signed with the token secret (from --token-secret, the environment or the
     /// config file) and print it.
@@ -85,7 +101,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Every server option. All are optional here so that the file and the defaults can fill in.
+/// Every flag is global: it may come before or after `serve`.
 #[derive(Debug, Default, Args, Deserialize)]
+#[command(next_help_heading = "Server options")]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServeOpts {
     /// TOML configuration file.
@@ -95,15 +113,42 @@ pub(crate) struct ServeOpts {
 
     /// Address and port to listen on for WebSocket and HTTP (port 0 picks a free port; the bound
     /// address is printed on stdout). [default: 0.0.0.0:8443]
-    #[arg(long, env = "APARTE_LISTEN")]
+    #[arg(long, env = "APARTE_LISTEN", global = true)]
     pub(crate) listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS. Without --tls-cert/--tls-key the server speaks plain HTTP
     /// (put it behind a TLS reverse proxy).
-    #[arg(long, env = "APARTE_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "APARTE_TLS_CERT", requires = "tls_key", global = true)]
     pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
-    #[arg(long, env = "APARTE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "APARTE_TLS_KEY", requires = "tls_cert", global = true)]
     pub(crate) tls_key: Option<PathBuf>,
+
+    /// Get the TLS certificate automatically from an ACME CA for this domain (repeatable),
+    /// instead of --tls-cert/--tls-key. The CA checks the domain with TLS-ALPN-01 on port 443,
+    /// so --listen must be reachable there (e.g. 0.0.0.0:443).
+    #[arg(
+        long = "acme-domain",
+        env = "APARTE_ACME_DOMAINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub(crate) acme_domains: Vec<String>,
+    /// Contact e-mail for the ACME account (required with --acme-domain).
+    #[arg(long, env = "APARTE_ACME_EMAIL", global = true)]
+    pub(crate) acme_email: Option<String>,
+    /// ACME directory URL. [default: Let's Encrypt production,
+    /// https://acme-v02.api.letsencrypt.org/directory]
+    #[arg(long, env = "APARTE_ACME_DIRECTORY", global = true)]
+    pub(crate) acme_directory: Option<String>,
+    /// Where the ACME account key and certificates are kept (directory 0700, files 0600).
+    /// [default: <state directory>/acme]
+    #[arg(long, env = "APARTE_ACME_CACHE", global = true)]
+    pub(crate) acme_cache: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for the ACME directory's HTTPS instead of the built-in web
+    /// roots: for a private CA or a test CA such as pebble. [default: web roots]
+    #[arg(long, env = "APARTE_ACME_CA_FILE", global = true)]
+    pub(crate) acme_ca_file: Option<PathBuf>,
 
     /// Secret (at least 32 bytes) that signs join tokens. Without it the server is OPEN: anyone
     /// who knows a room id can join it.
@@ -118,115 +163,142 @@ pub(crate) struct ServeOpts {
     /// Behind a reverse proxy on this host: take the client IP (for the per-IP cap and logs) from
     /// the right-most address in this header, e.g. `X-Forwarded-For`. Only honoured for
     /// connections from a loopback address. [default: off]
-    #[arg(long, env = "APARTE_PROXY_HEADER")]
+    #[arg(long, env = "APARTE_PROXY_HEADER", global = true)]
     pub(crate) proxy_header: Option<String>,
 
     /// Members per room. [default: 2]
-    #[arg(long, env = "APARTE_ROOM_CAPACITY")]
+    #[arg(long, env = "APARTE_ROOM_CAPACITY", global = true)]
     pub(crate) room_capacity: Option<usize>,
     /// Largest accepted message, in bytes; larger ones get `message_too_large`, and frames over
     /// four times this close the connection. [default: 65536]
-    #[arg(long, env = "APARTE_MAX_MESSAGE_BYTES")]
+    #[arg(long, env = "APARTE_MAX_MESSAGE_BYTES", global = true)]
     pub(crate) max_message_bytes: Option<usize>,
     /// Sustained messages per second per connection (token bucket rate). [default: 20]
-    #[arg(long, env = "APARTE_RATE_LIMIT")]
+    #[arg(long, env = "APARTE_RATE_LIMIT", global = true)]
     pub(crate) rate_limit: Option<f64>,
     /// Messages a connection may send in a burst (token bucket size). [default: 40]
-    #[arg(long, env = "APARTE_RATE_BURST")]
+    #[arg(long, env = "APARTE_RATE_BURST", global = true)]
     pub(crate) rate_burst: Option<u32>,
     /// Maximum simultaneous WebSocket connections. [default: 10000]
-    #[arg(long, env = "APARTE_MAX_CONNECTIONS")]
+    #[arg(long, env = "APARTE_MAX_CONNECTIONS", global = true)]
     pub(crate) max_connections: Option<usize>,
     /// Maximum simultaneous connections from one IP address. [default: 16]
-    #[arg(long, env = "APARTE_MAX_CONNECTIONS_PER_IP")]
+    #[arg(long, env = "APARTE_MAX_CONNECTIONS_PER_IP", global = true)]
     pub(crate) max_connections_per_ip: Option<usize>,
     /// Time allowed from connect to a completed hello and join. [default: 10s]
-    #[arg(long, env = "APARTE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_HANDSHAKE_TIMEOUT", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) handshake_timeout: Option<Duration>,
     /// A WebSocket ping goes to a connection after this long without a frame from it.
     /// [default: 2s]
-    #[arg(long, env = "APARTE_PING_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_PING_INTERVAL", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) ping_interval: Option<Duration>,
     /// A connection from which nothing (not even a pong) arrives for this long is dead; its peer
     /// gets `peer_left`. [default: 6s]
-    #[arg(long, env = "APARTE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_IDLE_TIMEOUT", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) idle_timeout: Option<Duration>,
     /// Messages queued for one connection before it is disconnected as a slow consumer.
     /// [default: 64]
-    #[arg(long, env = "APARTE_SEND_QUEUE")]
+    #[arg(long, env = "APARTE_SEND_QUEUE", global = true)]
     pub(crate) send_queue: Option<usize>,
     /// Protocol errors tolerated on one connection before it is closed. [default: 16]
-    #[arg(long, env = "APARTE_MAX_ERRORS")]
+    #[arg(long, env = "APARTE_MAX_ERRORS", global = true)]
     pub(crate) max_errors: Option<u32>,
     /// How long shutdown waits for clients to close after telling them. [default: 5s]
-    #[arg(long, env = "APARTE_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_DRAIN_TIMEOUT", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) drain_timeout: Option<Duration>,
 
     /// Runtime worker threads; 1 runs everything on one thread, which costs the least CPU per
     /// message on a small VPS. [default: 1]
-    #[arg(long, env = "APARTE_THREADS")]
+    #[arg(long, env = "APARTE_THREADS", global = true)]
     pub(crate) threads: Option<usize>,
 
     /// Log format. [default: text]
-    #[arg(long, env = "APARTE_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "APARTE_LOG_FORMAT", value_enum, global = true)]
     pub(crate) log_format: Option<LogFormat>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info`, `aparte_signaling=debug`. The TURN
     /// crate logs every bad packet at error level, hence its default `off`.
     /// [default: info,turn=off]
-    #[arg(long, env = "APARTE_LOG")]
+    #[arg(long, env = "APARTE_LOG", global = true)]
     pub(crate) log: Option<String>,
 
+    /// Serve Prometheus metrics (`GET /metrics`) on this separate plain-HTTP address, or `off`.
+    /// The public WebSocket port does not serve them: keep this address on loopback or a private
+    /// network. [default: 127.0.0.1:9090]
+    #[arg(long, env = "APARTE_METRICS_LISTEN", global = true)]
+    pub(crate) metrics_listen: Option<String>,
+    /// Directory for what the server keeps across restarts (the TURN secret it generates when
+    /// none is configured). [default: $STATE_DIRECTORY when systemd sets it, else
+    /// $XDG_STATE_HOME/aparte, else ~/.local/state/aparte]
+    #[arg(long, env = "APARTE_STATE_DIR", global = true)]
+    pub(crate) state_dir: Option<PathBuf>,
+
     /// STUN URL handed to clients (repeatable), e.g. `stun:stun.example.org:3478`.
-    #[arg(long = "stun-url", env = "APARTE_STUN_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "stun-url",
+        env = "APARTE_STUN_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
     #[serde(default)]
     pub(crate) stun_urls: Vec<String>,
     /// External TURN URL handed to clients with REST credentials (repeatable), e.g.
     /// `turn:turn.example.org:3478?transport=udp`.
-    #[arg(long = "turn-url", env = "APARTE_TURN_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "turn-url",
+        env = "APARTE_TURN_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
     #[serde(default)]
     pub(crate) turn_urls: Vec<String>,
     /// Shared secret for TURN REST credentials (coturn's static-auth-secret). Required with
-    /// --turn-url; with the embedded relay a random one is made when unset.
-    #[arg(long, env = "APARTE_TURN_SECRET", hide_env_values = true)]
+    /// --turn-url; with the embedded relay and none set, one is generated once and kept in the
+    /// state directory (--state-dir), so credentials survive a restart.
+    #[arg(
+        long,
+        env = "APARTE_TURN_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub(crate) turn_secret: Option<String>,
     /// Lifetime of minted TURN credentials. [default: 12h]
-    #[arg(long, env = "APARTE_TURN_TTL", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_TURN_TTL", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) turn_ttl: Option<Duration>,
 
     /// Run the embedded TURN relay on this UDP address, e.g. `0.0.0.0:3478`.
-    #[arg(long, env = "APARTE_TURN_LISTEN")]
+    #[arg(long, env = "APARTE_TURN_LISTEN", global = true)]
     pub(crate) turn_listen: Option<SocketAddr>,
     /// Public IP of this host, announced as the relay address and in the advertised TURN URL.
     /// [default: the --turn-listen IP]
-    #[arg(long, env = "APARTE_TURN_PUBLIC_IP")]
+    #[arg(long, env = "APARTE_TURN_PUBLIC_IP", global = true)]
     pub(crate) turn_public_ip: Option<IpAddr>,
     /// TURN realm. [default: aparte]
-    #[arg(long, env = "APARTE_TURN_REALM")]
+    #[arg(long, env = "APARTE_TURN_REALM", global = true)]
     pub(crate) turn_realm: Option<String>,
     /// Lowest UDP port for relayed addresses. [default: 49152]
-    #[arg(long, env = "APARTE_TURN_MIN_PORT")]
+    #[arg(long, env = "APARTE_TURN_MIN_PORT", global = true)]
     pub(crate) turn_min_port: Option<u16>,
     /// Highest UDP port for relayed addresses. [default: 65535]
-    #[arg(long, env = "APARTE_TURN_MAX_PORT")]
+    #[arg(long, env = "APARTE_TURN_MAX_PORT", global = true)]
     pub(crate) turn_max_port: Option<u16>,
     /// Live allocations per TURN user label. [default: 4]
-    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS_PER_USER")]
+    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS_PER_USER", global = true)]
     pub(crate) turn_max_allocations_per_user: Option<usize>,
     /// Live allocations in total. [default: 1000]
-    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS")]
+    #[arg(long, env = "APARTE_TURN_MAX_ALLOCATIONS", global = true)]
     pub(crate) turn_max_allocations: Option<usize>,
     /// Hard cap on an allocation's age, refreshes included. [default: 12h]
-    #[arg(long, env = "APARTE_TURN_MAX_LIFETIME", value_parser = parse_duration)]
+    #[arg(long, env = "APARTE_TURN_MAX_LIFETIME", value_parser = parse_duration, global = true)]
     #[serde(default, with = "opt_duration")]
     pub(crate) turn_max_lifetime: Option<Duration>,
     /// Relayed bandwidth cap per allocation and direction, bytes per second; excess datagrams are
     /// dropped and counted. [default: 262144]
-    #[arg(long, env = "APARTE_TURN_MAX_BANDWIDTH")]
+    #[arg(long, env = "APARTE_TURN_MAX_BANDWIDTH", global = true)]
     pub(crate) turn_max_bandwidth: Option<u64>,
 }
 
@@ -249,6 +321,11 @@ mod opt_duration {
 pub(crate) struct Secret(Vec<u8>);
 
 impl Secret {
+    /// Wraps secret bytes.
+    pub(crate) fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
     /// The secret bytes.
     pub(crate) fn expose(&self) -> &[u8] {
         &self.0
@@ -273,6 +350,16 @@ pub(crate) struct TurnRelayConfig {
     pub(crate) max_allocations: usize,
     pub(crate) max_lifetime: Duration,
     pub(crate) max_bandwidth: u64,
+}
+
+/// ACME settings (`--acme-*`).
+#[derive(Debug, Clone)]
+pub(crate) struct AcmeSettings {
+    pub(crate) domains: Vec<String>,
+    pub(crate) email: String,
+    pub(crate) directory: String,
+    pub(crate) cache: PathBuf,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -300,8 +387,43 @@ pub(crate) struct Config {
     pub(crate) stun_urls: Vec<String>,
     pub(crate) turn_urls: Vec<String>,
     pub(crate) turn_secret: Option<Secret>,
+    /// Where `turn_secret` came from, for the start-up line (never the secret itself).
+    pub(crate) turn_secret_origin: SecretOrigin,
     pub(crate) turn_ttl: Duration,
     pub(crate) turn_relay: Option<TurnRelayConfig>,
+    /// The separate metrics listener; `None` when `off`.
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// The state directory; `None` when no default could be worked out (no `HOME`).
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Automatic certificates; exclusive with `tls`.
+    pub(crate) acme: Option<AcmeSettings>,
+}
+
+/// Where the TURN secret came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SecretOrigin {
+    /// Not configured.
+    Unset,
+    /// `--turn-secret`.
+    Flag,
+    /// `APARTE_TURN_SECRET`.
+    Environment,
+    /// `turn_secret` in this config file.
+    File(PathBuf),
+    /// Chosen by the embedding program (`aparte demo`), kept in memory only.
+    Embedded,
+}
+
+impl std::fmt::Display for SecretOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretOrigin::Unset => f.write_str("not configured"),
+            SecretOrigin::Flag => f.write_str("from --turn-secret"),
+            SecretOrigin::Environment => f.write_str("from the environment (APARTE_TURN_SECRET)"),
+            SecretOrigin::File(p) => write!(f, "from the config file {}", p.display()),
+            SecretOrigin::Embedded => f.write_str("random, in memory (embedded server)"),
+        }
+    }
 }
 
 /// A configuration that cannot be used.
@@ -319,6 +441,12 @@ pub(crate) enum ConfigError {
     },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("invalid {flag} {value:?}: {why}")]
+    BadValue {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 fn load_file(path: &Path) -> Result<ServeOpts, ConfigError> {
@@ -330,6 +458,93 @@ fn load_file(path: &Path) -> Result<ServeOpts, ConfigError> {
         path: path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// Checks and completes the ACME settings; `None` without `--acme-domain`.
+fn resolve_acme(
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    cache: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    state_dir: Option<&Path>,
+) -> Result<Option<AcmeSettings>, ConfigError> {
+    let bad = |flag: &'static str, value: &str, why: &str| ConfigError::BadValue {
+        flag,
+        value: value.to_owned(),
+        why: why.to_owned(),
+    };
+    if domains.is_empty() {
+        if email.is_some() || directory.is_some() || cache.is_some() || ca_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "the --acme-* options need --acme-domain".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    for d in &domains {
+        if !ice_url::is_dns_name(d) || !d.contains('.') {
+            return Err(bad(
+                "--acme-domain",
+                d,
+                "expected a fully qualified DNS name, e.g. signal.example.org",
+            ));
+        }
+    }
+    let email = email.ok_or_else(|| {
+        ConfigError::Invalid("--acme-domain needs --acme-email (the ACME account contact)".into())
+    })?;
+    let (user, host) = email.split_once('@').unwrap_or(("", ""));
+    if user.is_empty()
+        || !ice_url::is_dns_name(host)
+        || email
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(bad(
+            "--acme-email",
+            &email,
+            "expected an address like admin@example.org",
+        ));
+    }
+    let directory = directory.unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_owned());
+    if !directory.starts_with("https://") || directory.len() > 2048 {
+        return Err(bad(
+            "--acme-directory",
+            &directory,
+            "expected an https:// URL",
+        ));
+    }
+    let cache = match (cache, state_dir) {
+        (Some(c), _) => c,
+        (None, Some(s)) => s.join("acme"),
+        (None, None) => {
+            return Err(ConfigError::Invalid(
+                "no directory for the ACME cache (no state directory): set --acme-cache".into(),
+            ))
+        }
+    };
+    Ok(Some(AcmeSettings {
+        domains,
+        email,
+        directory,
+        cache,
+        ca_file,
+    }))
+}
+
+/// Checks every URI of one list; the error names the flag and the bad value.
+fn check_urls(flag: &'static str, kind: ice_url::Kind, urls: &[String]) -> Result<(), ConfigError> {
+    for u in urls {
+        if let Err(why) = ice_url::check(kind, u) {
+            return Err(ConfigError::BadValue {
+                flag,
+                value: u.clone(),
+                why,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn merge_vec(a: Vec<String>, b: Vec<String>) -> Vec<String> {
@@ -369,19 +584,70 @@ impl ServeOpts {
         }
         let turn_listen = self.turn_listen.or(file.turn_listen);
         let turn_urls = merge_vec(self.turn_urls, file.turn_urls);
-        let mut turn_secret = self
-            .turn_secret
-            .or(file.turn_secret)
-            .map(|s| Secret(s.into_bytes()));
+        let stun_urls = merge_vec(self.stun_urls, file.stun_urls);
+        check_urls("--stun-url", ice_url::Kind::Stun, &stun_urls)?;
+        check_urls("--turn-url", ice_url::Kind::Turn, &turn_urls)?;
+        let (turn_secret, turn_secret_origin) = match (self.turn_secret, file.turn_secret) {
+            (Some(s), _) => {
+                let origin = if std::env::var("APARTE_TURN_SECRET").as_deref() == Ok(s.as_str()) {
+                    SecretOrigin::Environment
+                } else {
+                    SecretOrigin::Flag
+                };
+                (Some(s), origin)
+            }
+            (None, Some(s)) => (
+                Some(s),
+                SecretOrigin::File(self.config.clone().unwrap_or_default()),
+            ),
+            (None, None) => (None, SecretOrigin::Unset),
+        };
+        if turn_secret.as_ref().is_some_and(|s| s.trim().is_empty()) {
+            return invalid("turn_secret is empty");
+        }
+        let turn_secret = turn_secret.map(|s| Secret(s.into_bytes()));
         if turn_secret.is_none() && !turn_urls.is_empty() {
             return invalid("turn_url needs turn_secret (the TURN server's static-auth-secret)");
         }
-        if turn_secret.is_none() && turn_listen.is_some() {
-            let mut s = [0u8; 32];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut s);
-            turn_secret = Some(Secret(
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s).into_bytes(),
-            ));
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            Some(v) if v == "off" => None,
+            Some(v) => match v.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    return Err(ConfigError::BadValue {
+                        flag: "--metrics-listen",
+                        value: v,
+                        why: "expected IP:PORT (e.g. 127.0.0.1:9090) or off".into(),
+                    })
+                }
+            },
+        };
+        let state_dir = self
+            .state_dir
+            .or(file.state_dir)
+            .or_else(|| crate::state::default_dir(|k| std::env::var_os(k)));
+        let acme = resolve_acme(
+            merge_vec(self.acme_domains, file.acme_domains),
+            self.acme_email.or(file.acme_email),
+            self.acme_directory.or(file.acme_directory),
+            self.acme_cache.or(file.acme_cache),
+            self.acme_ca_file.or(file.acme_ca_file),
+            state_dir.as_deref(),
+        )?;
+        if acme.is_some() && tls.is_some() {
+            return invalid("--acme-domain and --tls-cert/--tls-key exclude each other");
+        }
+        let log = self
+            .log
+            .or(file.log)
+            .unwrap_or_else(|| "info,turn=off".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            return Err(ConfigError::BadValue {
+                flag: "--log",
+                value: log,
+                why: e.to_string(),
+            });
         }
         let turn_relay = match turn_listen {
             None => None,
@@ -396,13 +662,24 @@ impl ServeOpts {
                 if min_port == 0 || min_port > max_port {
                     return invalid("turn_min_port must be >= 1 and <= turn_max_port");
                 }
+                let realm = self
+                    .turn_realm
+                    .or(file.turn_realm)
+                    .unwrap_or_else(|| "aparte".into());
+                if realm.is_empty()
+                    || realm.len() > 127
+                    || !realm.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(ConfigError::BadValue {
+                        flag: "--turn-realm",
+                        value: realm,
+                        why: "expected 1 to 127 printable ASCII characters, no spaces".into(),
+                    });
+                }
                 Some(TurnRelayConfig {
                     listen,
                     public_ip,
-                    realm: self
-                        .turn_realm
-                        .or(file.turn_realm)
-                        .unwrap_or_else(|| "aparte".into()),
+                    realm,
                     min_port,
                     max_port,
                     max_allocations_per_user: self
@@ -478,13 +755,14 @@ impl ServeOpts {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
-            log: self
-                .log
-                .or(file.log)
-                .unwrap_or_else(|| "info,turn=off".into()),
-            stun_urls: merge_vec(self.stun_urls, file.stun_urls),
+            log,
+            stun_urls,
             turn_urls,
             turn_secret,
+            turn_secret_origin,
+            metrics_listen,
+            state_dir,
+            acme,
             turn_ttl: self
                 .turn_ttl
                 .or(file.turn_ttl)
@@ -519,6 +797,18 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout must be positive");
+        }
+        if self.turn_ttl.is_zero() {
+            return bad("turn_ttl must be positive");
+        }
+        if let Some(r) = &self.turn_relay {
+            if r.max_allocations == 0
+                || r.max_allocations_per_user == 0
+                || r.max_bandwidth == 0
+                || r.max_lifetime.is_zero()
+            {
+                return bad("turn_max_allocations, turn_max_allocations_per_user, turn_max_bandwidth and turn_max_lifetime must be positive");
+            }
         }
         Ok(())
     }
@@ -576,5 +866,66 @@ mod tests {
         assert!(cli.opts.resolve().is_err());
         let cli = parse(&["--turn-url", "turn:x"]);
         assert!(cli.opts.resolve().is_err());
+    }
+
+    #[test]
+    fn acme_settings() {
+        let ok = parse(&[
+            "--acme-domain",
+            "signal.example.org",
+            "--acme-email",
+            "admin@example.org",
+            "--state-dir",
+            "/var/lib/aparte",
+        ])
+        .opts
+        .resolve()
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(ok.directory, crate::acme::LETS_ENCRYPT);
+        assert_eq!(ok.cache, PathBuf::from("/var/lib/aparte/acme"));
+        for bad in [
+            &["--acme-domain", "signal.example.org"][..],
+            &[
+                "--acme-domain",
+                "localhost",
+                "--acme-email",
+                "a@example.org",
+            ],
+            &[
+                "--acme-domain",
+                "bad_name.org",
+                "--acme-email",
+                "a@example.org",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "nobody",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "a@example.org",
+                "--acme-directory",
+                "http://insecure.example/dir",
+            ],
+            &[
+                "--acme-domain",
+                "signal.example.org",
+                "--acme-email",
+                "a@example.org",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ],
+            &["--acme-email", "a@example.org"],
+        ] {
+            assert!(parse(bad).opts.resolve().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! message queued for it by other members, the heartbeat tick, a kick (slow consumer) and
 //! server shutdown. Nothing it does can block another connection.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,6 +70,12 @@ struct Conn {
     state: Arc<AppState>,
     socket: WebSocket,
     id: PeerId,
+    /// The client's address (the forwarded one behind a trusted proxy), for the log.
+    client: IpAddr,
+    /// The room's log tag once a join was asked for.
+    room_tag: Option<String>,
+    /// Why the connection ended, for the log; the first reason set wins.
+    end: Option<&'static str>,
     phase: Phase,
     tx: mpsc::Sender<Utf8Bytes>,
     kick: CancellationToken,
@@ -78,8 +85,9 @@ struct Conn {
 }
 
 /// Runs one connection to completion.
-pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot) {
+pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot, client: IpAddr) {
     let _slot = slot;
+    let started = Instant::now();
     state.metrics.connections.inc();
     state.metrics.connections_total.inc();
     let id = state.next_peer.fetch_add(1, Ordering::Relaxed);
@@ -93,6 +101,9 @@ pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot)
         state: Arc::clone(&state),
         socket,
         id,
+        client,
+        room_tag: None,
+        end: None,
         phase: Phase::AwaitHello,
         tx,
         // A child of the shutdown token: shutdown also cancels it, so the connection loop
@@ -101,13 +112,22 @@ pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot)
         errors: 0,
         rate_limited_notice: None,
     };
-    tracing::debug!(peer = id, "connected");
-    conn.serve(rx).await;
+    tracing::info!(peer = id, %client, "connection opened");
+    let (reason, room) = conn.serve(rx).await;
     state.metrics.connections.dec();
+    tracing::info!(
+        peer = id,
+        %client,
+        room = %room.as_deref().unwrap_or("-"),
+        reason = %reason,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "connection closed"
+    );
 }
 
 impl Conn {
-    async fn serve(mut self, mut rx: mpsc::Receiver<Utf8Bytes>) {
+    /// Serves the connection until it ends; returns why, and the room's log tag.
+    async fn serve(mut self, mut rx: mpsc::Receiver<Utf8Bytes>) -> (&'static str, Option<String>) {
         let cfg = &self.state.cfg;
         let handshake_deadline = tokio::time::sleep(cfg.handshake_timeout);
         tokio::pin!(handshake_deadline);
@@ -140,6 +160,7 @@ impl Conn {
                         let text = ServerMessage::Shutdown { reason: "server shutting down".into() }.to_json();
                         let _ = self.write_within(Message::Text(text.into()), CLOSING_WRITE_TIMEOUT).await;
                         self.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                        self.end_because("server_shutdown");
                     } else {
                         // Kicked as a slow consumer. Tell the room first: the slow client may
                         // take a while to hear its reason.
@@ -157,13 +178,17 @@ impl Conn {
                     let Some(text) = out else { break LeaveReason::Disconnected };
                     if !self.write_queued(text, &mut rx).await {
                         self.state.metrics.reject(ErrorCode::SlowConsumer.as_str());
+                        self.end_because("send_failed_or_too_slow");
                         break LeaveReason::Disconnected;
                     }
                 }
                 frame = self.socket.recv() => {
                     last_seen = Instant::now();
                     let flow = match frame {
-                        None => Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected),
+                        None => {
+                            self.end_because("connection_lost");
+                            Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected)
+                        }
                         Some(Err(e)) => self.on_read_error(e).await,
                         Some(Ok(Message::Close(_))) => {
                             // Send the close reply that the WebSocket layer has queued.
@@ -172,6 +197,7 @@ impl Conn {
                                 futures_util::SinkExt::flush(&mut self.socket),
                             )
                             .await;
+                            self.end_because("client_closed");
                             Flow::Close(CloseCode::NORMAL, "", LeaveReason::Left)
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
@@ -199,6 +225,7 @@ impl Conn {
                     }
                     if silent >= ping_interval {
                         if !self.write(Message::Ping(Default::default())).await {
+                            self.end_because("send_failed");
                             break LeaveReason::Disconnected;
                         }
                         heartbeat.as_mut().reset(on_grid(epoch, Instant::now() + ping_interval, grid));
@@ -209,7 +236,27 @@ impl Conn {
             }
         };
         self.leave_room(reason);
-        tracing::debug!(peer = self.id, "disconnected");
+        let why = self.end.unwrap_or(match reason {
+            LeaveReason::Left => "left",
+            _ => "disconnected",
+        });
+        (why, self.room_tag.take())
+    }
+
+    /// Records why the connection ends (the first reason recorded wins).
+    fn end_because(&mut self, why: &'static str) {
+        self.end.get_or_insert(why);
+    }
+
+    /// Logs a refusal: what was refused and why, never what the client sent.
+    fn log_refusal(&self, reason: &'static str) {
+        tracing::info!(
+            peer = self.id,
+            client = %self.client,
+            room = %self.room_tag.as_deref().unwrap_or("-"),
+            reason = %reason,
+            "refused"
+        );
     }
 
     /// Leaves the room, if in one, telling the other members.
@@ -266,6 +313,7 @@ impl Conn {
 
     /// Sends a fatal error and closes with its close code.
     async fn fatal(&mut self, code: ErrorCode, message: &'static str) {
+        self.end_because(code.as_str());
         let text = ServerMessage::error(code, message).to_json();
         let _ = self
             .write_within(Message::Text(text.into()), CLOSING_WRITE_TIMEOUT)
@@ -277,6 +325,7 @@ impl Conn {
     /// Counts and answers a refusal; closes when it is fatal or too many errors piled up.
     async fn reject(&mut self, code: ErrorCode, message: &'static str) -> Flow {
         self.state.metrics.reject(code.as_str());
+        self.log_refusal(code.as_str());
         if code.close_code().is_some() {
             self.fatal(code, message).await;
             return Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected);
@@ -292,6 +341,7 @@ impl Conn {
             return Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected);
         }
         if !self.send(&ServerMessage::error(code, message)).await {
+            self.end_because("send_failed");
             return Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected);
         }
         Flow::Continue
@@ -303,6 +353,7 @@ impl Conn {
         match inner.downcast_ref::<WsError>() {
             Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                 self.state.metrics.reject("frame_too_large");
+                self.end_because("frame_too_large");
                 Flow::Close(
                     CloseCode::MESSAGE_TOO_BIG,
                     "message_too_large",
@@ -311,13 +362,18 @@ impl Conn {
             }
             Some(WsError::Utf8(_)) => {
                 self.state.metrics.reject("invalid_utf8");
+                self.end_because("invalid_utf8");
                 Flow::Close(CloseCode(1007), "invalid UTF-8", LeaveReason::Disconnected)
             }
             Some(WsError::Protocol(_)) => {
                 self.state.metrics.reject("websocket_protocol_error");
+                self.end_because("websocket_protocol_error");
                 Flow::Close(CloseCode(1002), "protocol error", LeaveReason::Disconnected)
             }
-            _ => Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected),
+            _ => {
+                self.end_because("connection_lost");
+                Flow::Close(CloseCode::NORMAL, "", LeaveReason::Disconnected)
+            }
         }
     }
 
@@ -325,13 +381,15 @@ impl Conn {
         let now = std::time::Instant::now();
         if !self.bucket.try_take(now) {
             self.state.metrics.reject(ErrorCode::RateLimited.as_str());
-            // Tell the client at most once per second; drop the message either way.
+            // Tell the client (and the log) at most once per second; drop the message either
+            // way.
             let tnow = Instant::now();
             if self
                 .rate_limited_notice
                 .is_none_or(|t| tnow.duration_since(t) >= Duration::from_secs(1))
             {
                 self.rate_limited_notice = Some(tnow);
+                self.log_refusal(ErrorCode::RateLimited.as_str());
                 let msg = ServerMessage::error(
                     ErrorCode::RateLimited,
                     "message dropped: rate limit exceeded",
@@ -395,13 +453,23 @@ impl Conn {
                 self.reject(ErrorCode::NotJoined, "join a room first").await
             }
             (ClientMessage::Leave, Phase::Joined(_)) => {
+                self.end_because("left");
                 Flow::Close(CloseCode::NORMAL, "left", LeaveReason::Left)
             }
             (ClientMessage::Relay { to, payload }, Phase::Joined(room)) => {
                 let out = Utf8Bytes::from(relay_frame(self.id, payload.get()));
                 let st = Arc::clone(&self.state);
                 match st.rooms.relay(room, self.id, to, &out, &st.metrics) {
-                    Ok(_) => Flow::Continue,
+                    Ok(delivered) => {
+                        // Sizes only: the payload itself is never logged.
+                        tracing::debug!(
+                            peer = self.id,
+                            bytes = payload.get().len(),
+                            delivered,
+                            "relayed"
+                        );
+                        Flow::Continue
+                    }
                     Err(_) => {
                         self.reject(ErrorCode::PeerNotFound, "no such peer in the room")
                             .await
@@ -416,6 +484,7 @@ impl Conn {
         let cfg = &st.cfg;
         let now = unix_now();
         let mut label = None;
+        self.room_tag = Some(crate::rooms::room_tag(&room));
         if let Some(secret) = &cfg.token_secret {
             let Some(tok) = tok else {
                 return self
@@ -452,6 +521,12 @@ impl Conn {
             Err(_) => return self.reject(ErrorCode::RoomFull, "the room is full").await,
         };
         self.phase = Phase::Joined(room.clone());
+        tracing::info!(
+            peer = self.id,
+            client = %self.client,
+            room = %self.room_tag.as_deref().unwrap_or("-"),
+            "joined"
+        );
         let joined = ServerMessage::Joined {
             room,
             peer_id: self.id,
@@ -480,6 +555,7 @@ fn relay_frame(from: PeerId, payload: &str) -> String {
 }
 
 fn flow(sent: bool) -> Flow {
+    // A failed send ends the connection; `serve` reports it as `disconnected`.
     if sent {
         Flow::Continue
     } else {

@@ -11,12 +11,16 @@
 //! second binary.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod config;
 mod connection;
+mod ice_url;
 mod limits;
+mod logging;
 mod metrics;
 mod rooms;
 mod server;
+mod state;
 mod tls;
 mod turn_relay;
 
@@ -29,13 +33,80 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aparte_signaling_protocol::{token, RoomId};
 use clap::Parser;
 
-use crate::config::{Cli, Command, Config, LogFormat, RoomCommand, ServeOpts, TokenArgs};
+use crate::config::{Cli, Command, Config, RoomCommand, SecretOrigin, ServeOpts, TokenArgs};
 use crate::metrics::Metrics;
 use crate::server::AppState;
+use crate::tls::{CertFiles, ReloadableCert};
 use crate::turn_relay::TurnRelay;
 
+/// Exit statuses of `aparte-signaling` (also listed in `--help` and `docs/SIGNALING.md`).
+pub mod exit {
+    /// The server ran and stopped on SIGTERM or SIGINT, or a subcommand succeeded.
+    pub const OK: u8 = 0;
+    /// The server started but failed while running.
+    pub const RUNTIME: u8 = 1;
+    /// Bad usage or configuration: an unknown flag, a bad value, an unreadable config file, a
+    /// bad certificate or key file, a damaged state file. Restarting will not help.
+    pub const CONFIG: u8 = 2;
+    /// A listen address cannot be bound (already in use, not on this host, or a port below
+    /// 1024 without the capability). Restarting may help once the address is free.
+    pub const BIND: u8 = 3;
+}
+
+/// Why the server did not start or stopped with an error; decides the exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => exit::CONFIG,
+            Failure::Bind(_) => exit::BIND,
+            Failure::Runtime(_) => exit::RUNTIME,
+        }
+    }
+}
+
+/// A listen address that cannot be bound; names the address, the flag and the likely cause.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({flag}): {}", explain(.flag, .source))]
+struct BindError {
+    addr: SocketAddr,
+    flag: &'static str,
+    source: std::io::Error,
+}
+
+fn explain(flag: &str, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse if flag == "--metrics-listen" => "address already in use; is another \
+            aparte-signaling (or a Prometheus server, whose default port is also 9090) running? \
+            Set --metrics-listen to a free address, or to off"
+            .into(),
+        ErrorKind::AddrInUse => {
+            "address already in use; is another aparte-signaling running?".into()
+        }
+        ErrorKind::PermissionDenied => "permission denied; ports below 1024 need the \
+            CAP_NET_BIND_SERVICE capability (see docs/DEPLOY.md)"
+            .into(),
+        ErrorKind::AddrNotAvailable => "this host has no such address".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, flag: &'static str) -> Result<std::net::TcpListener, BindError> {
+    std::net::TcpListener::bind(addr).map_err(|source| BindError { addr, flag, source })
+}
+
 /// The `aparte-signaling` command line: parses the arguments and runs the server (or a helper
-/// subcommand) until it stops.
+/// subcommand) until it stops. Exit statuses are in [`exit`].
 pub fn run_cli() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -51,23 +122,26 @@ pub fn run_cli() -> ExitCode {
         }
         Some(Command::Token(args)) => match cli.opts.resolve() {
             Ok(cfg) => mint_token(&cfg, &args),
-            Err(e) => fail(&e),
+            Err(e) => fail(&Failure::Config(e.to_string())),
         },
         Some(Command::Serve) | None => match cli.opts.resolve() {
             Ok(cfg) => serve(cfg),
-            Err(e) => fail(&e),
+            Err(e) => fail(&Failure::Config(e.to_string())),
         },
     }
 }
 
-fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("aparte-signaling: {e}");
-    ExitCode::FAILURE
+/// Prints the one error line and returns the matching exit status.
+fn fail(e: &Failure) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
 }
 
 fn mint_token(cfg: &Config, args: &TokenArgs) -> ExitCode {
     let Some(secret) = &cfg.token_secret else {
-        return fail(&"no token secret: set --token-secret, APARTE_TOKEN_SECRET or token_secret");
+        return fail(&Failure::Config(
+            "no token secret: set --token-secret, APARTE_TOKEN_SECRET or token_secret".into(),
+        ));
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -88,25 +162,12 @@ fn mint_token(cfg: &Config, args: &TokenArgs) -> ExitCode {
             println!("{t}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
-    }
-}
-
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        Err(e) => fail(&Failure::Config(e.to_string())),
     }
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    init_logging(&cfg);
+    logging::init(&cfg);
     let mut builder = if cfg.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -116,14 +177,11 @@ fn serve(cfg: Config) -> ExitCode {
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&Failure::Runtime(format!("cannot start the runtime: {e}"))),
     };
     match rt.block_on(run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "server failed");
-            fail(&e)
-        }
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => fail(&e),
     }
 }
 
@@ -134,44 +192,126 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-async fn run(cfg: Config) -> std::io::Result<()> {
+async fn run(cfg: Config) -> Result<(), Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig =
+        |kind| signal(kind).map_err(|e| Failure::Runtime(format!("cannot handle signals: {e}")));
+    // Installed before the server announces itself, so a SIGHUP right after start-up is
+    // handled (its default action would kill the process).
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
     let mut server = Running::start(cfg).await?;
     if let Some(turn) = server.turn_addr() {
         announce(&format!("turn listening on udp {turn}"));
+    }
+    if let Some(m) = server.metrics_addr {
+        announce(&format!("metrics listening on http://{m}/metrics"));
     }
     announce(&format!(
         "listening on {}://{}",
         server.scheme, server.local
     ));
-    tokio::select! {
-        res = &mut server.serving => {
-            return match res {
-                Ok(r) => r,
-                Err(e) => Err(std::io::Error::other(e)),
-            };
+    loop {
+        tokio::select! {
+            res = &mut server.serving => {
+                let why = match res {
+                    Ok(Ok(())) => "the listener stopped".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Failure::Runtime(format!("the server stopped: {why}")));
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => server.reload_certificate(),
         }
-        () = shutdown_signal() => {}
     }
     server.shutdown().await;
     announce("stopped");
     Ok(())
 }
 
-/// A started server: its HTTP/WebSocket listener and, when configured, its TURN relay.
+/// A started server: its HTTP/WebSocket listener and, when configured, its metrics listener and
+/// TURN relay.
 struct Running {
     state: Arc<AppState>,
     handle: axum_server::Handle<SocketAddr>,
+    metrics_handle: axum_server::Handle<SocketAddr>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     turn: Option<TurnRelay>,
+    tls: Option<Arc<ReloadableCert>>,
     local: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     scheme: &'static str,
     drain_timeout: Duration,
 }
 
 impl Running {
-    /// Binds the listeners and starts serving on the current tokio runtime.
-    async fn start(cfg: Config) -> std::io::Result<Running> {
+    /// Checks the certificate files, obtains the TURN secret, binds every listener (the error
+    /// names the one that failed), and starts serving on the current tokio runtime.
+    async fn start(mut cfg: Config) -> Result<Running, Failure> {
         let metrics = Arc::new(Metrics::new());
+        let tls = match &cfg.tls {
+            Some((cert, key)) => {
+                let files = CertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                let reloadable =
+                    ReloadableCert::load(files).map_err(|e| Failure::Config(e.to_string()))?;
+                Some(Arc::new(reloadable))
+            }
+            None => None,
+        };
+        // Said once everything is bound, so a failed start prints only its error.
+        let mut notes: Vec<String> = Vec::new();
+        let mut secret_file_open = false;
+        if cfg.turn_relay.is_some() {
+            match &cfg.turn_secret {
+                Some(_) => notes.push(format!("TURN secret: {}", cfg.turn_secret_origin)),
+                None => {
+                    let (secret, how, readable) = state::turn_secret(cfg.state_dir.as_deref())
+                        .map_err(|e| Failure::Config(e.to_string()))?;
+                    notes.push(format!("TURN secret: {how}"));
+                    secret_file_open = readable;
+                    cfg.turn_secret = Some(secret);
+                }
+            }
+        }
+
+        // Bind everything before serving anything, so a busy port stops the start cleanly.
+        let listener = bind_tcp(cfg.listen, "--listen")?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(bind_tcp(addr, "--metrics-listen")?),
+            None => None,
+        };
+        let turn = match &cfg.turn_relay {
+            Some(relay_cfg) => {
+                let socket =
+                    turn_relay::bind_udp(relay_cfg.listen).map_err(|source| BindError {
+                        addr: relay_cfg.listen,
+                        flag: "--turn-listen",
+                        source,
+                    })?;
+                let secret = cfg
+                    .turn_secret
+                    .as_ref()
+                    .map(|s| s.expose().to_vec())
+                    .unwrap_or_default();
+                let relay = turn_relay::start(relay_cfg, socket, secret, Arc::clone(&metrics))
+                    .await
+                    .map_err(|e| Failure::Runtime(format!("TURN relay: {e}")))?;
+                tracing::info!(addr = %relay.local_addr, "embedded TURN relay listening");
+                Some(relay)
+            }
+            None => None,
+        };
         if cfg.token_secret.is_none() {
             tracing::warn!(
                 "NO TOKEN SECRET CONFIGURED: this server is OPEN. Anyone who knows a room id can \
@@ -179,34 +319,69 @@ impl Running {
                  from the internet."
             );
         }
-        let turn = match &cfg.turn_relay {
-            Some(relay_cfg) => {
-                let secret = cfg
-                    .turn_secret
-                    .as_ref()
-                    .map(|s| s.expose().to_vec())
-                    .unwrap_or_default();
-                let relay = turn_relay::start(relay_cfg, secret, Arc::clone(&metrics))
-                    .await
-                    .map_err(|e| std::io::Error::other(format!("TURN relay: {e}")))?;
-                tracing::info!(addr = %relay.local_addr, "embedded TURN relay listening");
-                Some(relay)
-            }
-            None => None,
-        };
-        let state = Arc::new(AppState::new(cfg.clone(), metrics));
+        for note in notes {
+            tracing::info!("{note}");
+        }
+        if secret_file_open {
+            tracing::warn!("the TURN secret file can be read by other users: chmod 600 it");
+        }
+        let state = Arc::new(AppState::new(cfg.clone(), Arc::clone(&metrics)));
         if let Some(t) = &turn {
             state
                 .turn_port
                 .store(t.local_addr.port(), std::sync::atomic::Ordering::Relaxed);
         }
 
-        let listener = std::net::TcpListener::bind(cfg.listen)?;
-        let local = listener.local_addr()?;
+        let metrics_handle = axum_server::Handle::<SocketAddr>::new();
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                let app = server::metrics_router(metrics).into_make_service();
+                let srv = axum_server::from_tcp(l)
+                    .map_err(|e| Failure::Runtime(e.to_string()))?
+                    .handle(metrics_handle.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = srv.serve(app).await {
+                        tracing::error!(error = %e, "metrics listener failed");
+                    }
+                });
+                tracing::info!(%addr, "metrics listening");
+                Some(addr)
+            }
+            None => None,
+        };
+
         let handle = axum_server::Handle::<SocketAddr>::new();
         let app =
             server::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
-        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        // Ordering starts only now that every address is bound.
+        let rustls_cfg = match (&tls, &cfg.acme) {
+            (Some(cert), _) => Some(
+                cert.server_config()
+                    .map_err(|e| Failure::Runtime(format!("TLS: {e}")))?,
+            ),
+            (None, Some(settings)) => {
+                let resolver = acme::start(settings).map_err(Failure::Config)?;
+                tracing::info!(
+                    domains = %settings.domains.join(","),
+                    directory = %settings.directory,
+                    cache = %settings.cache.display(),
+                    "ACME: certificates from the CA, TLS-ALPN-01 on this listener"
+                );
+                Some(
+                    tls::acme_server_config(resolver)
+                        .map_err(|e| Failure::Runtime(format!("TLS: {e}")))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let scheme = if rustls_cfg.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // TCP_NODELAY: every write already carries whole frames (queued frames are batched
         // into one write), so Nagle's algorithm can only delay a frame behind an
         // unacknowledged one.
@@ -218,18 +393,27 @@ impl Running {
                 .header_read_timeout(cfg.handshake_timeout)
                 .max_buf_size(16 * 1024);
         };
-        let serving = match &cfg.tls {
-            Some((cert, key)) => {
-                let tls = tls::load(cert, key).await?;
-                let mut srv = axum_server::from_tcp_rustls(listener, tls)?
+        let runtime = |e: std::io::Error| Failure::Runtime(e.to_string());
+        let serving = match rustls_cfg {
+            Some(rustls_cfg) => {
+                let tls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(rustls_cfg);
+                let mut srv = axum_server::from_tcp_rustls(listener, tls_cfg)
+                    .map_err(runtime)?
                     .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                     .handle(handle.clone())
                     .first_request_timeout(cfg.handshake_timeout);
                 limit_http(srv.http_builder());
+                if let Some(cert) = &tls {
+                    tracing::info!(
+                        fingerprint = %cert.current_fingerprint(),
+                        "TLS certificate loaded (SIGHUP reloads it)"
+                    );
+                }
                 tokio::spawn(async move { srv.serve(app).await })
             }
             None => {
-                let mut srv = axum_server::from_tcp(listener)?
+                let mut srv = axum_server::from_tcp(listener)
+                    .map_err(runtime)?
                     .acceptor(NoDelayAcceptor::new())
                     .handle(handle.clone())
                     .first_request_timeout(cfg.handshake_timeout);
@@ -237,13 +421,16 @@ impl Running {
                 tokio::spawn(async move { srv.serve(app).await })
             }
         };
-        tracing::info!(addr = %local, tls = cfg.tls.is_some(), "signaling server listening");
+        tracing::info!(addr = %local, tls = scheme == "https", "signaling server listening");
         Ok(Running {
             state,
             handle,
+            metrics_handle,
             serving,
             turn,
+            tls,
             local,
+            metrics_addr,
             scheme,
             drain_timeout: cfg.drain_timeout,
         })
@@ -253,12 +440,33 @@ impl Running {
         self.turn.as_ref().map(|t| t.local_addr)
     }
 
+    /// SIGHUP: reads the certificate files again. Open connections keep their session; a bad
+    /// new file keeps the old certificate.
+    fn reload_certificate(&self) {
+        let Some(cert) = &self.tls else {
+            tracing::info!(
+                "SIGHUP: no --tls-cert/--tls-key, nothing to reload (ACME certificates renew by \
+                 themselves)"
+            );
+            return;
+        };
+        match cert.reload() {
+            Ok(fp) => tracing::info!(fingerprint = %fp, "SIGHUP: TLS certificate reloaded"),
+            Err(e) => tracing::error!(
+                "SIGHUP: TLS certificate NOT reloaded, still serving the previous one \
+                 (fingerprint {}): {e}",
+                cert.current_fingerprint()
+            ),
+        }
+    }
+
     /// Graceful shutdown: refuse new connections, tell every client, wait (bounded) for the
     /// connections to drain, then close the TURN relay.
     async fn shutdown(&mut self) {
         tracing::info!("shutting down: refusing new connections and telling clients");
         self.state.shutdown.cancel();
         self.handle.graceful_shutdown(Some(self.drain_timeout));
+        self.metrics_handle.shutdown();
         self.state.tracker.close();
         if tokio::time::timeout(self.drain_timeout, self.state.tracker.wait())
             .await
@@ -279,6 +487,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.state.shutdown.cancel();
         self.handle.shutdown();
+        self.metrics_handle.shutdown();
     }
 }
 
@@ -298,12 +507,23 @@ impl Embedded {
         let opts = ServeOpts {
             listen: Some(loopback),
             turn_listen: Some(loopback),
+            metrics_listen: Some("off".into()),
             ..ServeOpts::default()
         };
-        let cfg = opts
+        let mut cfg = opts
             .resolve()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let running = Running::start(cfg).await?;
+        // In memory only: the demo must not write into the user's state directory.
+        if cfg.turn_secret.is_none() {
+            let mut s = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut s);
+            let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+            cfg.turn_secret = Some(config::Secret::new(text.into_bytes()));
+            cfg.turn_secret_origin = SecretOrigin::Embedded;
+        }
+        let running = Running::start(cfg)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let turn = running
             .turn_addr()
             .ok_or_else(|| std::io::Error::other("the TURN relay did not start"))?;
@@ -324,22 +544,5 @@ impl Embedded {
     /// timeout).
     pub async fn stop(mut self) {
         self.running.shutdown().await;
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

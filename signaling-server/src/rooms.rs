@@ -14,6 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// How a room appears in the log: the first 8 hex digits of the SHA-256 of its id. Enough to
+/// follow one room through the log; the id itself is a capability (whoever knows it can join)
+/// and never appears.
+pub(crate) fn room_tag(room: &RoomId) -> String {
+    use sha2::Digest as _;
+    crate::tls::hex_prefix(&sha2::Sha256::digest(room.as_str().as_bytes()), 4)
+}
+
 /// A member's handle, held by the registry.
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
@@ -189,6 +197,14 @@ mod tests {
 
     fn room() -> RoomId {
         RoomId::parse("abcdefghijklmnopqrstuv").unwrap()
+    }
+
+    #[test]
+    fn room_tag_is_a_short_hash() {
+        let tag = room_tag(&room());
+        assert_eq!(tag.len(), 8);
+        assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!room().as_str().contains(&tag));
     }
 
     #[test]

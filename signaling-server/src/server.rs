@@ -1,5 +1,5 @@
-//! HTTP side: the router (`/ws`, `/healthz`, `/metrics`), connection admission, TLS or plain
-//! serving, and graceful shutdown.
+//! HTTP side: the public router (`/ws`, `/healthz`), the separate metrics router (`/metrics`)
+//! and connection admission.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64};
@@ -64,8 +64,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The metrics listener's routes: only `/metrics`, so metrics never share the public port.
+pub(crate) fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .with_state(metrics)
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
@@ -76,8 +82,8 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], st.metrics.render()).into_response()
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()).into_response()
 }
 
 /// The client's IP: the TCP peer, or, behind a trusted local proxy, the right-most address of
@@ -105,14 +111,17 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let client = client_ip(&st.cfg, peer, &headers);
     if st.shutdown.is_cancelled() {
         st.metrics.reject("shutting_down");
+        tracing::info!(%client, reason = %"shutting_down", "connection refused");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let slot = match st.limiter.try_acquire(client_ip(&st.cfg, peer, &headers)) {
+    let slot = match st.limiter.try_acquire(client) {
         Ok(slot) => slot,
         Err(refused) => {
             st.metrics.reject(refused.as_str());
+            tracing::info!(%client, reason = %refused.as_str(), "connection refused");
             return (StatusCode::SERVICE_UNAVAILABLE, refused.as_str()).into_response();
         }
     };
@@ -131,7 +140,7 @@ async fn ws_upgrade(
         .on_failed_upgrade(|_| {})
         .on_upgrade(move |socket| async move {
             let _token = token;
-            crate::connection::run(st2, socket, slot).await;
+            crate::connection::run(st2, socket, slot, client).await;
         })
 }
 

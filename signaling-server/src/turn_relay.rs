@@ -47,13 +47,14 @@ impl TurnRelay {
     }
 }
 
-/// Starts the relay.
+/// Starts the relay on `socket` (bound by [`bind_udp`], so a busy port is reported before
+/// anything starts).
 pub(crate) async fn start(
     cfg: &TurnRelayConfig,
+    socket: tokio::net::UdpSocket,
     secret: Vec<u8>,
     metrics: Arc<Metrics>,
 ) -> Result<TurnRelay, turn::Error> {
-    let socket = bind_udp(cfg.listen)?;
     let local_addr = socket.local_addr()?;
     let current_user: Arc<Mutex<Option<String>>> = Arc::default();
     let auth = RestAuth {

@@ -519,7 +519,10 @@ async fn health_and_metrics() {
     let (status, body) = srv.http_get("/healthz");
     assert!(status.contains("200"), "{status}");
     assert_eq!(body.trim(), "ok");
-    let (status, body) = srv.http_get("/metrics");
+    // Metrics are on their own listener only; the public port answers 404.
+    let (status, _) = srv.http_get("/metrics");
+    assert!(status.contains("404"), "{status}");
+    let (status, body) = common::http_get(srv.metrics_addr.unwrap(), "/metrics");
     assert!(status.contains("200"), "{status}");
     for name in [
         "aparte_signaling_connections ",

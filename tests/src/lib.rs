@@ -67,7 +67,8 @@ impl SignalingServer {
     /// Starts the server with extra `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(binary("aparte-signaling"))
-            .args(["--listen", "127.0.0.1:0", "--log", "warn,turn=off"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--log", "warn,turn=off"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

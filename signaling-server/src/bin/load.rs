@@ -158,6 +158,8 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
     let bin = server_bin(cli)?;
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--log", "error"])
+        // The load tool reads /proc, not metrics; a fixed metrics port could be busy.
+        .args(["--metrics-listen", "off"])
         .args(args)
         .args(&cli.server_args)
         .stdout(Stdio::piped())

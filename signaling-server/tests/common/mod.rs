@@ -26,6 +26,8 @@ pub struct Server {
     pub pid: u32,
     pub addr: SocketAddr,
     pub turn_addr: Option<SocketAddr>,
+    /// The separate metrics listener (tests start it on an ephemeral loopback port).
+    pub metrics_addr: Option<SocketAddr>,
     pub lines: std_mpsc::Receiver<String>,
 }
 
@@ -40,6 +42,7 @@ impl Server {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aparte-signaling"))
             .args(["--listen", "127.0.0.1:0", "--log", "warn,turn=off"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -57,10 +60,17 @@ impl Server {
             }
         });
         let mut turn_addr = None;
+        let mut metrics_addr = None;
         let addr = loop {
             let line = lines.recv_timeout(WAIT).expect("server did not start");
             if let Some(a) = line.strip_prefix("turn listening on udp ") {
                 turn_addr = Some(a.parse().expect("turn addr"));
+            }
+            if let Some(a) = line
+                .strip_prefix("metrics listening on http://")
+                .and_then(|a| a.strip_suffix("/metrics"))
+            {
+                metrics_addr = Some(a.parse().expect("metrics addr"));
             }
             if let Some(a) = line
                 .strip_prefix("listening on http://")
@@ -74,6 +84,7 @@ impl Server {
             child: Some(child),
             addr,
             turn_addr,
+            metrics_addr,
             lines,
         }
     }
@@ -115,9 +126,38 @@ impl Server {
         (c, id)
     }
 
-    /// GET `path` over plain HTTP/1.0; returns (status line, body).
+    /// GET `path` from the main port over plain HTTP/1.0; returns (status line, body).
     pub fn http_get(&self, path: &str) -> (String, String) {
-        let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+        http_get(self.addr, path)
+    }
+
+    /// The value of a metric line that starts with `prefix` (name and labels), scraped from
+    /// the metrics listener.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http_get(self.metrics_addr.expect("metrics listener"), "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (e.g. `HUP`) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// GET `path` from `addr` over plain HTTP/1.0; returns (status line, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(WAIT)).expect("timeout");
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
         let mut out = String::new();
@@ -127,22 +167,6 @@ impl Server {
             head.lines().next().unwrap_or("").to_owned(),
             body.to_owned(),
         )
-    }
-
-    /// The value of a metric line that starts with `prefix` (name and labels).
-    pub fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
-    }
-
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
     }
 }
 
