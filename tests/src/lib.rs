@@ -66,8 +66,14 @@ impl SignalingServer {
 
     /// Starts the server with extra `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Starts the server listening on `listen` (for a restart on the same address) with
+    /// extra `args`, and waits until it listens.
+    pub fn start_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(binary("aparte-signaling"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--listen", listen, "--metrics-listen", "off"])
             .args(["--log", "warn,turn=off"])
             .args(args)
             .stdout(Stdio::piped())

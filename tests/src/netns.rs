@@ -171,16 +171,18 @@ impl Topology {
                 "sysctl",
                 &["-q", "-w", "net.ipv4.ip_forward=1"],
             );
-            let random = if nat == Nat::Symmetric {
-                " fully-random"
-            } else {
-                ""
-            };
-            let rules = format!(
-                "table ip nat {{ chain post {{ type nat hook postrouting priority 100; \
-                 oifname \"wan\" masquerade{random}; }} }}"
+            in_ns(&home.router, "nft", &["add table ip nat"]);
+            in_ns(
+                &home.router,
+                "nft",
+                &["add chain ip nat post { type nat hook postrouting priority 100 ; }"],
             );
-            in_ns(&home.router, "nft", &[&rules]);
+            let masquerade = if nat == Nat::Symmetric {
+                "add rule ip nat post oifname wan masquerade fully-random"
+            } else {
+                "add rule ip nat post oifname wan masquerade"
+            };
+            in_ns(&home.router, "nft", &[masquerade]);
         }
         topo
     }

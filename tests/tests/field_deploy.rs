@@ -248,7 +248,12 @@ fn call_between_homes(nat: Nat) {
             sent > 100 && got * 100 >= sent * 95,
             "{got} of {sent}: {me}"
         );
-        aparte_e2e_tests::assert_frames_add_up(me, other);
+        let lost = aparte_e2e_tests::assert_frames_add_up(me, other);
+        println!(
+            "{nat:?}: of {sent} frames sent, {got} decrypted, {} refused before the keys, {lost} \
+             lost, {} dropped for latency",
+            me["frames_refused"], me["frames_dropped_for_latency"]
+        );
     }
     assert_eq!(sa["relayed"], sb["relayed"], "both sides agree: {sa}\n{sb}");
     if nat == Nat::Symmetric {

@@ -344,9 +344,14 @@ impl AudioPipeline {
 
 impl Drop for AudioPipeline {
     /// A call that fails half-way (`?` in `run_call`) drops the pipeline without `stop`; the
-    /// thread must not run on, holding a sound device, after that.
+    /// thread must not run on, holding a sound device, after that. It is joined (it notices
+    /// within one 20 ms tick) so that its output is settled before the process exits: a
+    /// recording that never started removes its temporary file instead of leaving it behind.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -917,9 +917,13 @@ impl Call {
         }
     }
 
-    /// We are back in the room: signaling works again. In a 1:1 room whoever else is there
-    /// (not our own old session, which the server may not have dropped yet) is our peer; in a
-    /// bigger room only our peer's old id counts. An empty room means the peer is away too.
+    /// We are back in the room: signaling works again. In a 1:1 room the one other member is
+    /// taken for our peer, whatever its id: a restarted server numbers members from 1 again,
+    /// so the peer's new id may equal our own old one. (If it is in fact our own old session,
+    /// which the server has not dropped yet, the real peer cannot be in the full room: the
+    /// old session soon leaves, which marks the peer away, and the peer's join is then taken.)
+    /// In a bigger room only our peer's old id counts, never our own. An empty room means the
+    /// peer is away too.
     async fn on_rejoined(&mut self, signaling: Signaling, joined: &Joined) {
         self.signaling = signaling;
         // The join minted fresh TURN credentials (the old ones may have expired, or the
@@ -932,16 +936,11 @@ impl Call {
         self.room_capacity = joined.capacity;
         let old_self = std::mem::replace(&mut self.own_id, joined.peer_id);
         let _ = self.updates.send(CallUpdate::Rejoined).await;
-        let others: Vec<PeerId> = joined
-            .peers
-            .iter()
-            .map(|p| p.peer_id)
-            .filter(|id| *id != old_self)
-            .collect();
-        let found = if others.contains(&self.peer) {
-            Some(self.peer)
-        } else if joined.capacity == 2 {
+        let others: Vec<PeerId> = joined.peers.iter().map(|p| p.peer_id).collect();
+        let found = if joined.capacity == 2 {
             others.first().copied()
+        } else if self.peer != old_self && others.contains(&self.peer) {
+            Some(self.peer)
         } else {
             None
         };

@@ -516,7 +516,7 @@ fn parse_duration(seconds: f64) -> Result<Duration, String> {
     match Duration::try_from_secs_f64(seconds) {
         Ok(d) if d <= MAX_DURATION => Ok(d),
         _ => Err(format!(
-            "--duration {seconds} is too long (at most {} s, a year)",
+            "--duration {seconds:e} is too long (at most {} s, a year)",
             MAX_DURATION.as_secs()
         )),
     }

@@ -82,18 +82,24 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// A certificate or TLS failure explained for people, when `error` is one.
+/// A certificate or TLS failure explained for people, when `error` is one. rustls's error
+/// reaches us either as tungstenite's TLS error or inside the I/O error of the TLS stream.
 pub fn explain(error: &tokio_tungstenite::tungstenite::Error, url: &str) -> Option<String> {
-    use rustls::{CertificateError, Error as Tls};
     use tokio_tungstenite::tungstenite::error::TlsError as WsTls;
     use tokio_tungstenite::tungstenite::Error as Ws;
-    let Ws::Tls(WsTls::Rustls(e)) = error else {
-        return match error {
-            Ws::Tls(other) => Some(format!("TLS with {url} failed: {other}")),
-            _ => None,
-        };
+    let rustls_error: Option<&rustls::Error> = match error {
+        Ws::Tls(WsTls::Rustls(e)) => Some(e.as_ref()),
+        Ws::Tls(other) => return Some(format!("TLS with {url} failed: {other}")),
+        Ws::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref()),
+        _ => None,
     };
-    let fix = match e.as_ref() {
+    rustls_error.map(|e| format!("TLS with {url} failed: {}", fix_for(e)))
+}
+
+/// What a rustls failure means and what to do about it.
+fn fix_for(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as Tls};
+    match e {
         Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "its certificate is not signed by a trusted authority; for a self-signed \
              deployment pass its CA with --ca-file FILE.pem (or ca_file in the config file)"
@@ -120,8 +126,7 @@ pub fn explain(error: &tokio_tungstenite::tungstenite::Error, url: &str) -> Opti
             "it does not speak TLS there; is it a plain ws:// server, or the wrong port?".to_owned()
         }
         other => other.to_string(),
-    };
-    Some(format!("TLS with {url} failed: {fix}"))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,97 @@
+//! A relayed call survives a restart of the signaling server and its embedded TURN relay, as
+//! an operator following the README would run it: no TURN secret configured, so the server
+//! generates one once and keeps it in its state directory (`--state-dir`). The restart drops
+//! every TURN allocation, so the media path breaks; both peers rejoin the room on the new
+//! process, the offerer restarts ICE, and the new allocations are made with the credentials
+//! of the first join, which the restarted server still accepts because its secret is the same.
+//! (Before the secret was kept, every restart drew a new one and the call stayed down.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use aparte_e2e_tests::{new_room, read_stats, stats_path, CallProcess, SignalingServer, WAIT};
+
+const SECONDS: u64 = 25;
+
+/// A port free on 127.0.0.1 right now (for TCP or UDP).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+#[test]
+fn a_relayed_call_comes_back_after_the_server_restarts_with_its_kept_turn_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let listen = format!("127.0.0.1:{}", free_port(false));
+    let turn = format!("127.0.0.1:{}", free_port(true));
+    let args = [
+        "--turn-listen",
+        turn.as_str(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let server = SignalingServer::start_on(&listen, &args);
+    let room = new_room();
+    let spawn = |name: &str| {
+        CallProcess::spawn_tone(
+            &server.url(),
+            &room,
+            dir.path(),
+            name,
+            SECONDS,
+            &["--relay-only"],
+        )
+    };
+    let (mut alice, mut bob) = (spawn("alice"), spawn("bob"));
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("media flowing", WAIT);
+    }
+
+    drop(server); // the operator restarts the service…
+    let _restarted = SignalingServer::start_on(&listen, &args);
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("rejoined the room", WAIT);
+        peer.wait_for("link back after", Duration::from_secs(30));
+    }
+    alice.expect_exit_code(0);
+    bob.expect_exit_code(0);
+    let (a, b) = (
+        read_stats(&stats_path(dir.path(), "alice")),
+        read_stats(&stats_path(dir.path(), "bob")),
+    );
+    for (name, me, other) in [("alice", &a, &b), ("bob", &b, &a)] {
+        println!(
+            "{name}: link down {} ms over {} recoveries, {} ICE restarts, {} rejoins; \
+             decrypted {} of {} sent",
+            me["link_down_ms"],
+            me["link_recoveries"],
+            me["ice_restarts"],
+            me["signaling_rejoins"],
+            me["frames_decrypted"],
+            other["frames_sent"]
+        );
+        assert_eq!(me["relayed"], true, "{me}");
+        assert!(me["link_recoveries"].as_u64().unwrap() >= 1, "{me}");
+        aparte_e2e_tests::assert_frames_add_up(me, other);
+        // Media flowed again after the outage: far more frames than before it.
+        let down_frames = me["link_down_ms"].as_u64().unwrap() / 20;
+        let decrypted = me["frames_decrypted"].as_u64().unwrap();
+        let sent = other["frames_sent"].as_u64().unwrap();
+        assert!(
+            decrypted + down_frames + 100 >= sent,
+            "{name}: decrypted {decrypted} of {sent}, down {down_frames} frames: {me}"
+        );
+    }
+}
