@@ -187,6 +187,21 @@ impl Topology {
         topo
     }
 
+    /// Makes `home`'s router an office firewall: it forwards no UDP but DNS (TCP passes).
+    pub fn block_udp(home: &Home) {
+        in_ns(&home.router, "nft", &["add table inet office"]);
+        in_ns(
+            &home.router,
+            "nft",
+            &["add chain inet office forward { type filter hook forward priority 0 ; }"],
+        );
+        in_ns(
+            &home.router,
+            "nft",
+            &["add rule inet office forward meta l4proto udp udp dport != 53 drop"],
+        );
+    }
+
     /// A command that runs `program` inside namespace `ns`.
     pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

@@ -279,3 +279,65 @@ fn a_tls_call_between_two_homes_behind_nat_follows_deploy_md() {
 fn a_tls_call_between_two_homes_behind_symmetric_nat_is_relayed_on_both_sides() {
     call_between_homes(Nat::Symmetric);
 }
+
+/// An office network that blocks UDP (but DNS) on both homes: TLS signaling on 443 still works,
+/// but no media path exists (TURN over TCP is not there yet). The call must fail loudly: exit 4
+/// (no network path), a line that says the relay gave no candidate and UDP is probably
+/// blocked, and the stats written, well before anyone waits forever.
+#[test]
+fn with_udp_blocked_a_call_fails_with_exit_4_and_says_why() {
+    let topo = Topology::build(Nat::Masquerade);
+    Topology::block_udp(&topo.a);
+    Topology::block_udp(&topo.b);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_block("certificates", d, &[]);
+    let mut server = Topology::command(&topo.vps, binary("aparte-signaling"));
+    server
+        .current_dir(d)
+        .env("APARTE_TURN_SECRET", "0123456789abcdef0123456789abcdef")
+        .args([
+            "--listen",
+            "0.0.0.0:443",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ])
+        .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
+        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")]);
+    let mut server = Running::start(server);
+    server.wait_for("listening on https://", WAIT);
+    let room = aparte_e2e_tests::new_room();
+    let url = format!("wss://{VPS_IP}/ws");
+    let person = |home: &str, name: &str| {
+        let mut cmd = Topology::command(home, binary("aparte"));
+        cmd.current_dir(d)
+            .env("APARTE_HOME", d.join(format!("home-{name}")))
+            .args(["call", "--server", &url, "--ca-file", "ca.pem"])
+            .arg(format!("--room={room}"))
+            .args(["--tofu", "--relay-only", "--input", "tone"])
+            .args(["--stats-json", &format!("{name}.json")]);
+        Running::start(cmd)
+    };
+    let started = Instant::now();
+    let mut alice = person(&topo.a.host, "alice");
+    alice.wait_for("waiting for the peer", WAIT);
+    let mut bob = person(&topo.b.host, "bob");
+    for (name, p) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let status = p.finish(Duration::from_secs(60));
+        let all = p.seen.join("\n");
+        assert_eq!(status.code(), Some(4), "{name}:\n{all}");
+        assert!(
+            all.contains("no relay candidate from the TURN server at")
+                && all.contains("is UDP to it blocked"),
+            "{name}:\n{all}"
+        );
+        let s = read_stats(&d.join(format!("{name}.json")));
+        assert_eq!(s["outcome"], "no_path", "{s}");
+        assert_eq!(s["frames_sent"], 0, "{s}");
+        println!("{name}: {}", s["ended_by"]);
+    }
+    println!("both ended {:?} after the first joined", started.elapsed());
+    drop(server);
+}
