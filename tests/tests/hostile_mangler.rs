@@ -424,3 +424,85 @@ async fn forged_replayed_and_reordered_frames_inside_srtp_are_rejected_and_count
     call.close().await;
     println!("test time {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// 3. **Inside SRTP, the RTP sequence numbers lie.** Whoever terminates SRTP (an SFU, or a
+///    DTLS-terminating man in the middle) chooses the RTP sequence numbers. Here the sending
+///    side writes its protected frames with each pair swapped, so every RTP sequence number
+///    (assigned in write order) points one frame away from the frame's authenticated e2ee
+///    index, and the frames arrive in that scrambled order. Played by the authenticated
+///    index, what the receiver hears is what was said; played by the RTP sequence numbers
+///    (the old behaviour, run here as the control), it is scrambled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_rtp_sequence_numbers_inside_srtp_do_not_reorder_the_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sent_audio, frames) = speech(SPEECH, dir.path(), "speech.wav");
+    let config = TransportConfig {
+        ice_servers: vec![],
+        relay_only: false,
+        loopback_only: true,
+    };
+    let mut call = Call::connect(&config, &config).await;
+    // Protect in the order spoken (e2ee index i for frame i), write each pair swapped.
+    let protected: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| call.alice.security.protect_media(f).unwrap())
+        .collect();
+    let mut order: Vec<usize> = (0..protected.len()).collect();
+    for pair in order.chunks_mut(2) {
+        pair.reverse();
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for &i in &order {
+        ticker.tick().await;
+        call.alice.send_raw(protected[i].clone()).await;
+    }
+    let arrivals = collect(&mut call.bob, protected.len()).await;
+    let first_seq = arrivals[0].sequence;
+    let mut by_index = Vec::new();
+    let mut by_rtp = Vec::new();
+    for a in &arrivals {
+        let frame = call
+            .bob
+            .security
+            .unprotect_media_frame(&a.payload, a.arrival_ms)
+            .expect("every frame is genuine");
+        let rtp = u64::from(a.sequence.wrapping_sub(first_seq));
+        by_index.push((frame.index, a.arrival_ms, frame.payload.clone()));
+        by_rtp.push((rtp, a.arrival_ms, frame.payload));
+    }
+    let base = by_index.iter().map(|a| a.0).min().unwrap();
+    let mismatched = by_index
+        .iter()
+        .zip(&by_rtp)
+        .filter(|(i, r)| i.0 - base != r.0)
+        .count();
+    let good = play_out(&by_index);
+    let control = play_out(&by_rtp);
+    let (ncc, segments) = mean_ncc(&sent_audio, &good.samples);
+    let (ncc_rtp, _) = mean_ncc(&sent_audio, &control.samples);
+    println!(
+        "{} frames, {mismatched} with an RTP sequence number that disagrees with their index; \
+         played by index: mean NCC {ncc:.3} over {segments} segments, late {}, concealed {}; \
+         by RTP sequence (control): mean NCC {ncc_rtp:.3}",
+        arrivals.len(),
+        good.jitter.late,
+        good.jitter.concealed
+    );
+    assert!(
+        mismatched * 10 >= arrivals.len() * 9,
+        "the scramble took effect"
+    );
+    assert_eq!(
+        good.jitter.duplicates, 0,
+        "nothing authentic is taken for a copy"
+    );
+    assert!(
+        ncc >= 0.80,
+        "played by index, the audio is what was said: {ncc:.3}"
+    );
+    assert!(
+        ncc_rtp < ncc - 0.2,
+        "the control must show the scramble ({ncc_rtp:.3} vs {ncc:.3})"
+    );
+    call.close().await;
+}
