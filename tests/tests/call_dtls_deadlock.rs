@@ -72,6 +72,7 @@ fn a_lost_final_dtls_flight_is_recovered_by_rebuilding_the_connection() {
         b["frames_decrypted"]
     );
     for (name, me, peer) in [("alice", &a, &b), ("bob", &b, &a)] {
+        aparte_e2e_tests::assert_frames_add_up(me, peer);
         assert_eq!(me["transport_rebuilds"], 1, "{name}: {me}");
         assert_eq!(me["ended_by"], "duration reached", "{name}: {me}");
         assert_eq!(me["frames_rejected"]["forged"], 0, "{name}");

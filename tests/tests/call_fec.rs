@@ -61,6 +61,7 @@ fn fec_follows_the_loss_the_peer_reports() {
     };
     let [a, b] = call_over(lossy, seed);
     for (name, me, peer) in [("alice", &a, &b), ("bob", &b, &a)] {
+        aparte_e2e_tests::assert_frames_add_up(me, peer);
         println!(
             "10 % loss, {name}: FEC planned for {} % at the end (peak {} %), peer lost {} %, \
              peer rebuilt {} frames from FEC, concealed {}",

@@ -102,6 +102,7 @@ fn a_forged_rebuild_request_does_not_touch_a_call_that_is_set_up() {
     let a = read_stats(&stats_path(dir.path(), "alice"));
     let b = read_stats(&stats_path(dir.path(), "bob"));
     for (name, me, peer) in [("alice", &a, &b), ("bob", &b, &a)] {
+        aparte_e2e_tests::assert_frames_add_up(me, peer);
         println!(
             "{name}: rebuilds {}, sent {}, decrypted {}, concealed {}, ended by {}",
             me["transport_rebuilds"],

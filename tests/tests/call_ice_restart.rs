@@ -146,6 +146,7 @@ fn a_call_survives_a_network_change_by_rejoining_and_restarting_ice_with_the_sam
     assert_eq!(a["signaling_rejoins"].as_u64(), Some(0), "{a}");
     assert_eq!(a["ice_restarts"].as_u64(), Some(0), "the answerer follows");
     for (name, me, other) in [("alice", &a, &b), ("bob", &b, &a)] {
+        aparte_e2e_tests::assert_frames_add_up(me, other);
         println!(
             "{name}: link down {} ms, {} recoveries, decrypted {} of {} sent, relayed {}",
             me["link_down_ms"],

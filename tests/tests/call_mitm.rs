@@ -213,7 +213,18 @@ async fn a_mitm_signaling_server_is_exposed_by_the_sas_and_refused_by_pinned_ide
     })
     .await
     .unwrap();
-    // Every frame failed authentication: a security failure, said as such.
+    // Every frame failed authentication: a security failure, said as such. Every frame is
+    // still accounted for (rejected, never played).
+    let (sa, sb) = (
+        serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(stats("alice")).unwrap(),
+        )
+        .unwrap(),
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(stats("bob")).unwrap())
+            .unwrap(),
+    );
+    aparte_e2e_tests::assert_frames_add_up(&sa, &sb);
+    aparte_e2e_tests::assert_frames_add_up(&sb, &sa);
     assert_eq!((a_exit.code(), b_exit.code()), (Some(3), Some(3)));
     for n in ["alice", "bob"] {
         let s: serde_json::Value =

@@ -64,6 +64,10 @@ fn the_readme_demo_runs_a_verified_relayed_call_both_ways() {
             "{name} decrypted too few frames: {report}"
         );
     }
+    let stats = |name: &str| read_stats(&out_dir.join(format!("{name}-stats.json")));
+    let (a, b) = (stats("alice"), stats("bob"));
+    aparte_e2e_tests::assert_frames_add_up(&a, &b);
+    aparte_e2e_tests::assert_frames_add_up(&b, &a);
 
     for (said, heard) in [("alice-says", "bob-heard"), ("bob-says", "alice-heard")] {
         assert_heard_matches_said(
