@@ -34,21 +34,50 @@ fn free_port(udp: bool) -> u16 {
 fn a_relayed_call_comes_back_after_the_server_restarts_with_its_kept_turn_secret() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let args = ["--state-dir", state.to_str().unwrap()];
+    let stats = restart_mid_call(dir.path(), &args, &args);
+    for s in stats {
+        // The old credentials still work: ICE restarts bring it back, no rebuild needed.
+        assert_eq!(s["transport_rebuilds"], 0, "{s}");
+    }
+}
+
+/// The operator changes the TURN secret (or the server draws a new one, as it did before it
+/// kept one): the credentials of the first join are refused, so an ICE restart cannot bring
+/// the path back; the peers rebuild their peer connections with the credentials of the
+/// rejoin, and the call comes back with the same keys.
+#[test]
+fn a_relayed_call_comes_back_with_fresh_credentials_when_the_turn_secret_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = ["--turn-secret", "0123456789abcdef0123456789abcdef"];
+    let after = ["--turn-secret", "fedcba9876543210fedcba9876543210"];
+    let stats = restart_mid_call(dir.path(), &before, &after);
+    let rebuilds: u64 = stats
+        .iter()
+        .map(|s| s["transport_rebuilds"].as_u64().unwrap())
+        .sum();
+    assert!(rebuilds >= 2, "both sides rebuilt: {stats:?}");
+}
+
+/// A relay-only call through a server started with `before`, restarted mid-call on the same
+/// ports with `after`; returns both sides' stats once the link is back and the call ended.
+fn restart_mid_call(dir: &std::path::Path, before: &[&str], after: &[&str]) -> [serde_json::Value; 2] {
     let listen = format!("127.0.0.1:{}", free_port(false));
     let turn = format!("127.0.0.1:{}", free_port(true));
-    let args = [
-        "--turn-listen",
-        turn.as_str(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let server = SignalingServer::start_on(&listen, &args);
+    let with_turn = |extra: &[&str]| {
+        let mut args = vec!["--turn-listen", turn.as_str()];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let (first, second) = (with_turn(before), with_turn(after));
+    let args = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>();
+    let server = SignalingServer::start_on(&listen, &args(&first));
     let room = new_room();
     let spawn = |name: &str| {
         CallProcess::spawn_tone(
             &server.url(),
             &room,
-            dir.path(),
+            dir,
             name,
             SECONDS,
             &["--relay-only"],
@@ -60,7 +89,7 @@ fn a_relayed_call_comes_back_after_the_server_restarts_with_its_kept_turn_secret
     }
 
     drop(server); // the operator restarts the service…
-    let _restarted = SignalingServer::start_on(&listen, &args);
+    let _restarted = SignalingServer::start_on(&listen, &args(&second));
     for peer in [&mut alice, &mut bob] {
         peer.wait_for("rejoined the room", WAIT);
         peer.wait_for("link back after", Duration::from_secs(30));
@@ -68,16 +97,17 @@ fn a_relayed_call_comes_back_after_the_server_restarts_with_its_kept_turn_secret
     alice.expect_exit_code(0);
     bob.expect_exit_code(0);
     let (a, b) = (
-        read_stats(&stats_path(dir.path(), "alice")),
-        read_stats(&stats_path(dir.path(), "bob")),
+        read_stats(&stats_path(dir, "alice")),
+        read_stats(&stats_path(dir, "bob")),
     );
     for (name, me, other) in [("alice", &a, &b), ("bob", &b, &a)] {
         println!(
-            "{name}: link down {} ms over {} recoveries, {} ICE restarts, {} rejoins; \
+            "{name}: link down {} ms over {} recoveries, {} ICE restarts, {} rebuilds, {} rejoins; \
              decrypted {} of {} sent",
             me["link_down_ms"],
             me["link_recoveries"],
             me["ice_restarts"],
+            me["transport_rebuilds"],
             me["signaling_rejoins"],
             me["frames_decrypted"],
             other["frames_sent"]
@@ -94,4 +124,5 @@ fn a_relayed_call_comes_back_after_the_server_restarts_with_its_kept_turn_secret
             "{name}: decrypted {decrypted} of {sent}, down {down_frames} frames: {me}"
         );
     }
+    [a, b]
 }

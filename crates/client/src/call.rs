@@ -482,6 +482,7 @@ pub async fn run_call(
         ice_restarts: 0,
         link_recoveries: 0,
         link_down: Duration::ZERO,
+        built_with: config.ice_servers.clone(),
         transport_config: config,
         pair_without_dtls_since: None,
         rebuilds: 0,
@@ -748,8 +749,10 @@ struct Call {
     ice_restarts: u32,
     link_recoveries: u32,
     link_down: Duration,
-    /// What the transport was built from (a rebuild uses it again).
+    /// What the next transport is built from (a rejoin puts fresh TURN credentials here).
     transport_config: TransportConfig,
+    /// The STUN/TURN servers (and credentials) the current transport was built with.
+    built_with: Vec<IceServer>,
     /// Since when, during set-up, an ICE pair has been selected without the link connecting.
     pair_without_dtls_since: Option<Instant>,
     /// Peer connections rebuilt in this call.
@@ -1024,6 +1027,7 @@ impl Call {
         if self.rebuilds >= MAX_REBUILDS {
             return;
         }
+        let mid_call = self.ever_set_up;
         self.rebuilds += 1;
         let (transport, events) = match self.transport.rebuilt(&self.transport_config).await {
             Ok(built) => built,
@@ -1041,12 +1045,15 @@ impl Call {
             let _ = old.close().await;
         });
         self.new_transport_events = Some(events);
+        self.built_with = self.transport_config.ice_servers.clone();
         self.connected = false;
         self.data_open = false;
-        // The DTLS server's side took the old link for set up, but the peer never got a frame
-        // over it: the call starts (its duration, its set-up checks) on the new one.
-        self.ever_set_up = false;
-        self.media_since = None;
+        if !mid_call {
+            // The DTLS server's side took the old link for set up, but the peer never got a
+            // frame over it: the call starts (its duration, its set-up checks) on the new one.
+            self.ever_set_up = false;
+            self.media_since = None;
+        }
         let _ = self
             .updates
             .send(CallUpdate::Rebuilding {
@@ -1086,6 +1093,26 @@ impl Call {
             .last_restart
             .is_none_or(|at| at.elapsed() >= ICE_RESTART_RETRY);
         if self.role != SdpRole::Offerer || !self.signaling_open || !due {
+            return;
+        }
+        // An ICE restart did not bring the link back, and the rejoin brought TURN credentials
+        // other than the ones this peer connection was built with (every join mints new ones;
+        // the old ones fail when the server's secret changed or they expired). webrtc-rs's
+        // ICE agent keeps its first credentials through a restart, so build a new peer
+        // connection with the fresh ones instead (same certificates: the keys and SAS stay
+        // the same); the peer does the same when it gets the request.
+        if outage.attempts >= 1
+            && self.built_with != self.transport_config.ice_servers
+            && self.rebuilds < MAX_REBUILDS
+        {
+            self.outage = Some(Outage {
+                attempts: outage.attempts + 1,
+                last_restart: Some(Instant::now()),
+                ..outage
+            });
+            tracing::info!("fresh TURN credentials after the rejoin: rebuilding the peer connection");
+            self.relay(PeerMessage::Rebuild {}).await;
+            self.rebuild().await;
             return;
         }
         match self.transport.restart_ice().await {
@@ -1200,11 +1227,14 @@ impl Call {
                     .apply_signal(Signal::Candidate(candidate))
                     .await;
             }
-            // The peer's DTLS handshake is stuck: start over on our side too. Only while no
-            // frame from the peer has reached us (a stuck peer has never sent one), so a
+            // The peer's DTLS handshake is stuck, or its path broke and it needs new TURN
+            // credentials: start over on our side too. Only while no frame from the peer has
+            // reached us (a stuck peer has never sent one) or while our link is down, so a
             // signaling server that forges the message cannot tear down a working call; and
-            // bounded, so repeating it cannot keep a set-up rebuilding.
-            PeerMessage::Rebuild {} if self.setup_ms.is_none() => self.rebuild().await,
+            // bounded, so repeating it cannot keep a call rebuilding.
+            PeerMessage::Rebuild {} if self.setup_ms.is_none() || !self.connected => {
+                self.rebuild().await
+            }
             PeerMessage::Rebuild {} => {}
             PeerMessage::Handshake { data } => {
                 let Ok(bytes) = hex::decode(&data) else {
