@@ -112,8 +112,21 @@ async fn stream_client<S>(stream: S, server: SocketAddr, label: &str) -> (TurnCl
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (client, counts, _) = stream_client_conn(stream, server, label).await;
+    (client, counts)
+}
+
+/// Like [`stream_client`], also returning the stream connection (to write on it directly).
+async fn stream_client_conn<S>(
+    stream: S,
+    server: SocketAddr,
+    label: &str,
+) -> (TurnClient, Arc<Counts>, Arc<StreamClientConn>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let creds = turn_rest::mint(TURN_SECRET.as_bytes(), label, now(), 3600);
-    stream_client_with(stream, server, &creds.username, &creds.password).await
+    stream_client_full(stream, server, &creds.username, &creds.password).await
 }
 
 async fn stream_client_with<S>(
@@ -122,6 +135,19 @@ async fn stream_client_with<S>(
     username: &str,
     password: &str,
 ) -> (TurnClient, Arc<Counts>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, counts, _) = stream_client_full(stream, server, username, password).await;
+    (client, counts)
+}
+
+async fn stream_client_full<S>(
+    stream: S,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> (TurnClient, Arc<Counts>, Arc<StreamClientConn>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -142,13 +168,13 @@ where
         realm: "aparte".to_owned(),
         software: String::new(),
         rto_in_ms: 0,
-        conn,
+        conn: Arc::clone(&conn) as Arc<dyn Conn + Send + Sync>,
         vnet: None,
     })
     .await
     .unwrap();
     client.listen().await.unwrap();
-    (client, counts)
+    (client, counts, conn)
 }
 
 /// Round trips client → relay → peer → relay → client until a channel is bound and
@@ -186,6 +212,18 @@ async fn relay_both_ways(relay: &impl Conn, peer: &UdpSocket, counts: &Counts) {
             return;
         }
     }
+}
+
+/// A STUN Binding request.
+fn binding_request() -> Vec<u8> {
+    use stun::message::{Message, Setter, BINDING_REQUEST};
+    let mut m = Message::new();
+    let setters: [Box<dyn Setter>; 2] = [
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(BINDING_REQUEST),
+    ];
+    m.build(&setters).unwrap();
+    m.raw
 }
 
 /// Polls a metric until `ok` holds, within the test deadline.
@@ -401,16 +439,7 @@ async fn garbage_closes_the_stream_and_the_per_ip_cap_holds() {
 
     // Two streams from 127.0.0.1 are served (each answers a Binding request); a third is
     // refused.
-    let binding = {
-        use stun::message::{Message, Setter, BINDING_REQUEST};
-        let mut m = Message::new();
-        let setters: [Box<dyn Setter>; 2] = [
-            Box::new(stun::agent::TransactionId::new()),
-            Box::new(BINDING_REQUEST),
-        ];
-        m.build(&setters).unwrap();
-        m.raw
-    };
+    let binding = binding_request();
     let mut kept = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(tcp).await.unwrap();
@@ -451,8 +480,8 @@ async fn a_client_that_stops_reading_stalls_nobody_and_is_closed() {
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
     // Slow: allocates, opens its permission for the peer, then never reads again.
-    let (slow, slow_counts) =
-        stream_client(TcpStream::connect(tcp).await.unwrap(), tcp, "slow").await;
+    let (slow, slow_counts, slow_conn) =
+        stream_client_conn(TcpStream::connect(tcp).await.unwrap(), tcp, "slow").await;
     let slow_relay = slow.allocate().await.unwrap();
     relay_both_ways(&slow_relay, &peer, &slow_counts).await;
     let slow_addr = slow_relay.local_addr().unwrap();
@@ -503,6 +532,23 @@ async fn a_client_that_stops_reading_stalls_nobody_and_is_closed() {
         );
     }
     eprintln!("worst fast round trip while the slow client was flooded: {worst:?}");
+    // Requests from the stalled client: their answers cannot be written, and must not hold up
+    // the relay's one request loop, which the fast client's packets also go through.
+    for _ in 0..3 {
+        slow_conn.send_to(&binding_request(), tcp).await.unwrap();
+    }
+    for i in 0..3 {
+        let msg = format!("after the requests {i}");
+        fast_relay
+            .send_to(msg.as_bytes(), fast_peer.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), fast_peer.recv_from(&mut buf))
+            .await
+            .expect("the stalled client's requests held up the relay")
+            .unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes());
+    }
     // The slow stream makes no progress, so it is closed (after 5 s), and its allocation goes.
     wait_metric(
         &srv,
