@@ -39,5 +39,11 @@ run turn-100 turn --allocations 100 --pps 50 --size 100 --duration 20
 run turn-500 turn --allocations 500 --pps 50 --size 100 --duration 20
 run coturn-100 turn --allocations 100 --pps 50 --size 100 --duration 20 --relay-server coturn
 run coturn-500 turn --allocations 500 --pps 50 --size 100 --duration 20 --relay-server coturn
+for t in tcp tls; do
+  for k in 100 500; do
+    run turn-$t-$k turn --allocations $k --pps 50 --size 100 --duration 20 --transport $t
+    run coturn-$t-$k turn --allocations $k --pps 50 --size 100 --duration 20 --transport $t --relay-server coturn
+  done
+done
 run turn-100-direct turn --allocations 100 --pps 50 --size 100 --duration 20 --direct
 run turn-500-direct turn --allocations 500 --pps 50 --size 100 --duration 20 --direct

@@ -273,6 +273,30 @@ pub(crate) struct ServeOpts {
     /// Run the embedded TURN relay on this UDP address, e.g. `0.0.0.0:3478`.
     #[arg(long, env = "APARTE_TURN_LISTEN", global = true)]
     pub(crate) turn_listen: Option<SocketAddr>,
+    /// Run TURN over TCP (RFC 5766 §2.1) on this address, or `off`. [default: the --turn-listen
+    /// address and port, when --turn-listen is set]
+    #[arg(long, env = "APARTE_TURN_TCP_LISTEN", global = true)]
+    pub(crate) turn_tcp_listen: Option<String>,
+    /// Run TURN over TLS on this address with the server's certificate (--tls-cert/--tls-key or
+    /// ACME), e.g. `0.0.0.0:5349`, or `off`. [default: off]
+    #[arg(long, env = "APARTE_TURNS_LISTEN", global = true)]
+    pub(crate) turns_listen: Option<String>,
+    /// Also serve TURN over TLS on the --listen port (e.g. 443, so a client behind a firewall
+    /// that only lets HTTPS out can relay): each TLS connection goes to HTTPS/WebSocket or to
+    /// TURN by its ALPN (`stun.turn`, RFC 7443) or, without ALPN, by its first bytes.
+    /// [default: false]
+    #[arg(
+        long,
+        env = "APARTE_TURNS_ON_LISTEN",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        global = true
+    )]
+    pub(crate) turns_on_listen: Option<bool>,
+    /// Host name put in the advertised `turns:` URLs, which clients check the certificate
+    /// against. [default: the first --acme-domain, else the TURN public IP]
+    #[arg(long, env = "APARTE_TURNS_HOST", global = true)]
+    pub(crate) turns_host: Option<String>,
     /// Public IP of this host, announced as the relay address and in the advertised TURN URL.
     /// [default: the --turn-listen IP]
     #[arg(long, env = "APARTE_TURN_PUBLIC_IP", global = true)]
@@ -350,6 +374,14 @@ pub(crate) struct TurnRelayConfig {
     pub(crate) max_allocations: usize,
     pub(crate) max_lifetime: Duration,
     pub(crate) max_bandwidth: u64,
+    /// TURN over TCP; `None` when `off`.
+    pub(crate) tcp_listen: Option<SocketAddr>,
+    /// TURN over TLS on its own port; `None` when off.
+    pub(crate) tls_listen: Option<SocketAddr>,
+    /// TURN over TLS also on the `--listen` port.
+    pub(crate) tls_on_listen: bool,
+    /// The host of the advertised `turns:` URLs.
+    pub(crate) tls_host: String,
 }
 
 /// ACME settings (`--acme-*`).
@@ -547,6 +579,26 @@ fn check_urls(flag: &'static str, kind: ice_url::Kind, urls: &[String]) -> Resul
     Ok(())
 }
 
+/// `IP:PORT` or `off` (`None`); `None` given means the default.
+fn addr_or_off(
+    flag: &'static str,
+    value: Option<String>,
+    example: &str,
+) -> Result<Option<Option<SocketAddr>>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v == "off" => Ok(Some(None)),
+        Some(v) => match v.parse::<SocketAddr>() {
+            Ok(a) => Ok(Some(Some(a))),
+            Err(_) => Err(ConfigError::BadValue {
+                flag,
+                value: v,
+                why: format!("expected IP:PORT (e.g. {example}) or off"),
+            }),
+        },
+    }
+}
+
 fn merge_vec(a: Vec<String>, b: Vec<String>) -> Vec<String> {
     if a.is_empty() {
         b
@@ -649,6 +701,45 @@ impl ServeOpts {
                 why: e.to_string(),
             });
         }
+        let turn_tcp_listen = addr_or_off(
+            "--turn-tcp-listen",
+            self.turn_tcp_listen.or(file.turn_tcp_listen),
+            "0.0.0.0:3478",
+        )?;
+        let turns_listen = addr_or_off(
+            "--turns-listen",
+            self.turns_listen.or(file.turns_listen),
+            "0.0.0.0:5349",
+        )?
+        .flatten();
+        let turns_on_listen = self
+            .turns_on_listen
+            .or(file.turns_on_listen)
+            .unwrap_or(false);
+        let turns_host = self.turns_host.or(file.turns_host);
+        if turn_listen.is_none()
+            && (turn_tcp_listen.flatten().is_some() || turns_listen.is_some() || turns_on_listen)
+        {
+            return invalid(
+                "turn_tcp_listen, turns_listen and turns_on_listen need turn_listen (the \
+                 embedded TURN relay)",
+            );
+        }
+        if (turns_listen.is_some() || turns_on_listen) && tls.is_none() && acme.is_none() {
+            return invalid(
+                "turns_listen and turns_on_listen need a certificate: tls_cert/tls_key or \
+                 acme_domain",
+            );
+        }
+        if let Some(h) = &turns_host {
+            if !ice_url::is_dns_name(h) && h.parse::<IpAddr>().is_err() {
+                return Err(ConfigError::BadValue {
+                    flag: "--turns-host",
+                    value: h.clone(),
+                    why: "expected a DNS name or an IP address".into(),
+                });
+            }
+        }
         let turn_relay = match turn_listen {
             None => None,
             Some(listen) => {
@@ -698,6 +789,13 @@ impl ServeOpts {
                         .turn_max_bandwidth
                         .or(file.turn_max_bandwidth)
                         .unwrap_or(256 * 1024),
+                    // TCP and UDP ports are separate: the default shares the number.
+                    tcp_listen: turn_tcp_listen.unwrap_or(Some(listen)),
+                    tls_listen: turns_listen,
+                    tls_on_listen: turns_on_listen,
+                    tls_host: turns_host
+                        .or_else(|| acme.as_ref().and_then(|a| a.domains.first().cloned()))
+                        .unwrap_or_else(|| public_ip.to_string()),
                 })
             }
         };
@@ -808,6 +906,24 @@ impl Config {
                 || r.max_lifetime.is_zero()
             {
                 return bad("turn_max_allocations, turn_max_allocations_per_user, turn_max_bandwidth and turn_max_lifetime must be positive");
+            }
+            if r.tcp_listen
+                .is_some_and(|a| a == self.listen && a.port() != 0)
+            {
+                return bad("turn_tcp_listen and listen are the same address");
+            }
+            if r.tls_listen
+                .is_some_and(|a| a == self.listen && a.port() != 0)
+            {
+                return bad(
+                    "turns_listen and listen are the same address: use turns_on_listen to serve \
+                     TURN over TLS on the listen port",
+                );
+            }
+            if r.tls_listen
+                .is_some_and(|a| Some(a) == r.tcp_listen && a.port() != 0)
+            {
+                return bad("turns_listen and turn_tcp_listen are the same address");
             }
         }
         Ok(())

@@ -575,17 +575,8 @@ fn ice_servers(st: &AppState, id: PeerId, label: Option<&str>, now: u64) -> Vec<
         });
     }
     let mut turn_urls = cfg.turn_urls.clone();
-    if let Some(relay) = &cfg.turn_relay {
-        if turn_urls.is_empty() {
-            let host = match relay.public_ip {
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                std::net::IpAddr::V4(ip) => ip.to_string(),
-            };
-            turn_urls.push(format!(
-                "turn:{host}:{}?transport=udp",
-                st.turn_port.load(Ordering::Relaxed)
-            ));
-        }
+    if turn_urls.is_empty() {
+        turn_urls = st.relay_urls.clone();
     }
     if let (Some(secret), false) = (&cfg.turn_secret, turn_urls.is_empty()) {
         let label = label.map_or_else(|| format!("peer{id}"), str::to_owned);

@@ -22,7 +22,9 @@ mod rooms;
 mod server;
 mod state;
 mod tls;
+mod turn_accept;
 mod turn_relay;
+pub mod turn_stream;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -207,6 +209,18 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     if let Some(turn) = server.turn_addr() {
         announce(&format!("turn listening on udp {turn}"));
     }
+    if let Some(a) = server.turn_tcp_addr {
+        announce(&format!("turn listening on tcp {a}"));
+    }
+    if let Some(a) = server.turns_addr {
+        announce(&format!("turn listening on tls {a}"));
+    }
+    if server.turns_on_listen {
+        announce(&format!(
+            "turn listening on tls {} (shared with https)",
+            server.local
+        ));
+    }
     if let Some(m) = server.metrics_addr {
         announce(&format!("metrics listening on http://{m}/metrics"));
     }
@@ -244,6 +258,12 @@ struct Running {
     turn: Option<TurnRelay>,
     tls: Option<Arc<ReloadableCert>>,
     local: SocketAddr,
+    /// TURN over TCP, when on.
+    turn_tcp_addr: Option<SocketAddr>,
+    /// TURN over TLS on its own port, when on.
+    turns_addr: Option<SocketAddr>,
+    /// TURN over TLS on the HTTPS port.
+    turns_on_listen: bool,
     metrics_addr: Option<SocketAddr>,
     scheme: &'static str,
     drain_timeout: Duration,
@@ -291,6 +311,10 @@ impl Running {
             Some(addr) => Some(bind_tcp(addr, "--metrics-listen")?),
             None => None,
         };
+        let mut turn_tcp_listener = None;
+        let mut turns_listener = None;
+        let mut turn_streams = None;
+        let mut relay_urls = Vec::new();
         let turn = match &cfg.turn_relay {
             Some(relay_cfg) => {
                 let socket =
@@ -299,12 +323,86 @@ impl Running {
                         flag: "--turn-listen",
                         source,
                     })?;
+                let udp_addr = socket
+                    .local_addr()
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                let mut listeners = vec![turn_relay::Listener::Udp(socket)];
+                let timeouts = turn_stream::StreamTimeouts {
+                    handshake: cfg.handshake_timeout,
+                    idle: turn_stream::STREAM_IDLE,
+                    write_stall: turn_stream::WRITE_STALL,
+                };
+                let host = match relay_cfg.public_ip {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                };
+                let tls_host = match relay_cfg.tls_host.parse::<std::net::Ipv6Addr>() {
+                    Ok(ip) => format!("[{ip}]"),
+                    Err(_) => relay_cfg.tls_host.clone(),
+                };
+                relay_urls.push(format!("turn:{host}:{}?transport=udp", udp_addr.port()));
+                let new_mux = |transport, local| {
+                    turn_stream::StreamMux::new(
+                        transport,
+                        local,
+                        Arc::clone(&metrics),
+                        timeouts,
+                        turn_stream::STREAM_QUEUE,
+                    )
+                };
+                // TURN streams have caps of their own, as large as the WebSocket ones, so
+                // relay clients and signaling clients cannot take each other's slots.
+                let limiter =
+                    limits::ConnLimiter::new(cfg.max_connections, cfg.max_connections_per_ip);
+                if let Some(addr) = relay_cfg.tcp_listen {
+                    let l = if addr == relay_cfg.listen && addr.port() == 0 {
+                        // Any port was asked for: the same number as UDP if it is free as a
+                        // TCP port, else another (the join answer carries the real one).
+                        let same = SocketAddr::new(addr.ip(), udp_addr.port());
+                        match bind_tcp(same, "--turn-tcp-listen") {
+                            Ok(l) => l,
+                            Err(_) => bind_tcp(addr, "--turn-tcp-listen")?,
+                        }
+                    } else {
+                        bind_tcp(addr, "--turn-tcp-listen")?
+                    };
+                    let local = l
+                        .local_addr()
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    let mux = new_mux(metrics::Transport::Tcp, local);
+                    listeners.push(turn_relay::Listener::Streams(Arc::clone(&mux)));
+                    relay_urls.push(format!("turn:{host}:{}?transport=tcp", local.port()));
+                    turn_tcp_listener = Some((l, local, mux));
+                }
+                let tls_mux = match (relay_cfg.tls_listen, relay_cfg.tls_on_listen) {
+                    (None, false) => None,
+                    (tls_listen, _) => {
+                        let mut mux_local = local;
+                        if let Some(addr) = tls_listen {
+                            let l = bind_tcp(addr, "--turns-listen")?;
+                            let a = l
+                                .local_addr()
+                                .map_err(|e| Failure::Runtime(e.to_string()))?;
+                            mux_local = a;
+                            relay_urls.push(format!("turns:{tls_host}:{}?transport=tcp", a.port()));
+                            turns_listener = Some((l, a));
+                        }
+                        if relay_cfg.tls_on_listen {
+                            relay_urls
+                                .push(format!("turns:{tls_host}:{}?transport=tcp", local.port()));
+                        }
+                        let mux = new_mux(metrics::Transport::Tls, mux_local);
+                        listeners.push(turn_relay::Listener::Streams(Arc::clone(&mux)));
+                        Some(mux)
+                    }
+                };
+                turn_streams = Some((limiter, tls_mux));
                 let secret = cfg
                     .turn_secret
                     .as_ref()
                     .map(|s| s.expose().to_vec())
                     .unwrap_or_default();
-                let relay = turn_relay::start(relay_cfg, socket, secret, Arc::clone(&metrics))
+                let relay = turn_relay::start(relay_cfg, listeners, secret, Arc::clone(&metrics))
                     .await
                     .map_err(|e| Failure::Runtime(format!("TURN relay: {e}")))?;
                 tracing::info!(addr = %relay.local_addr, "embedded TURN relay listening");
@@ -325,12 +423,9 @@ impl Running {
         if secret_file_open {
             tracing::warn!("the TURN secret file can be read by other users: chmod 600 it");
         }
-        let state = Arc::new(AppState::new(cfg.clone(), Arc::clone(&metrics)));
-        if let Some(t) = &turn {
-            state
-                .turn_port
-                .store(t.local_addr.port(), std::sync::atomic::Ordering::Relaxed);
-        }
+        let mut app_state = AppState::new(cfg.clone(), Arc::clone(&metrics));
+        app_state.relay_urls = relay_urls;
+        let state = Arc::new(app_state);
 
         let metrics_handle = axum_server::Handle::<SocketAddr>::new();
         let metrics_addr = match metrics_listener {
@@ -338,7 +433,7 @@ impl Running {
                 let addr = l
                     .local_addr()
                     .map_err(|e| Failure::Runtime(e.to_string()))?;
-                let app = server::metrics_router(metrics).into_make_service();
+                let app = server::metrics_router(Arc::clone(&metrics)).into_make_service();
                 let srv = axum_server::from_tcp(l)
                     .map_err(|e| Failure::Runtime(e.to_string()))?
                     .handle(metrics_handle.clone());
@@ -394,8 +489,63 @@ impl Running {
                 .max_buf_size(16 * 1024);
         };
         let runtime = |e: std::io::Error| Failure::Runtime(e.to_string());
-        let serving = match rustls_cfg {
-            Some(rustls_cfg) => {
+        // TURN streams: the TCP listener, the TLS listener, and the shared HTTPS port.
+        let mut turn_tcp_addr = None;
+        let mut turns_addr = None;
+        let mut shared = None;
+        if let Some((limiter, tls_mux)) = turn_streams {
+            let streams = |mux: Arc<turn_stream::StreamMux>| turn_accept::TurnStreams {
+                mux,
+                limiter: limiter.clone(),
+                metrics: Arc::clone(&metrics),
+            };
+            let stop = state.shutdown.clone();
+            if let Some((l, addr, mux)) = turn_tcp_listener {
+                l.set_nonblocking(true).map_err(runtime)?;
+                let l = tokio::net::TcpListener::from_std(l).map_err(runtime)?;
+                tokio::spawn(turn_accept::accept_tcp(l, streams(mux), stop.clone()));
+                turn_tcp_addr = Some(addr);
+            }
+            if let (Some(mux), Some(base)) = (tls_mux, &rustls_cfg) {
+                if let Some((l, addr)) = turns_listener {
+                    l.set_nonblocking(true).map_err(runtime)?;
+                    let l = tokio::net::TcpListener::from_std(l).map_err(runtime)?;
+                    let acceptor =
+                        tokio_rustls::TlsAcceptor::from(turn_accept::turn_tls_config(base));
+                    tokio::spawn(turn_accept::accept_tls(
+                        l,
+                        acceptor,
+                        streams(Arc::clone(&mux)),
+                        stop.clone(),
+                    ));
+                    turns_addr = Some(addr);
+                }
+                if cfg.turn_relay.as_ref().is_some_and(|r| r.tls_on_listen) {
+                    shared = Some(turn_accept::DemuxAcceptor {
+                        tls: tokio_rustls::TlsAcceptor::from(turn_accept::shared_tls_config(base)),
+                        turn: streams(mux),
+                    });
+                }
+            }
+        }
+        let turns_on_listen = shared.is_some();
+        let serving = match (rustls_cfg, shared) {
+            (Some(_), Some(demux)) => {
+                let mut srv = axum_server::from_tcp(listener)
+                    .map_err(runtime)?
+                    .acceptor(demux)
+                    .handle(handle.clone())
+                    .first_request_timeout(cfg.handshake_timeout);
+                limit_http(srv.http_builder());
+                if let Some(cert) = &tls {
+                    tracing::info!(
+                        fingerprint = %cert.current_fingerprint(),
+                        "TLS certificate loaded (SIGHUP reloads it); TURN over TLS shares the port"
+                    );
+                }
+                tokio::spawn(async move { srv.serve(app).await })
+            }
+            (Some(rustls_cfg), None) => {
                 let tls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(rustls_cfg);
                 let mut srv = axum_server::from_tcp_rustls(listener, tls_cfg)
                     .map_err(runtime)?
@@ -411,7 +561,7 @@ impl Running {
                 }
                 tokio::spawn(async move { srv.serve(app).await })
             }
-            None => {
+            (None, _) => {
                 let mut srv = axum_server::from_tcp(listener)
                     .map_err(runtime)?
                     .acceptor(NoDelayAcceptor::new())
@@ -430,6 +580,9 @@ impl Running {
             turn,
             tls,
             local,
+            turn_tcp_addr,
+            turns_addr,
+            turns_on_listen,
             metrics_addr,
             scheme,
             drain_timeout: cfg.drain_timeout,
@@ -507,6 +660,8 @@ impl Embedded {
         let opts = ServeOpts {
             listen: Some(loopback),
             turn_listen: Some(loopback),
+            // webrtc-rs gathers no TCP relay candidates, so the demo has no use for it.
+            turn_tcp_listen: Some("off".into()),
             metrics_listen: Some("off".into()),
             ..ServeOpts::default()
         };

@@ -12,6 +12,41 @@ pub(crate) struct Reason {
     pub(crate) reason: &'static str,
 }
 
+/// The transport a TURN client reaches the relay over.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Plain UDP (`turn:…?transport=udp`).
+    Udp,
+    /// TURN over TCP (`turn:…?transport=tcp`, RFC 5766 §2.1).
+    Tcp,
+    /// TURN over TLS (`turns:…?transport=tcp`), on its own port or on the HTTPS port.
+    Tls,
+}
+
+impl Transport {
+    /// The metric label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// The `transport` label of the TURN metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TransportLabel {
+    pub(crate) transport: &'static str,
+}
+
+/// The `transport` and `reason` labels of TURN refusals and stream closes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TransportReason {
+    pub(crate) transport: &'static str,
+    pub(crate) reason: &'static str,
+}
+
 /// Every metric the server exports.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -28,16 +63,22 @@ pub(crate) struct Metrics {
     pub(crate) relayed_message_bytes: Counter,
     /// Rejections, by reason (error code or connection-level reason).
     pub(crate) rejects: Family<Reason, Counter>,
-    /// Live TURN allocations.
-    pub(crate) turn_allocations: Gauge,
-    /// TURN allocations created since start.
-    pub(crate) turn_allocations_total: Counter,
-    /// Bytes relayed by the TURN relay (both directions).
-    pub(crate) turn_relayed_bytes: Counter,
-    /// Bytes dropped by the TURN bandwidth cap.
-    pub(crate) turn_dropped_bytes: Counter,
-    /// TURN refusals, by reason.
-    pub(crate) turn_rejects: Family<Reason, Counter>,
+    /// Live TURN allocations, by client transport.
+    pub(crate) turn_allocations: Family<TransportLabel, Gauge>,
+    /// TURN allocations created since start, by client transport.
+    pub(crate) turn_allocations_total: Family<TransportLabel, Counter>,
+    /// Bytes relayed by the TURN relay (both directions), by client transport.
+    pub(crate) turn_relayed_bytes: Family<TransportLabel, Counter>,
+    /// Bytes dropped by the TURN bandwidth cap, by client transport.
+    pub(crate) turn_dropped_bytes: Family<TransportLabel, Counter>,
+    /// TURN refusals, by client transport and reason.
+    pub(crate) turn_rejects: Family<TransportReason, Counter>,
+    /// Live TURN client streams (TCP or TLS connections to the relay).
+    pub(crate) turn_streams: Family<TransportLabel, Gauge>,
+    /// TURN client streams closed, by transport and reason.
+    pub(crate) turn_streams_closed: Family<TransportReason, Counter>,
+    /// Packets for a TURN client stream dropped before they were written (its queue was full).
+    pub(crate) turn_stream_dropped_packets: Family<TransportReason, Counter>,
 }
 
 impl Metrics {
@@ -93,8 +134,23 @@ impl Metrics {
         );
         r.register(
             "turn_rejects",
-            "TURN authentication and quota refusals, by reason",
+            "TURN authentication and quota refusals, by client transport and reason",
             m.turn_rejects.clone(),
+        );
+        r.register(
+            "turn_streams",
+            "Live TURN client streams (TCP or TLS connections)",
+            m.turn_streams.clone(),
+        );
+        r.register(
+            "turn_streams_closed",
+            "TURN client streams closed, by transport and reason",
+            m.turn_streams_closed.clone(),
+        );
+        r.register(
+            "turn_stream_dropped_packets",
+            "Packets to a TURN client stream dropped because its queue was full",
+            m.turn_stream_dropped_packets.clone(),
         );
         m.registry = r;
         m
@@ -106,8 +162,20 @@ impl Metrics {
     }
 
     /// Counts one TURN refusal.
-    pub(crate) fn turn_reject(&self, reason: &'static str) {
-        self.turn_rejects.get_or_create(&Reason { reason }).inc();
+    pub(crate) fn turn_reject(&self, transport: Transport, reason: &'static str) {
+        self.turn_rejects
+            .get_or_create(&TransportReason {
+                transport: transport.as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The `transport` label set.
+    pub(crate) fn transport(transport: Transport) -> TransportLabel {
+        TransportLabel {
+            transport: transport.as_str(),
+        }
     }
 
     /// The Prometheus text exposition.

@@ -2,7 +2,7 @@
 //! and connection admission.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -36,8 +36,8 @@ pub(crate) struct AppState {
     pub(crate) tracker: TaskTracker,
     /// Next peer id.
     pub(crate) next_peer: AtomicU64,
-    /// The embedded TURN relay's bound UDP port (0 when it is off).
-    pub(crate) turn_port: AtomicU16,
+    /// The embedded TURN relay's URLs (UDP, TCP, TLS, as bound), empty when it is off.
+    pub(crate) relay_urls: Vec<String>,
     /// A fixed instant that heartbeat deadlines are aligned to.
     pub(crate) epoch: tokio::time::Instant,
 }
@@ -53,7 +53,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_peer: AtomicU64::new(1),
-            turn_port: AtomicU16::new(0),
+            relay_urls: Vec::new(),
             epoch: tokio::time::Instant::now(),
         }
     }

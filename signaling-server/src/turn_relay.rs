@@ -10,6 +10,10 @@
 //!
 //! The crate processes requests of one listener one at a time, so the user label that the
 //! authentication handler saw last is the one whose allocation the generator creates next.
+//! That is why every listener (UDP, TCP, TLS) gets a `turn` server of its own.
+//!
+//! TURN over TCP and TLS reaches the same servers through [`crate::turn_stream::StreamMux`];
+//! an allocation made over a stream ends when the stream does.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,67 +31,132 @@ use turn::server::Server;
 use webrtc_util::vnet::net::Net;
 use webrtc_util::Conn;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::TurnRelayConfig;
 use crate::limits::TokenBucket;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
+use crate::turn_stream::StreamMux;
 
 type UserCounts = Arc<Mutex<HashMap<String, usize>>>;
 
-/// The running relay.
+/// The running relay: one `turn` server per client transport, sharing the quotas.
 pub(crate) struct TurnRelay {
-    server: Server,
+    servers: Vec<Server>,
+    muxes: Vec<Arc<StreamMux>>,
     /// The UDP address it listens on.
     pub(crate) local_addr: SocketAddr,
 }
 
 impl TurnRelay {
-    /// Stops the relay and drops every allocation.
+    /// Stops the relay, closes every client stream and drops every allocation.
     pub(crate) async fn close(self) {
-        let _ = self.server.close().await;
+        for m in &self.muxes {
+            m.shutdown();
+        }
+        for s in self.servers {
+            let _ = s.close().await;
+        }
     }
 }
 
-/// Starts the relay on `socket` (bound by [`bind_udp`], so a busy port is reported before
-/// anything starts).
+/// One way in for TURN clients: the UDP socket, or the streams of TCP or TLS clients.
+pub(crate) enum Listener {
+    /// The UDP socket (bound by [`bind_udp`]).
+    Udp(tokio::net::UdpSocket),
+    /// TCP or TLS client streams, fed by their accept loops.
+    Streams(Arc<StreamMux>),
+}
+
+/// Starts the relay on `listeners` (the UDP one first; bound beforehand, so a busy port is
+/// reported before anything starts).
+///
+/// Each listener gets its own `turn` server, because the crate handles the requests of one
+/// listener one at a time and the quota generator relies on that to learn whose allocation it
+/// creates (see [`RestAuth`]); the servers share the quota counts and the metrics.
 pub(crate) async fn start(
     cfg: &TurnRelayConfig,
-    socket: tokio::net::UdpSocket,
+    listeners: Vec<Listener>,
     secret: Vec<u8>,
     metrics: Arc<Metrics>,
 ) -> Result<TurnRelay, turn::Error> {
-    let local_addr = socket.local_addr()?;
-    let current_user: Arc<Mutex<Option<String>>> = Arc::default();
-    let auth = RestAuth {
-        secret,
-        metrics: Arc::clone(&metrics),
-        current_user: Arc::clone(&current_user),
-    };
-    let generator = QuotaGenerator {
-        inner: RelayAddressGeneratorRanges {
-            relay_address: cfg.public_ip,
-            min_port: cfg.min_port,
-            max_port: cfg.max_port,
-            max_retries: 32,
-            address: bind_ip(cfg.listen.ip()),
-            net: Arc::new(Net::new(None)),
-        },
-        cfg: cfg.clone(),
-        metrics,
-        current_user,
-        users: UserCounts::default(),
-    };
-    let server = Server::new(ServerConfig {
-        conn_configs: vec![ConnConfig {
-            conn: Arc::new(ListenConn { socket, local_addr }),
-            relay_addr_generator: Box::new(generator),
-        }],
-        realm: cfg.realm.clone(),
-        auth_handler: Arc::new(auth),
-        channel_bind_timeout: std::time::Duration::ZERO,
-        alloc_close_notify: None,
+    let users = UserCounts::default();
+    let mut servers = Vec::new();
+    let mut muxes = Vec::new();
+    let mut udp_addr = None;
+    for listener in listeners {
+        let (conn, transport, mux): (Arc<dyn Conn + Send + Sync>, _, _) = match listener {
+            Listener::Udp(socket) => {
+                let local_addr = socket.local_addr()?;
+                udp_addr = Some(local_addr);
+                (
+                    Arc::new(ListenConn { socket, local_addr }),
+                    Transport::Udp,
+                    None,
+                )
+            }
+            Listener::Streams(mux) => {
+                muxes.push(Arc::clone(&mux));
+                (
+                    Arc::clone(&mux) as Arc<dyn Conn + Send + Sync>,
+                    mux.transport(),
+                    Some(mux),
+                )
+            }
+        };
+        // Export every series of this transport from the start (at 0), for dashboards.
+        let label = Metrics::transport(transport);
+        let _ = metrics.turn_allocations.get_or_create(&label);
+        let _ = metrics.turn_allocations_total.get_or_create(&label);
+        let _ = metrics.turn_relayed_bytes.get_or_create(&label);
+        let _ = metrics.turn_dropped_bytes.get_or_create(&label);
+        if transport != Transport::Udp {
+            let _ = metrics.turn_streams.get_or_create(&label);
+        }
+        let current: Arc<Mutex<Option<CurrentRequest>>> = Arc::default();
+        let auth = RestAuth {
+            secret: secret.clone(),
+            metrics: Arc::clone(&metrics),
+            transport,
+            current: Arc::clone(&current),
+        };
+        let generator = QuotaGenerator {
+            inner: RelayAddressGeneratorRanges {
+                relay_address: cfg.public_ip,
+                min_port: cfg.min_port,
+                max_port: cfg.max_port,
+                max_retries: 32,
+                address: bind_ip(cfg.listen.ip()),
+                net: Arc::new(Net::new(None)),
+            },
+            cfg: cfg.clone(),
+            metrics: Arc::clone(&metrics),
+            transport,
+            mux,
+            current,
+            users: Arc::clone(&users),
+        };
+        let server = Server::new(ServerConfig {
+            conn_configs: vec![ConnConfig {
+                conn,
+                relay_addr_generator: Box::new(generator),
+            }],
+            realm: cfg.realm.clone(),
+            auth_handler: Arc::new(auth),
+            channel_bind_timeout: std::time::Duration::ZERO,
+            alloc_close_notify: None,
+        })
+        .await?;
+        servers.push(server);
+    }
+    let local_addr = udp_addr.ok_or_else(|| turn::Error::Other("no UDP listener".into()))?;
+    Ok(TurnRelay {
+        servers,
+        muxes,
+        local_addr,
     })
-    .await?;
-    Ok(TurnRelay { server, local_addr })
 }
 
 /// Socket buffer size asked for the listening socket (the kernel caps it at `rmem_max` /
@@ -165,11 +234,20 @@ impl Conn for ListenConn {
     }
 }
 
+/// Who sent the request being handled: the user label and the client's address.
+#[derive(Debug, Clone)]
+struct CurrentRequest {
+    label: String,
+    src: SocketAddr,
+}
+
 /// TURN REST authentication: recompute the password from the username, refuse expired ones.
+/// It records who asked, for the quota generator that runs next in the same request.
 struct RestAuth {
     secret: Vec<u8>,
     metrics: Arc<Metrics>,
-    current_user: Arc<Mutex<Option<String>>>,
+    transport: Transport,
+    current: Arc<Mutex<Option<CurrentRequest>>>,
 }
 
 impl AuthHandler for RestAuth {
@@ -177,22 +255,25 @@ impl AuthHandler for RestAuth {
         &self,
         username: &str,
         realm: &str,
-        _src_addr: SocketAddr,
+        src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
         let label = match turn_rest::check_username(username, unix_now()) {
             Ok((_, label)) => label,
             Err(e) => {
-                self.metrics.turn_reject(match e {
-                    turn_rest::TurnAuthError::Expired => "expired",
-                    turn_rest::TurnAuthError::Malformed => "malformed_username",
-                });
+                self.metrics.turn_reject(
+                    self.transport,
+                    match e {
+                        turn_rest::TurnAuthError::Expired => "expired",
+                        turn_rest::TurnAuthError::Malformed => "malformed_username",
+                    },
+                );
                 return Err(turn::Error::Other(e.to_string()));
             }
         };
-        *self
-            .current_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(label.to_owned());
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(CurrentRequest {
+            label: label.to_owned(),
+            src: src_addr,
+        });
         let password = turn_rest::password(&self.secret, username);
         Ok(generate_auth_key(username, realm, &password))
     }
@@ -203,7 +284,10 @@ struct QuotaGenerator {
     inner: RelayAddressGeneratorRanges,
     cfg: TurnRelayConfig,
     metrics: Arc<Metrics>,
-    current_user: Arc<Mutex<Option<String>>>,
+    transport: Transport,
+    /// The client streams, for a stream listener: an allocation ends with its stream.
+    mux: Option<Arc<StreamMux>>,
+    current: Arc<Mutex<Option<CurrentRequest>>>,
     users: UserCounts,
 }
 
@@ -218,37 +302,59 @@ impl RelayAddressGenerator for QuotaGenerator {
         use_ipv4: bool,
         requested_port: u16,
     ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        let user = self
-            .current_user
+        let current = self
+            .current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        let user = current
+            .as_ref()
+            .map(|c| c.label.clone())
             .unwrap_or_default();
+        // For a stream, the allocation must end with the stream (RFC 6062 §2: its 5-tuple is
+        // the connection); without a known client address it ends at once.
+        let stream_gone = match (&self.mux, &current) {
+            (Some(mux), Some(c)) => Some(mux.stream_gone(c.src)),
+            (Some(_), None) => {
+                let t = CancellationToken::new();
+                t.cancel();
+                Some(t)
+            }
+            (None, _) => None,
+        };
         {
             let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
             let total: usize = users.values().sum();
             if total >= self.cfg.max_allocations {
-                self.metrics.turn_reject("too_many_allocations");
+                self.metrics
+                    .turn_reject(self.transport, "too_many_allocations");
                 return Err(turn::Error::Other("allocation quota reached".into()));
             }
             let n = users.entry(user.clone()).or_insert(0);
             if *n >= self.cfg.max_allocations_per_user {
-                self.metrics.turn_reject("too_many_allocations_per_user");
+                self.metrics
+                    .turn_reject(self.transport, "too_many_allocations_per_user");
                 return Err(turn::Error::Other(
                     "per-user allocation quota reached".into(),
                 ));
             }
             *n += 1;
         }
+        let label = Metrics::transport(self.transport);
         let guard = AllocationGuard {
             user,
             users: Arc::clone(&self.users),
-            metrics: Arc::clone(&self.metrics),
+            live: self.metrics.turn_allocations.get_or_create(&label).clone(),
+            counted: AtomicBool::new(false),
             released: AtomicBool::new(false),
         };
         let (conn, addr) = self.inner.allocate_conn(use_ipv4, requested_port).await?;
-        self.metrics.turn_allocations.inc();
-        self.metrics.turn_allocations_total.inc();
+        guard.live.inc();
+        guard.counted.store(true, Ordering::Release);
+        self.metrics
+            .turn_allocations_total
+            .get_or_create(&label)
+            .inc();
         let now = Instant::now();
         let rate = self.cfg.max_bandwidth as f64;
         let burst = u32::try_from(self.cfg.max_bandwidth).unwrap_or(u32::MAX);
@@ -257,7 +363,19 @@ impl RelayAddressGenerator for QuotaGenerator {
             deadline: tokio::time::Instant::now() + self.cfg.max_lifetime,
             up: Mutex::new(TokenBucket::new(rate, burst, now)),
             down: Mutex::new(TokenBucket::new(rate, burst, now)),
+            relayed: self
+                .metrics
+                .turn_relayed_bytes
+                .get_or_create(&label)
+                .clone(),
+            dropped: self
+                .metrics
+                .turn_dropped_bytes
+                .get_or_create(&label)
+                .clone(),
             metrics: Arc::clone(&self.metrics),
+            transport: self.transport,
+            stream_gone,
             guard,
         };
         Ok((Arc::new(wrapped), addr))
@@ -268,7 +386,10 @@ impl RelayAddressGenerator for QuotaGenerator {
 struct AllocationGuard {
     user: String,
     users: UserCounts,
-    metrics: Arc<Metrics>,
+    /// The live-allocations gauge of its transport.
+    live: Gauge,
+    /// Whether `live` was incremented (not when the relay socket could not be bound).
+    counted: AtomicBool,
     released: AtomicBool,
 }
 
@@ -277,7 +398,9 @@ impl AllocationGuard {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.metrics.turn_allocations.dec();
+        if self.counted.load(Ordering::Acquire) {
+            self.live.dec();
+        }
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = users.get_mut(&self.user) {
             *n = n.saturating_sub(1);
@@ -302,7 +425,12 @@ struct QuotaConn {
     up: Mutex<TokenBucket>,
     /// Peer → client.
     down: Mutex<TokenBucket>,
+    relayed: Counter,
+    dropped: Counter,
     metrics: Arc<Metrics>,
+    transport: Transport,
+    /// For a stream client: cancelled when its stream ends.
+    stream_gone: Option<CancellationToken>,
     guard: AllocationGuard,
 }
 
@@ -313,9 +441,9 @@ impl QuotaConn {
             .unwrap_or_else(PoisonError::into_inner)
             .try_take_n(n as f64, Instant::now());
         if ok {
-            self.metrics.turn_relayed_bytes.inc_by(n as u64);
+            self.relayed.inc_by(n as u64);
         } else {
-            self.metrics.turn_dropped_bytes.inc_by(n as u64);
+            self.dropped.inc_by(n as u64);
         }
         ok
     }
@@ -336,10 +464,19 @@ impl Conn for QuotaConn {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), webrtc_util::Error> {
+        let never = CancellationToken::new();
+        let gone = self.stream_gone.as_ref().unwrap_or(&never);
         loop {
-            let res = tokio::time::timeout_at(self.deadline, self.inner.recv_from(buf)).await;
+            let res = tokio::select! {
+                r = tokio::time::timeout_at(self.deadline, self.inner.recv_from(buf)) => r,
+                () = gone.cancelled() => {
+                    // The client's stream ended: so does its allocation.
+                    self.guard.release();
+                    return Err(webrtc_util::Error::Other("the client's stream closed".into()));
+                }
+            };
             let Ok(res) = res else {
-                self.metrics.turn_reject("max_lifetime");
+                self.metrics.turn_reject(self.transport, "max_lifetime");
                 self.guard.release();
                 return Err(Self::expired());
             };

@@ -528,8 +528,6 @@ async fn health_and_metrics() {
         "aparte_signaling_connections ",
         "aparte_signaling_rooms ",
         "aparte_signaling_messages_relayed_total ",
-        "aparte_signaling_turn_allocations ",
-        "aparte_signaling_turn_relayed_bytes_total ",
     ] {
         assert!(body.contains(name), "missing {name}");
     }

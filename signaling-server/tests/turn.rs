@@ -72,7 +72,14 @@ async fn allocation_with_rest_credentials_from_join_relays_data() {
     let entry = turn_entry(&srv).await;
     assert_eq!(
         entry.urls,
-        vec![format!("turn:127.0.0.1:{}?transport=udp", turn_addr.port())]
+        vec![
+            format!("turn:127.0.0.1:{}?transport=udp", turn_addr.port()),
+            // TURN over TCP is on by default.
+            format!(
+                "turn:127.0.0.1:{}?transport=tcp",
+                srv.turn_tcp_addr.unwrap().port()
+            ),
+        ]
     );
     let username = entry.username.unwrap();
     let password = entry.credential.unwrap();
@@ -115,9 +122,14 @@ async fn allocation_with_rest_credentials_from_join_relays_data() {
     assert_eq!(&buf[..n], b"and back");
     assert_eq!(from, peer_addr);
 
-    assert_eq!(srv.metric("aparte_signaling_turn_allocations "), 1.0);
-    assert!(srv.metric("aparte_signaling_turn_allocations_created_total ") >= 1.0);
-    assert!(srv.metric("aparte_signaling_turn_relayed_bytes_total ") >= 31.0);
+    assert_eq!(
+        srv.metric("aparte_signaling_turn_allocations{transport=\"udp\"} "),
+        1.0
+    );
+    assert!(
+        srv.metric("aparte_signaling_turn_allocations_created_total{transport=\"udp\"} ") >= 1.0
+    );
+    assert!(srv.metric("aparte_signaling_turn_relayed_bytes_total{transport=\"udp\"} ") >= 31.0);
     relay.close().await.unwrap();
     client.close().await.unwrap();
 }
@@ -161,8 +173,14 @@ async fn bad_or_expired_credentials_are_refused() {
     );
     client.close().await.unwrap();
 
-    assert_eq!(srv.metric("aparte_signaling_turn_allocations "), 0.0);
-    assert!(srv.metric("aparte_signaling_turn_rejects_total{reason=\"expired\"} ") >= 1.0);
+    assert_eq!(
+        srv.metric("aparte_signaling_turn_allocations{transport=\"udp\"} "),
+        0.0
+    );
+    assert!(
+        srv.metric("aparte_signaling_turn_rejects_total{transport=\"udp\",reason=\"expired\"} ")
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +205,7 @@ async fn quotas_per_user_and_bandwidth() {
     );
     assert!(
         srv.metric(
-            "aparte_signaling_turn_rejects_total{reason=\"too_many_allocations_per_user\"} "
+            "aparte_signaling_turn_rejects_total{transport=\"udp\",reason=\"too_many_allocations_per_user\"} "
         ) >= 1.0
     );
 
@@ -213,13 +231,15 @@ async fn quotas_per_user_and_bandwidth() {
         (1..=8).contains(&got),
         "bandwidth cap not applied: {got} of 40 arrived"
     );
-    assert!(srv.metric("aparte_signaling_turn_dropped_bytes_total ") >= 10_000.0);
+    assert!(
+        srv.metric("aparte_signaling_turn_dropped_bytes_total{transport=\"udp\"} ") >= 10_000.0
+    );
 
     // Closing the first allocation frees the user's slot.
     relay.close().await.unwrap();
     c1.close().await.unwrap();
     let deadline = std::time::Instant::now() + WAIT;
-    while srv.metric("aparte_signaling_turn_allocations ") != 0.0 {
+    while srv.metric("aparte_signaling_turn_allocations{transport=\"udp\"} ") != 0.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "allocation not released"

@@ -12,6 +12,8 @@
 //!   through the relay to a UDP sink; report loss, latency, relay CPU per packet and RSS.
 //!   `--relay-server coturn` drives a `turnserver` (coturn) started the same way instead, so the
 //!   reference relay is measured under the identical load on the same machine.
+//!   `--transport tcp|tls` runs the clients over TURN-over-TCP or TURN-over-TLS streams (the
+//!   relayed side stays UDP), against our relay or coturn's.
 //!
 //! Every run is bounded in count and time and only uses loopback addresses.
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aparte_signaling_protocol::{turn_rest, ClientMessage, RoomId, ServerMessage};
+use aparte_signaling_server::turn_stream::StreamClientConn;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -110,7 +113,22 @@ enum Mode {
         /// (`apt-get install coturn`), started with the same REST secret on loopback.
         #[arg(long, value_enum, default_value_t = RelayKind::Aparte)]
         relay_server: RelayKind,
+        /// How the clients reach the relay: UDP, or a TCP or TLS stream each (RFC 6062
+        /// framing); the relayed side is UDP in every case.
+        #[arg(long, value_enum, default_value_t = TurnTransport::Udp)]
+        transport: TurnTransport,
     },
+}
+
+/// The client-to-relay transport of the `turn` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TurnTransport {
+    /// UDP datagrams.
+    Udp,
+    /// One TCP connection per allocation.
+    Tcp,
+    /// One TLS connection per allocation (a self-signed certificate made with `openssl`).
+    Tls,
 }
 
 /// Which signaling server the `relay` mode drives.
@@ -136,6 +154,8 @@ struct ServerProc {
     child: Child,
     addr: SocketAddr,
     turn_addr: Option<SocketAddr>,
+    turn_tcp_addr: Option<SocketAddr>,
+    turns_addr: Option<SocketAddr>,
 }
 
 impl Drop for ServerProc {
@@ -168,12 +188,23 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut turn_addr = None;
+    let mut turn_tcp_addr = None;
+    let mut turns_addr = None;
     let addr = loop {
         let line = lines.next().ok_or("server exited before listening")??;
         if let Some(a) = line.strip_prefix("turn listening on udp ") {
             turn_addr = Some(a.parse()?);
         }
-        if let Some(a) = line.strip_prefix("listening on http://") {
+        if let Some(a) = line.strip_prefix("turn listening on tcp ") {
+            turn_tcp_addr = Some(a.parse()?);
+        }
+        if let Some(a) = line.strip_prefix("turn listening on tls ") {
+            turns_addr = a.parse().ok();
+        }
+        if let Some(a) = line
+            .strip_prefix("listening on http://")
+            .or_else(|| line.strip_prefix("listening on https://"))
+        {
             break a.parse()?;
         }
     };
@@ -183,6 +214,8 @@ fn start_server(cli: &Cli, args: &[String]) -> Result<ServerProc, AnyError> {
         child,
         addr,
         turn_addr,
+        turn_tcp_addr,
+        turns_addr,
     })
 }
 
@@ -239,6 +272,8 @@ fn start_peerjs(limit: usize) -> Result<ServerProc, AnyError> {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         turn_addr: None,
+        turn_tcp_addr: None,
+        turns_addr: None,
     })
 }
 
@@ -261,12 +296,23 @@ async fn connect_peerjs(addr: SocketAddr, id: &str) -> Result<Ws, AnyError> {
 }
 
 /// Starts coturn's `turnserver` on a free loopback port with the REST secret `secret` (the
-/// same scheme our relay checks), relaying to loopback peers only, UDP only, and waits until it
-/// answers a STUN binding request. Everything else is coturn's default (relay threads, quotas).
-async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+/// same scheme our relay checks), relaying to loopback peers only, and waits until it answers a
+/// STUN binding request. Clients reach it over UDP only, or also over TCP on the same port, or
+/// over TLS on a second port with `tls` = (certificate, key). Everything else is coturn's default
+/// (relay threads, quotas).
+async fn start_coturn(
+    secret: &str,
+    transport: TurnTransport,
+    tls: Option<&(PathBuf, PathBuf)>,
+) -> Result<ServerProc, AnyError> {
+    let free_port = || -> Result<u16, AnyError> {
+        // Free as UDP and as TCP: coturn listens on both with one number.
+        let t = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = t.local_addr()?.port();
+        std::net::UdpSocket::bind(("127.0.0.1", port))?;
+        Ok(port)
+    };
+    let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut command = Command::new("turnserver");
     command
@@ -274,12 +320,26 @@ async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
         .arg(format!("--listening-port={port}"))
         .args(["--use-auth-secret", "--realm=aparte"])
         .arg(format!("--static-auth-secret={secret}"))
-        .args([
-            "--allow-loopback-peers",
-            "--no-tcp",
-            "--no-tls",
-            "--no-dtls",
-        ])
+        .args(["--allow-loopback-peers", "--no-dtls"]);
+    let mut turns_addr = None;
+    match (transport, tls) {
+        (TurnTransport::Tls, Some((cert, key))) => {
+            let tls_port = free_port()?;
+            command
+                .arg("--no-tcp")
+                .arg(format!("--tls-listening-port={tls_port}"))
+                .arg(format!("--cert={}", cert.display()))
+                .arg(format!("--pkey={}", key.display()));
+            turns_addr = Some(SocketAddr::from(([127, 0, 0, 1], tls_port)));
+        }
+        (TurnTransport::Tcp, _) => {
+            command.arg("--no-tls");
+        }
+        _ => {
+            command.args(["--no-tcp", "--no-tls"]);
+        }
+    }
+    command
         .args([
             "--no-tcp-relay",
             "--no-cli",
@@ -310,11 +370,17 @@ async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
         let answer = tokio::time::timeout(Duration::from_millis(100), probe.recv_from(&mut buf));
         if let Ok(Ok((n, from))) = answer.await {
             if from == addr && n >= 20 {
+                // The UDP answer means it is up; give its TLS listener the same bounded wait.
+                if let Some(t) = turns_addr {
+                    wait_tcp(t).await?;
+                }
                 return Ok(ServerProc {
                     child,
-                    // coturn serves no HTTP; the TURN mode uses only `turn_addr`.
+                    // coturn serves no HTTP; the TURN mode uses only the TURN addresses.
                     addr,
                     turn_addr: Some(addr),
+                    turn_tcp_addr: (transport == TurnTransport::Tcp).then_some(addr),
+                    turns_addr,
                 });
             }
         }
@@ -322,6 +388,129 @@ async fn start_coturn(secret: &str) -> Result<ServerProc, AnyError> {
     let _ = child.kill();
     let _ = child.wait();
     Err(format!("turnserver did not answer on {addr} within 5 s").into())
+}
+
+/// Removes its directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh directory for the run's throw-away certificate and key.
+fn tempfile_dir() -> Result<PathBuf, AnyError> {
+    let mut n = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
+    let dir = std::env::temp_dir().join(format!(
+        "aparte-load-{}",
+        n.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Waits (at most 5 s) until `addr` accepts TCP connections.
+async fn wait_tcp(addr: SocketAddr) -> Result<(), AnyError> {
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("nothing listens on {addr} after 5 s").into())
+}
+
+/// A self-signed certificate for `localhost` made with `openssl` in `dir`: (certificate, key).
+fn make_cert(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), AnyError> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("openssl is needed for --transport tls: {e}"))?;
+    if !status.success() {
+        return Err("openssl could not make a certificate".into());
+    }
+    Ok((cert, key))
+}
+
+/// Trusts exactly one certificate (the run's self-signed one); handshake signatures are
+/// checked as usual.
+#[derive(Debug)]
+struct Pinned(Vec<u8>, Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.0.as_slice() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not this run's certificate".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client for the run's certificate `cert`.
+fn tls_connector(cert: &std::path::Path) -> Result<tokio_rustls::TlsConnector, AnyError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(cert)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(der.to_vec(), provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
 /// Number of threads of `pid` (0 if unknown).
@@ -442,6 +631,7 @@ fn main() -> Result<(), AnyError> {
                 direct,
                 sink_thread,
                 relay_server,
+                transport,
             } => {
                 let how = if *direct {
                     Sender::Direct
@@ -463,6 +653,7 @@ fn main() -> Result<(), AnyError> {
                     how,
                     sink,
                     relay_server: *relay_server,
+                    transport: *transport,
                 };
                 turn(&cli, load).await
             }
@@ -721,6 +912,7 @@ struct TurnLoad {
     how: Sender,
     sink: Sink,
     relay_server: RelayKind,
+    transport: TurnTransport,
 }
 
 async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> {
@@ -732,6 +924,7 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
         how,
         sink: sink_mode,
         relay_server,
+        transport,
     } = load;
     let direct = how == Sender::Direct;
     use turn::client::{Client, ClientConfig};
@@ -741,10 +934,17 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
     let duration = duration.min(120);
     let size = size.max(24);
     let secret = "load-test-turn-secret";
+    let cert_dir = match transport {
+        TurnTransport::Tls => Some(RemoveDir(tempfile_dir()?)),
+        _ => None,
+    };
+    let tls_files = match &cert_dir {
+        Some(d) => Some(make_cert(&d.0)?),
+        None => None,
+    };
     let srv = match relay_server {
-        RelayKind::Aparte => start_server(
-            cli,
-            &[
+        RelayKind::Aparte => {
+            let mut args: Vec<String> = vec![
                 "--turn-listen".into(),
                 "127.0.0.1:0".into(),
                 "--turn-secret".into(),
@@ -753,13 +953,40 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
                 (k + 10).to_string(),
                 "--turn-max-bandwidth".into(),
                 "10000000".into(),
-            ],
-        )?,
-        RelayKind::Coturn => start_coturn(secret).await?,
+                // One stream per allocation, all from 127.0.0.1.
+                "--max-connections-per-ip".into(),
+                (k + 10).to_string(),
+            ];
+            match (transport, &tls_files) {
+                (TurnTransport::Tls, Some((cert, key))) => args.extend([
+                    "--turn-tcp-listen".into(),
+                    "off".into(),
+                    "--turns-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--tls-cert".into(),
+                    cert.display().to_string(),
+                    "--tls-key".into(),
+                    key.display().to_string(),
+                ]),
+                (TurnTransport::Tcp, _) => {}
+                _ => args.extend(["--turn-tcp-listen".into(), "off".into()]),
+            }
+            start_server(cli, &args)?
+        }
+        RelayKind::Coturn => start_coturn(secret, transport, tls_files.as_ref()).await?,
     };
     let pid = srv.child.id();
     let ticks = clock_ticks();
-    let turn_addr = srv.turn_addr.ok_or("server did not start TURN")?;
+    let turn_addr = match transport {
+        TurnTransport::Udp => srv.turn_addr,
+        TurnTransport::Tcp => srv.turn_tcp_addr,
+        TurnTransport::Tls => srv.turns_addr,
+    }
+    .ok_or("the relay did not start TURN on that transport")?;
+    let connector = match &tls_files {
+        Some((cert, _)) => Some(tls_connector(cert)?),
+        None => None,
+    };
     let rss_before = rss_bytes(pid);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
 
@@ -784,7 +1011,24 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
             continue;
         }
         let creds = turn_rest::mint(secret.as_bytes(), &format!("load{i}"), now, 3600);
-        let conn = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+        let conn: Arc<dyn Conn + Send + Sync> = match transport {
+            TurnTransport::Udp => Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?),
+            TurnTransport::Tcp => {
+                let tcp = tokio::net::TcpStream::connect(turn_addr).await?;
+                tcp.set_nodelay(true)?;
+                let local = tcp.local_addr()?;
+                Arc::new(StreamClientConn::new(tcp, turn_addr, local))
+            }
+            TurnTransport::Tls => {
+                let tcp = tokio::net::TcpStream::connect(turn_addr).await?;
+                tcp.set_nodelay(true)?;
+                let local = tcp.local_addr()?;
+                let name = rustls_pki_types::ServerName::try_from("localhost")?;
+                let connector = connector.as_ref().ok_or("no TLS connector")?;
+                let tls = connector.connect(name, tcp).await?;
+                Arc::new(StreamClientConn::new(tls, turn_addr, local))
+            }
+        };
         let raw_socket = Arc::clone(&conn);
         let client = Client::new(ClientConfig {
             stun_serv_addr: turn_addr.to_string(),
@@ -937,6 +1181,11 @@ async fn turn(cli: &Cli, load: TurnLoad) -> Result<serde_json::Value, AnyError> 
             RelayKind::Aparte => "aparte",
             RelayKind::Coturn => "coturn",
         },
+        "transport": match transport {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls => "tls",
+        },
         "relay_threads": thread_count(pid),
         "sink": match sink_mode {
             Sink::Task => "task",
@@ -985,9 +1234,10 @@ enum Sender {
 }
 
 /// Sends each datagram as a TURN Send indication (RFC 5766 §10) on the client's socket, the way
-/// a media client does once its permission exists. Only `send_to` is used.
+/// a media client does once its permission exists. Only `send_to` is used. `socket` is the
+/// client's UDP socket or its TCP/TLS stream connection (which frames the message).
 struct RawSendIndication {
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<dyn webrtc_util::Conn + Send + Sync>,
     server: SocketAddr,
 }
 
@@ -1028,7 +1278,7 @@ impl webrtc_util::Conn for RawSendIndication {
         Ok(buf.len())
     }
     fn local_addr(&self) -> Result<SocketAddr, webrtc_util::Error> {
-        Ok(self.socket.local_addr()?)
+        self.socket.local_addr()
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
         Some(self.server)

@@ -26,6 +26,10 @@ pub struct Server {
     pub pid: u32,
     pub addr: SocketAddr,
     pub turn_addr: Option<SocketAddr>,
+    /// TURN over TCP, when on.
+    pub turn_tcp_addr: Option<SocketAddr>,
+    /// TURN over TLS on its own port, when on.
+    pub turns_addr: Option<SocketAddr>,
     /// The separate metrics listener (tests start it on an ephemeral loopback port).
     pub metrics_addr: Option<SocketAddr>,
     pub lines: std_mpsc::Receiver<String>,
@@ -60,11 +64,22 @@ impl Server {
             }
         });
         let mut turn_addr = None;
+        let mut turn_tcp_addr = None;
+        let mut turns_addr = None;
         let mut metrics_addr = None;
         let addr = loop {
             let line = lines.recv_timeout(WAIT).expect("server did not start");
             if let Some(a) = line.strip_prefix("turn listening on udp ") {
                 turn_addr = Some(a.parse().expect("turn addr"));
+            }
+            if let Some(a) = line.strip_prefix("turn listening on tcp ") {
+                turn_tcp_addr = Some(a.parse().expect("turn tcp addr"));
+            }
+            if let Some(a) = line.strip_prefix("turn listening on tls ") {
+                // The shared HTTPS port is announced with a suffix; this is the own port.
+                if let Ok(a) = a.parse() {
+                    turns_addr = Some(a);
+                }
             }
             if let Some(a) = line
                 .strip_prefix("metrics listening on http://")
@@ -84,6 +99,8 @@ impl Server {
             child: Some(child),
             addr,
             turn_addr,
+            turn_tcp_addr,
+            turns_addr,
             metrics_addr,
             lines,
         }
