@@ -13,6 +13,10 @@ use aparte_e2e_tests::{new_room, read_stats, stats_path, CallProcess, SignalingS
 
 const SECONDS: u64 = 25;
 
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A port free on 127.0.0.1 right now (for TCP or UDP).
 fn free_port(udp: bool) -> u16 {
     if udp {
@@ -61,7 +65,11 @@ fn a_relayed_call_comes_back_with_fresh_credentials_when_the_turn_secret_changed
 
 /// A relay-only call through a server started with `before`, restarted mid-call on the same
 /// ports with `after`; returns both sides' stats once the link is back and the call ended.
-fn restart_mid_call(dir: &std::path::Path, before: &[&str], after: &[&str]) -> [serde_json::Value; 2] {
+fn restart_mid_call(
+    dir: &std::path::Path,
+    before: &[&str],
+    after: &[&str],
+) -> [serde_json::Value; 2] {
     let listen = format!("127.0.0.1:{}", free_port(false));
     let turn = format!("127.0.0.1:{}", free_port(true));
     let with_turn = |extra: &[&str]| {
@@ -70,18 +78,10 @@ fn restart_mid_call(dir: &std::path::Path, before: &[&str], after: &[&str]) -> [
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
     let (first, second) = (with_turn(before), with_turn(after));
-    let args = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>();
-    let server = SignalingServer::start_on(&listen, &args(&first));
+    let server = SignalingServer::start_on(&listen, &as_strs(&first));
     let room = new_room();
     let spawn = |name: &str| {
-        CallProcess::spawn_tone(
-            &server.url(),
-            &room,
-            dir,
-            name,
-            SECONDS,
-            &["--relay-only"],
-        )
+        CallProcess::spawn_tone(&server.url(), &room, dir, name, SECONDS, &["--relay-only"])
     };
     let (mut alice, mut bob) = (spawn("alice"), spawn("bob"));
     for peer in [&mut alice, &mut bob] {
@@ -89,7 +89,7 @@ fn restart_mid_call(dir: &std::path::Path, before: &[&str], after: &[&str]) -> [
     }
 
     drop(server); // the operator restarts the service…
-    let _restarted = SignalingServer::start_on(&listen, &args(&second));
+    let _restarted = SignalingServer::start_on(&listen, &as_strs(&second));
     for peer in [&mut alice, &mut bob] {
         peer.wait_for("rejoined the room", WAIT);
         peer.wait_for("link back after", Duration::from_secs(30));

@@ -1110,7 +1110,9 @@ impl Call {
                 last_restart: Some(Instant::now()),
                 ..outage
             });
-            tracing::info!("fresh TURN credentials after the rejoin: rebuilding the peer connection");
+            tracing::info!(
+                "fresh TURN credentials after the rejoin: rebuilding the peer connection"
+            );
             self.relay(PeerMessage::Rebuild {}).await;
             self.rebuild().await;
             return;
