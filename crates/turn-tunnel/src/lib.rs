@@ -26,6 +26,12 @@
 //! [`Limits::max_message`], is closed; every queue is bounded (a full queue drops datagrams,
 //! as UDP would); connecting (TCP and TLS handshake) has a deadline and streams close when idle.
 //! Every drop and close is counted in [`TunnelStats`] and announced as a [`TunnelEvent`].
+//!
+//! The tunnel is only the transport: the caller decides when to use it (issue 16: when no UDP
+//! candidate pair works within about 2 s) and passes webrtc-rs the same username and credential
+//! it would have used for the stream URL. Its tests run the `turn` 0.17 client (the code
+//! webrtc-rs's ICE agent uses) through it to a real coturn over TCP and over TLS; they need
+//! `turnserver` on PATH (`apt-get install coturn`).
 #![forbid(unsafe_code)]
 
 pub mod framer;

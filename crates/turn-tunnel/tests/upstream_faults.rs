@@ -254,3 +254,48 @@ async fn local_datagrams_that_are_not_turn_are_dropped_without_a_stream() {
         .unwrap();
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_is_closed_and_the_queue_stays_bounded() {
+    // Accepts, then never reads: once the kernel's socket buffers are full, the tunnel's write
+    // cannot finish.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let _keep = s;
+        std::future::pending::<()>().await;
+    });
+    let limits = Limits {
+        write_timeout: Duration::from_millis(300),
+        queue_datagrams: 8,
+        ..Limits::default()
+    };
+    let tunnel = start(tcp(port), limits).await;
+    let mut events = tunnel.events();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // 8 KiB ChannelData messages until the tunnel gives up on the stream.
+    let mut big = vec![0x40, 0x01, 0x1F, 0xFC];
+    big.resize(8192, 0x55);
+    let started = Instant::now();
+    let reason = loop {
+        assert!(started.elapsed() < STEP, "no close: {:?}", tunnel.stats());
+        client.send_to(&big, tunnel.local_addr()).await.unwrap();
+        match events.try_recv() {
+            Ok(TunnelEvent::Closed { reason, .. }) => break reason,
+            Ok(TunnelEvent::Connected { .. })
+            | Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
+                // Let the tunnel's tasks run between datagrams.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let stats = tunnel.stats();
+    eprintln!("closed after {:?}: {stats:?}", started.elapsed());
+    assert_eq!(reason, CloseReason::WriteTimeout);
+    assert_eq!(stats.closed(CloseReason::WriteTimeout), 1);
+    assert!(stats.dropped_queue_full > 0, "{stats:?}");
+    tunnel.close().await;
+    hold.abort();
+}
