@@ -279,6 +279,7 @@ async fn one_call(seconds: u64, offset_ms: u64) -> (serde_json::Value, Vec<f64>)
     let measured_offset = ms(b_audio.started.saturating_duration_since(a_audio.started));
     let config = TransportConfig {
         loopback_only: true,
+        turn_tls: None,
         ..TransportConfig::default()
     };
     let Call { alice, bob, .. } = Call::connect(&config, &config).await;

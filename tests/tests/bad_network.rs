@@ -60,6 +60,7 @@ async fn a_relay_only_call_over_a_lossy_jittery_path_stays_intelligible() {
         ice_servers: vec![relay.ice_server()],
         relay_only: true,
         loopback_only: true,
+        turn_tls: None,
     };
     let mut call = Call::connect(&config, &config).await;
     let setup_ms = call.now_ms();

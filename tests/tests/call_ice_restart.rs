@@ -222,6 +222,7 @@ fn decrypt(peer: &mut CallPeer, payload: &[u8], at_ms: u64) {
 async fn an_ice_restart_keeps_the_sessions_and_refuses_a_swapped_fingerprint() {
     let config = TransportConfig {
         loopback_only: true,
+        turn_tls: None,
         ..TransportConfig::default()
     };
     let mut call = Call::connect(&config, &config).await;

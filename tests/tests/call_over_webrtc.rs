@@ -36,6 +36,7 @@ impl Peer {
     async fn new(role: SdpRole) -> Self {
         let config = TransportConfig {
             loopback_only: true,
+            turn_tls: None,
             ..Default::default()
         };
         let (transport, events) = Transport::new(&config, role).await.unwrap();

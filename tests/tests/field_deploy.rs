@@ -280,12 +280,10 @@ fn a_tls_call_between_two_homes_behind_symmetric_nat_is_relayed_on_both_sides() 
     call_between_homes(Nat::Symmetric);
 }
 
-/// An office network that blocks UDP (but DNS) on both homes: TLS signaling on 443 still works,
-/// but no media path exists (TURN over TCP is not there yet). The call must fail loudly: exit 4
-/// (no network path), a line that says the relay gave no candidate and UDP is probably
-/// blocked, and the stats written, well before anyone waits forever.
-#[test]
-fn with_udp_blocked_a_call_fails_with_exit_4_and_says_why() {
+/// Both homes behind an office firewall that forwards no UDP but DNS, and a server started
+/// for the 443-only setup of DEPLOY.md (TURN over TLS on the HTTPS port). `tcp_relay: false`
+/// leaves out TURN over TCP/TLS entirely.
+fn udp_blocked_call(tcp_relay: bool) -> (Vec<Running>, tempfile::TempDir, Vec<String>) {
     let topo = Topology::build(Nat::Masquerade);
     Topology::block_udp(&topo.a);
     Topology::block_udp(&topo.b);
@@ -305,9 +303,20 @@ fn with_udp_blocked_a_call_fails_with_exit_4_and_says_why() {
             "key.pem",
         ])
         .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
-        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")]);
+        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")])
+        .args(["--turn-tcp-listen", "off"]);
+    if tcp_relay {
+        server.arg("--turns-on-listen");
+    }
     let mut server = Running::start(server);
     server.wait_for("listening on https://", WAIT);
+    // Everything the homes send to the VPS, as the VPS sees it.
+    let mut capture = Topology::command(&topo.vps, "tcpdump");
+    capture
+        .args(["-n", "-l", "-i", "eth0", "-q"])
+        .arg("src host 203.0.113.21 or src host 203.0.113.22");
+    let mut capture = Running::start(capture);
+    capture.wait_for("listening on eth0", WAIT);
     let room = aparte_e2e_tests::new_room();
     let url = format!("wss://{VPS_IP}/ws");
     let person = |home: &str, name: &str| {
@@ -316,16 +325,87 @@ fn with_udp_blocked_a_call_fails_with_exit_4_and_says_why() {
             .env("APARTE_HOME", d.join(format!("home-{name}")))
             .args(["call", "--server", &url, "--ca-file", "ca.pem"])
             .arg(format!("--room={room}"))
-            .args(["--tofu", "--relay-only", "--input", "tone"])
+            .args(["--tofu", "--input", "tone", "--duration", "4"])
             .args(["--stats-json", &format!("{name}.json")]);
         Running::start(cmd)
     };
-    let started = Instant::now();
     let mut alice = person(&topo.a.host, "alice");
     alice.wait_for("waiting for the peer", WAIT);
-    let mut bob = person(&topo.b.host, "bob");
-    for (name, p) in [("alice", &mut alice), ("bob", &mut bob)] {
-        let status = p.finish(Duration::from_secs(60));
+    let bob = person(&topo.b.host, "bob");
+    let mut calls = vec![alice, bob];
+    for p in &mut calls {
+        p.finish(Duration::from_secs(60));
+    }
+    // What the VPS saw from the homes, one line per packet.
+    let _ = Command::new("kill")
+        .args(["-INT", &capture.child.id().to_string()])
+        .status();
+    capture.finish(WAIT);
+    let seen = capture.seen.clone();
+    drop(server);
+    drop(topo);
+    (calls, dir, seen)
+}
+
+/// UDP blocked at both homes, TURN over TLS on 443: the call connects through the in-process
+/// tunnel (webrtc-rs's relay candidates over TLS), and the VPS sees the homes use TCP 443 only.
+#[test]
+fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
+    let (mut calls, dir, seen) = udp_blocked_call(true);
+    for (name, p) in ["alice", "bob"].iter().zip(&mut calls) {
+        let status = p.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{name}:\n{}", p.seen.join("\n"));
+        let s = read_stats(&dir.path().join(format!("{name}.json")));
+        assert_eq!(s["relayed"], true, "{s}");
+        assert!(s["frames_decrypted"].as_u64().unwrap() > 100, "{s}");
+        println!(
+            "{name}: {} -> {}, setup {} ms, decrypted {} of the peer's frames",
+            s["local_candidate"], s["remote_candidate"], s["setup_ms"], s["frames_decrypted"]
+        );
+    }
+    let (sa, sb) = (
+        read_stats(&dir.path().join("alice.json")),
+        read_stats(&dir.path().join("bob.json")),
+    );
+    aparte_e2e_tests::assert_frames_add_up(&sa, &sb);
+    aparte_e2e_tests::assert_frames_add_up(&sb, &sa);
+    // ICMP errors the home routers send back (port unreachable, for datagrams the relay
+    // tried towards the homes' other candidates) are the routers', not the peers' traffic.
+    let packets: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains(" > ") && !l.contains(": ICMP "))
+        .collect();
+    let icmp = seen.iter().filter(|l| l.contains(": ICMP ")).count();
+    let off_443: Vec<&&String> = packets
+        .iter()
+        .filter(|l| !l.contains(&format!("{VPS_IP}.443:")) || !l.contains(" tcp "))
+        .collect();
+    println!(
+        "the VPS saw {} packets from the peers, {} of them not TCP to port 443 (and {icmp} \
+         ICMP errors from the home routers)",
+        packets.len(),
+        off_443.len()
+    );
+    assert!(
+        packets.len() > 200,
+        "the capture saw the call: {}",
+        packets.len()
+    );
+    assert!(
+        off_443.is_empty(),
+        "only TCP 443 from the homes: {:?}",
+        &off_443[..off_443.len().min(5)]
+    );
+}
+
+/// UDP blocked at both homes and no TURN over TCP/TLS: no path exists. The call must fail
+/// loudly, well before anyone waits forever: exit 4 (no network path), a line that says the
+/// relay gave no candidate and UDP is probably blocked, and the stats written.
+#[test]
+fn with_udp_blocked_and_no_stream_relay_a_call_fails_with_exit_4_and_says_why() {
+    let (mut calls, dir, _) = udp_blocked_call(false);
+    for (name, p) in ["alice", "bob"].iter().zip(&mut calls) {
+        let status = p.child.wait().unwrap();
         let all = p.seen.join("\n");
         assert_eq!(status.code(), Some(4), "{name}:\n{all}");
         assert!(
@@ -333,11 +413,9 @@ fn with_udp_blocked_a_call_fails_with_exit_4_and_says_why() {
                 && all.contains("is UDP to it blocked"),
             "{name}:\n{all}"
         );
-        let s = read_stats(&d.join(format!("{name}.json")));
+        let s = read_stats(&dir.path().join(format!("{name}.json")));
         assert_eq!(s["outcome"], "no_path", "{s}");
         assert_eq!(s["frames_sent"], 0, "{s}");
         println!("{name}: {}", s["ended_by"]);
     }
-    println!("both ended {:?} after the first joined", started.elapsed());
-    drop(server);
 }

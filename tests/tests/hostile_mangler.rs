@@ -60,6 +60,7 @@ async fn relay_mangling_is_dropped_by_srtp_and_the_call_survives() {
         ice_servers: vec![relay.ice_server()],
         relay_only: true,
         loopback_only: true,
+        turn_tls: None,
     };
     let mut call = Call::connect(&config, &config).await;
     assert!(call.alice.transport.is_relayed().await && call.bob.transport.is_relayed().await);
@@ -186,6 +187,7 @@ async fn forged_replayed_and_reordered_frames_inside_srtp_are_rejected_and_count
     // The adversary sits inside SRTP: a direct loopback call is enough (no relay).
     let config = TransportConfig {
         loopback_only: true,
+        turn_tls: None,
         ..Default::default()
     };
     let mut call = Call::connect(&config, &config).await;
@@ -440,6 +442,7 @@ async fn rewritten_rtp_sequence_numbers_inside_srtp_do_not_reorder_the_audio() {
         ice_servers: vec![],
         relay_only: false,
         loopback_only: true,
+        turn_tls: None,
     };
     let mut call = Call::connect(&config, &config).await;
     // Protect in the order spoken (e2ee index i for frame i), write each pair swapped.

@@ -15,6 +15,7 @@ const REPORTS_WITHIN: Duration = Duration::from_secs(10);
 async fn rtt_and_loss_come_from_rtcp_and_sequence_numbers() {
     let config = TransportConfig {
         loopback_only: true,
+        turn_tls: None,
         ..TransportConfig::default()
     };
     let mut call = Call::connect(&config, &config).await;
@@ -74,6 +75,7 @@ async fn loss_on_a_lossy_relay_is_counted_by_both_ends() {
         ice_servers: vec![relay.ice_server()],
         relay_only: true,
         loopback_only: true,
+        turn_tls: None,
     };
     let mut call = Call::connect(&config, &config).await;
     let mut tick = tokio::time::interval(Duration::from_millis(20));

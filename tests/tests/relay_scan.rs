@@ -30,6 +30,7 @@ fn relay_only(relay: &RecordingRelay) -> TransportConfig {
         ice_servers: vec![relay.ice_server()],
         relay_only: true,
         loopback_only: true,
+        turn_tls: None,
     }
 }
 

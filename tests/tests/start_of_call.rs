@@ -29,6 +29,7 @@ fn options(url: &str, room: &RoomId, input: &Path, output: &Path) -> CallOptions
     CallOptions {
         server: url.to_owned(),
         tls: aparte_client::tls::client_config(None).unwrap(),
+        turn_tls: None,
         room: room.clone(),
         token: None,
         input: Input::Wav(input.to_owned()),

@@ -72,6 +72,9 @@ pub struct CallOptions {
     pub server: String,
     /// How `wss://` servers are verified (see [`crate::tls::client_config`]).
     pub tls: Arc<rustls::ClientConfig>,
+    /// How `turns:` relays are verified (`None`: the usual web roots; see
+    /// [`crate::tls::turn_client_config`]).
+    pub turn_tls: Option<Arc<rustls::ClientConfig>>,
     /// The room.
     pub room: RoomId,
     /// Join token, if the server needs one.
@@ -441,6 +444,7 @@ pub async fn run_call(
         ice_servers: ice_servers(&joined),
         relay_only: options.relay_only,
         loopback_only: options.loopback_only,
+        turn_tls: options.turn_tls.clone(),
     };
     let (transport, mut transport_rx) = Transport::new(&config, role).await?;
     let mut call = Call {

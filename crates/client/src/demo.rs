@@ -57,6 +57,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
     let options = |input: &str, output: &str, captions: &str| CallOptions {
         server: url.clone(),
         tls: std::sync::Arc::clone(&tls),
+        turn_tls: None,
         room: room.clone(),
         token: None,
         input: Input::Wav(file(input)),

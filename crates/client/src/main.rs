@@ -645,6 +645,8 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
     let plan = plan_call(args, &settings).map_err(usage)?;
     let tls = aparte_client::tls::client_config(settings.ca_file.as_deref())
         .map_err(|e| usage(e.to_string()))?;
+    let turn_tls = aparte_client::tls::turn_client_config(settings.ca_file.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
     let identity = if args.no_identity {
         None
     } else {
@@ -656,6 +658,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
     let options = CallOptions {
         server: plan.server,
         tls,
+        turn_tls,
         room: plan.room,
         token: settings.token.clone(),
         input: plan.input,

@@ -55,6 +55,24 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration for `turns:` relays (TURN over TLS through the tunnel): the same
+/// trust as [`client_config`] (the Mozilla roots plus `ca_file`), with the TURN ALPN. `None`
+/// without a CA file: the tunnel's own default is exactly the web roots.
+pub fn turn_client_config(
+    ca_file: Option<&Path>,
+) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    let Some(path) = ca_file else {
+        return Ok(None);
+    };
+    let certs = read_ca_file(path)?;
+    aparte_turn_tunnel::tls_client_config(&certs)
+        .map(Some)
+        .map_err(|e| TlsError::CaFile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Reads every certificate of a PEM file; a file with none, or with anything unreadable, is
 /// an error (never silently an empty trust store).
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

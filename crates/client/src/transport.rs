@@ -99,6 +99,9 @@ pub struct TransportConfig {
     pub relay_only: bool,
     /// Gather only loopback host candidates (tests and single-machine demos).
     pub loopback_only: bool,
+    /// How `turns:` relays are verified (`None`: the usual web roots). See
+    /// [`aparte_turn_tunnel::tls_client_config`].
+    pub turn_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Which side of the SDP exchange this transport plays.
@@ -396,6 +399,8 @@ pub struct Transport {
     /// Our DTLS certificate, kept for [`Transport::rebuilt`] (webrtc-rs moves the one it is
     /// given out of the peer connection's configuration).
     certificate: RTCCertificate,
+    /// TURN-over-TCP/TLS tunnels this peer connection's ICE agent uses (closed with it).
+    tunnels: StdMutex<Vec<aparte_turn_tunnel::Tunnel>>,
 }
 
 /// A new self-signed ECDSA P-256 DTLS certificate, as webrtc-rs would make, with a random
@@ -500,16 +505,9 @@ impl Transport {
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .build();
+        let (ice_servers, tunnels) = tunnel_stream_relays(config).await;
         let rtc_config = RTCConfiguration {
-            ice_servers: config
-                .ice_servers
-                .iter()
-                .map(|s| RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone(),
-                    credential: s.credential.clone(),
-                })
-                .collect(),
+            ice_servers,
             ice_transport_policy: if config.relay_only {
                 RTCIceTransportPolicy::Relay
             } else {
@@ -555,6 +553,7 @@ impl Transport {
             remote_fingerprint: StdMutex::new(pinned),
             stats,
             certificate,
+            tunnels: StdMutex::new(tunnels),
         };
         Ok((transport, rx))
     }
@@ -790,11 +789,62 @@ impl Transport {
 
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
-        tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.pc.close())
+        let closed = tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.pc.close())
             .await
-            .map_err(|_| TransportError::TimedOut("closing the connection"))??;
+            .map_err(|_| TransportError::TimedOut("closing the connection"));
+        let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|e| e.into_inner()));
+        for tunnel in tunnels {
+            tunnel.close().await;
+        }
+        closed??;
         Ok(())
     }
+}
+
+/// The ICE servers to hand webrtc-rs. Its ICE agent speaks TURN over UDP only (docs/WEBRTC.md),
+/// so each `turn:…?transport=tcp` and `turns:` URL is replaced by a local UDP TURN address
+/// served by an in-process tunnel that carries the datagrams over TCP or TLS to that server
+/// (`aparte-turn-tunnel`, docs/DECISIONS.md D9), with the same credentials. UDP URLs stay as
+/// they are, so both kinds of relay candidate are gathered and ICE keeps whichever pair works
+/// first: over UDP where UDP passes, over TCP/TLS (port 443 too) where a firewall blocks it.
+/// A tunnel that cannot start is left out, with a warning.
+async fn tunnel_stream_relays(
+    config: &TransportConfig,
+) -> (Vec<RTCIceServer>, Vec<aparte_turn_tunnel::Tunnel>) {
+    let mut servers = Vec::new();
+    let mut tunnels = Vec::new();
+    for server in &config.ice_servers {
+        let mut urls = Vec::new();
+        for url in &server.urls {
+            let Some(upstream) = aparte_turn_tunnel::upstream_of(url) else {
+                // STUN and UDP TURN URLs go to webrtc-rs as they are. A stream URL that does
+                // not parse is left out (webrtc-rs would only skip it).
+                if url.contains("transport=tcp") || url.starts_with("turns:") {
+                    tracing::warn!("ignoring a TURN URL that does not parse: {url}");
+                } else {
+                    urls.push(url.clone());
+                }
+                continue;
+            };
+            let mut tunnel_config = aparte_turn_tunnel::TunnelConfig::new(upstream);
+            tunnel_config.tls = config.turn_tls.clone();
+            match aparte_turn_tunnel::Tunnel::start(tunnel_config).await {
+                Ok(tunnel) => {
+                    urls.push(tunnel.turn_url());
+                    tunnels.push(tunnel);
+                }
+                Err(e) => tracing::warn!("TURN over TCP/TLS to {url} is unavailable: {e}"),
+            }
+        }
+        if !urls.is_empty() {
+            servers.push(RTCIceServer {
+                urls,
+                username: server.username.clone(),
+                credential: server.credential.clone(),
+            });
+        }
+    }
+    (servers, tunnels)
 }
 
 /// Wires webrtc-rs callbacks to the event queue. Callbacks capture only the queue, never the
@@ -988,6 +1038,7 @@ mod tests {
     async fn a_rebuilt_transport_keeps_its_certificate_and_the_pin() {
         let config = TransportConfig {
             loopback_only: true,
+            turn_tls: None,
             ..Default::default()
         };
         let (first, _events) = Transport::new(&config, SdpRole::Offerer).await.unwrap();
