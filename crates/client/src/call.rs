@@ -1031,7 +1031,10 @@ impl Call {
         if self.rebuilds >= MAX_REBUILDS {
             return;
         }
-        let mid_call = self.ever_set_up;
+        // Mid-call means the peer's media reached us before: the link really worked. (In the
+        // DTLS deadlock the DTLS server's side counts as set up, but no frame from the peer
+        // ever arrived: that call starts over.)
+        let mid_call = self.setup_ms.is_some();
         self.rebuilds += 1;
         let (transport, events) = match self.transport.rebuilt(&self.transport_config).await {
             Ok(built) => built,
