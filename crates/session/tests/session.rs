@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use aparte_e2ee::frame::{ReceiverConfig, SenderConfig};
 use aparte_e2ee::handshake::{CallParams, Role};
-use aparte_e2ee::identity::{IdentityKey, KnownPeers, PeerName, PeerStatus};
+use aparte_e2ee::identity::{IdentityKey, IdentityPublic, KnownPeers, PeerName, PeerStatus};
 use aparte_session::{
     CallSecurity, Event, FailReason, Policy, SecurityStatus, SessionConfig, SessionError,
     VerifiedBy,
@@ -211,6 +211,31 @@ fn interactive_call_is_verified_only_after_both_people_confirm() {
     }
 }
 
+/// Asserts that `a` shows a changed identity and lets nothing flow either way (no audio or
+/// caption out, nothing from `peer` in, no SAS confirmation) until the person decides; returns
+/// (pinned, presented).
+fn held_on_changed_identity(
+    a: &mut Side,
+    peer: &mut Side,
+) -> (IdentityPublic, Option<IdentityPublic>) {
+    let SecurityStatus::IdentityChanged {
+        pinned, presented, ..
+    } = a.sec.status().clone()
+    else {
+        panic!("{:?}", a.sec.status())
+    };
+    assert!(!a.sec.media_allowed());
+    assert!(matches!(
+        a.sec.protect_media(b"x"),
+        Err(SessionError::NotAllowed(_))
+    ));
+    assert!(a.sec.send_app(b"caption".to_vec()).is_err());
+    let f = peer.sec.protect_media(b"from the middle").unwrap();
+    assert!(a.sec.unprotect_media(&f, 0).is_err());
+    assert!(a.sec.confirm_sas(2).is_err());
+    (pinned, presented)
+}
+
 #[test]
 fn changed_identity_stops_media_until_an_explicit_override() {
     let (ida, idb, mallory) = (
@@ -231,22 +256,9 @@ fn changed_identity_stops_media_until_an_explicit_override() {
         KnownPeers::new(),
     );
     pump(&mut a, &mut b);
-    let SecurityStatus::IdentityChanged {
-        pinned, presented, ..
-    } = a.sec.status().clone()
-    else {
-        panic!("{:?}", a.sec.status())
-    };
+    let (pinned, presented) = held_on_changed_identity(&mut a, &mut b);
     assert_eq!(pinned, idb.public());
     assert_eq!(presented, Some(mallory.public()));
-    assert!(!a.sec.media_allowed());
-    assert!(matches!(
-        a.sec.protect_media(b"x"),
-        Err(SessionError::NotAllowed(_))
-    ));
-    let f = b.sec.protect_media(b"from mallory").unwrap();
-    assert!(a.sec.unprotect_media(&f, 0).is_err());
-    assert!(a.sec.confirm_sas(2).is_err());
 
     let ev = a.sec.override_identity_change(2).unwrap();
     a.absorb(ev);
@@ -273,21 +285,9 @@ fn a_pinned_peer_that_shows_no_identity_is_a_changed_identity_not_a_stranger() {
         a_peers.mark_verified(&bob, &idb.public(), 1).unwrap();
         let (mut a, mut m) = pair(policy.clone(), Some(&ida), None, a_peers, KnownPeers::new());
         pump(&mut a, &mut m);
-        let SecurityStatus::IdentityChanged {
-            pinned, presented, ..
-        } = a.sec.status().clone()
-        else {
-            panic!("{policy:?}: {:?}", a.sec.status())
-        };
-        assert_eq!(pinned, idb.public());
-        assert_eq!(presented, None);
-        // Nothing flows either way before the person decides.
-        assert!(!a.sec.media_allowed());
-        assert!(a.sec.protect_media(b"x").is_err());
-        assert!(a.sec.send_app(b"caption".to_vec()).is_err());
-        let f = m.sec.protect_media(b"from the middle").unwrap();
-        assert!(a.sec.unprotect_media(&f, 0).is_err());
-        assert!(a.sec.confirm_sas(2).is_err());
+        let (pinned, presented) = held_on_changed_identity(&mut a, &mut m);
+        assert_eq!(pinned, idb.public(), "{policy:?}");
+        assert_eq!(presented, None, "{policy:?}");
 
         // An explicit override goes on unverified (never silently trusted, even under
         // TOFU) and keeps Bob's pinned, verified key for the next call.
