@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aparte_signaling_protocol::{
-    token, turn_rest, ClientMessage, CloseCode, ErrorCode, IceServer, LeaveReason, PeerId, RoomId,
+    token, turn_rest, ClientMessage, CloseCode, ErrorCode, IceServer, LeaveReason, PeerId, ResumeToken,
+    RoomId,
     ServerMessage, PROTOCOL_VERSION,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -79,6 +80,8 @@ struct Conn {
     phase: Phase,
     tx: mpsc::Sender<Utf8Bytes>,
     kick: CancellationToken,
+    /// Cancelled when a later connection took this one's seat with its resume token.
+    replaced: CancellationToken,
     bucket: TokenBucket,
     errors: u32,
     rate_limited_notice: Option<Instant>,
@@ -109,6 +112,7 @@ pub(crate) async fn run(state: Arc<AppState>, socket: WebSocket, slot: ConnSlot,
         // A child of the shutdown token: shutdown also cancels it, so the connection loop
         // waits on one token for both.
         kick: state.shutdown.child_token(),
+        replaced: CancellationToken::new(),
         errors: 0,
         rate_limited_notice: None,
     };
@@ -149,6 +153,9 @@ impl Conn {
         // future fires for both; shutdown is checked first.
         let stop = kick.cancelled();
         tokio::pin!(stop);
+        let replaced_token = self.replaced.clone();
+        let replaced = replaced_token.cancelled();
+        tokio::pin!(replaced);
         let mut last_seen = Instant::now();
 
         let reason = loop {
@@ -167,6 +174,14 @@ impl Conn {
                         self.leave_room(LeaveReason::Disconnected);
                         self.fatal(ErrorCode::SlowConsumer, "your send queue was full").await;
                     }
+                    break LeaveReason::Disconnected;
+                }
+                // The client came back on a new connection with this one's resume token: the
+                // registry has moved its seat already, so this one just closes.
+                () = &mut replaced => {
+                    self.phase = Phase::AwaitHello;
+                    self.end_because("resumed_on_another_connection");
+                    self.close(CloseCode::NORMAL, "resumed on another connection").await;
                     break LeaveReason::Disconnected;
                 }
                 _ = &mut handshake_deadline, if !joined => {
@@ -440,7 +455,14 @@ impl Conn {
                 self.reject(ErrorCode::HelloRequired, "the first message must be hello")
                     .await
             }
-            (ClientMessage::Join { room, token }, Phase::AwaitJoin) => self.join(room, token).await,
+            (
+                ClientMessage::Join {
+                    room,
+                    token,
+                    resume,
+                },
+                Phase::AwaitJoin,
+            ) => self.join(room, token, resume).await,
             (ClientMessage::Hello { .. } | ClientMessage::Join { .. }, _) => {
                 self.reject(ErrorCode::AlreadyJoined, "hello and join are sent once")
                     .await
@@ -479,7 +501,7 @@ impl Conn {
         }
     }
 
-    async fn join(&mut self, room: RoomId, tok: Option<String>) -> Flow {
+    async fn join(&mut self, room: RoomId, tok: Option<String>, resume: Option<ResumeToken>) -> Flow {
         let st = Arc::clone(&self.state);
         let cfg = &st.cfg;
         let now = unix_now();
@@ -510,13 +532,19 @@ impl Conn {
                 }
             }
         }
+        let own_resume = ResumeToken::random(&mut rand_core::OsRng);
         let member = Member {
             id: self.id,
             label: label.clone(),
             tx: self.tx.clone(),
             kick: self.kick.clone(),
+            resume: own_resume.clone(),
+            replaced: self.replaced.clone(),
         };
-        let peers = match st.rooms.join(&room, member, cfg.room_capacity, &st.metrics) {
+        let peers = match st
+            .rooms
+            .join(&room, member, cfg.room_capacity, resume.as_ref(), &st.metrics)
+        {
             Ok(p) => p,
             Err(_) => return self.reject(ErrorCode::RoomFull, "the room is full").await,
         };
@@ -533,6 +561,7 @@ impl Conn {
             capacity: cfg.room_capacity,
             peers,
             ice_servers: ice_servers(&st, self.id, label.as_deref(), now),
+            resume: Some(own_resume),
         };
         let sent = self.send(&joined).await;
         flow(sent)

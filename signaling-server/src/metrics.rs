@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub(crate) relayed_message_bytes: Counter,
     /// Rejections, by reason (error code or connection-level reason).
     pub(crate) rejects: Family<Reason, Counter>,
+    /// Joins that took over an earlier connection's seat with its resume token.
+    pub(crate) resumes: Counter,
     /// Live TURN allocations, by client transport.
     pub(crate) turn_allocations: Family<TransportLabel, Gauge>,
     /// TURN allocations created since start, by client transport.
@@ -106,6 +108,11 @@ impl Metrics {
             "relayed_message_bytes",
             "Bytes of relayed messages as sent to receivers",
             m.relayed_message_bytes.clone(),
+        );
+        r.register(
+            "resumes",
+            "Joins that took back an earlier connection's seat with its resume token",
+            m.resumes.clone(),
         );
         r.register(
             "rejects",

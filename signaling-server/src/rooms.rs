@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use aparte_signaling_protocol::{LeaveReason, PeerId, PeerInfo, RoomId, ServerMessage};
+use aparte_signaling_protocol::{
+    LeaveReason, PeerId, PeerInfo, ResumeToken, RoomId, ServerMessage,
+};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,10 @@ pub(crate) struct Member {
     pub(crate) tx: mpsc::Sender<Utf8Bytes>,
     /// Cancelled when the member must be disconnected as a slow consumer.
     pub(crate) kick: CancellationToken,
+    /// The token a later join presents to take this member's seat.
+    pub(crate) resume: ResumeToken,
+    /// Cancelled when a join took this member's seat with its resume token.
+    pub(crate) replaced: CancellationToken,
 }
 
 impl Member {
@@ -76,23 +82,49 @@ fn deliver(member: &Member, text: &Utf8Bytes, metrics: &Metrics) -> bool {
 
 impl Rooms {
     /// Adds `member` to `room` if there is space, tells the members already there, and
-    /// returns them.
+    /// returns them. With `resume` matching a member of the room, that member leaves first
+    /// (the others see it leave, its connection is told to close): the client that lost its
+    /// connection takes its seat back without waiting for the old one to time out.
     pub(crate) fn join(
         &self,
         room: &RoomId,
         member: Member,
         capacity: usize,
+        resume: Option<&ResumeToken>,
         metrics: &Metrics,
     ) -> Result<Vec<PeerInfo>, RoomFull> {
         let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
         let members = rooms.entry(room.clone()).or_default();
+        // Compared with every member, in constant time, whether or not one matches.
+        let resumed = resume.and_then(|token| {
+            members
+                .iter()
+                .fold(None, |found, m| if m.resume == *token { Some(m.id) } else { found })
+        });
+        if let Some(old) = resumed {
+            if let Some(at) = members.iter().position(|m| m.id == old) {
+                let old_member = members.remove(at);
+                old_member.replaced.cancel();
+                metrics.resumes.inc();
+                let left = Utf8Bytes::from(
+                    ServerMessage::PeerLeft {
+                        peer_id: old,
+                        reason: LeaveReason::Disconnected,
+                    }
+                    .to_json(),
+                );
+                for m in members.iter() {
+                    deliver(m, &left, metrics);
+                }
+            }
+        }
         if members.len() >= capacity {
             if members.is_empty() {
                 rooms.remove(room);
             }
             return Err(RoomFull);
         }
-        if members.is_empty() {
+        if members.is_empty() && resumed.is_none() {
             metrics.rooms.inc();
         }
         let text = Utf8Bytes::from(
@@ -190,6 +222,8 @@ mod tests {
                 label: None,
                 tx,
                 kick: CancellationToken::new(),
+                resume: ResumeToken::random(&mut rand_core::OsRng),
+                replaced: CancellationToken::new(),
             },
             rx,
         )
@@ -214,10 +248,10 @@ mod tests {
         let (a, mut ra) = member(1, 8);
         let (b, mut rb) = member(2, 8);
         let (c, _rc) = member(3, 8);
-        assert_eq!(rooms.join(&room(), a, 2, &m).unwrap(), vec![]);
-        assert_eq!(rooms.join(&room(), b, 2, &m).unwrap().len(), 1);
+        assert_eq!(rooms.join(&room(), a, 2, None, &m).unwrap(), vec![]);
+        assert_eq!(rooms.join(&room(), b, 2, None, &m).unwrap().len(), 1);
         assert!(ra.try_recv().unwrap().as_str().contains("peer_joined"));
-        assert_eq!(rooms.join(&room(), c, 2, &m), Err(RoomFull));
+        assert_eq!(rooms.join(&room(), c, 2, None, &m), Err(RoomFull));
         let text = Utf8Bytes::from("x");
         assert_eq!(rooms.relay(&room(), 1, None, &text, &m), Ok(1));
         assert_eq!(rb.try_recv().unwrap().as_str(), "x");
@@ -240,12 +274,47 @@ mod tests {
         let (a, _ra) = member(1, 8);
         let (b, _rb) = member(2, 1);
         let kick = b.kick.clone();
-        rooms.join(&room(), a, 2, &m).unwrap();
-        rooms.join(&room(), b, 2, &m).unwrap();
+        rooms.join(&room(), a, 2, None, &m).unwrap();
+        rooms.join(&room(), b, 2, None, &m).unwrap();
         let text = Utf8Bytes::from("x");
         assert_eq!(rooms.relay(&room(), 1, None, &text, &m), Ok(1));
         assert!(!kick.is_cancelled());
         assert_eq!(rooms.relay(&room(), 1, None, &text, &m), Ok(0));
         assert!(kick.is_cancelled());
+    }
+
+    #[test]
+    fn a_resume_token_takes_the_seat_of_its_member_only() {
+        let m = Metrics::new();
+        let rooms = Rooms::default();
+        let (a, _ra) = member(1, 8);
+        let (b, mut rb) = member(2, 8);
+        let (a_again, _ra2) = member(3, 8);
+        let (stranger, _rs) = member(4, 8);
+        let (a_token, a_replaced) = (a.resume.clone(), a.replaced.clone());
+        rooms.join(&room(), a, 2, None, &m).unwrap();
+        rooms.join(&room(), b, 2, None, &m).unwrap();
+        // A token that matches nobody is no way in.
+        let wrong = ResumeToken::random(&mut rand_core::OsRng);
+        assert_eq!(
+            rooms.join(&room(), stranger, 2, Some(&wrong), &m),
+            Err(RoomFull)
+        );
+        // A's token in another room takes nothing.
+        let other = RoomId::parse("zyxwvutsrqponmlkjihgfe").unwrap();
+        let (c, _rc) = member(5, 8);
+        assert_eq!(rooms.join(&other, c, 2, Some(&a_token), &m).unwrap(), vec![]);
+        assert!(!a_replaced.is_cancelled());
+        // In its room it takes A's seat: B sees A leave and the new member join.
+        let peers = rooms.join(&room(), a_again, 2, Some(&a_token), &m).unwrap();
+        assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![2]);
+        assert!(a_replaced.is_cancelled());
+        assert!(rb.try_recv().unwrap().as_str().contains(r#""peer_left","peer_id":1"#));
+        assert!(rb.try_recv().unwrap().as_str().contains(r#""peer_joined","peer_id":3"#));
+        assert_eq!(m.resumes.get(), 1);
+        assert_eq!(m.rooms.get(), 2);
+        // The old connection's own leave, when it closes, changes nothing.
+        rooms.leave(&room(), 1, LeaveReason::Disconnected, &m);
+        assert!(rb.try_recv().is_err());
     }
 }

@@ -18,6 +18,79 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// hello + join with `resume`; returns the answer.
+async fn join_resuming(c: &mut Client, r: &aparte_signaling_protocol::RoomId, resume: Option<aparte_signaling_protocol::ResumeToken>) -> ServerMessage {
+    c.hello().await;
+    c.send(&ClientMessage::Join {
+        room: r.clone(),
+        token: None,
+        resume,
+    })
+    .await;
+    c.recv().await
+}
+
+/// A client whose connection died comes back on a new one with its resume token: it takes its
+/// old seat at once (no `room_full` while the server still holds the dead connection), the
+/// other member sees the old id leave and the new one join, and the old connection is closed.
+/// A token from another room, or a stale one, takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_takes_back_the_seat_of_a_lost_connection_at_once() {
+    // A long idle timeout: the old connection would hold its seat for a minute.
+    let srv = Server::start(&["--ping-interval", "20s", "--idle-timeout", "60s"]);
+    let r = room();
+    let mut a = srv.connect().await;
+    let (a_id, a_token) = match join_resuming(&mut a, &r, None).await {
+        ServerMessage::Joined { peer_id, resume, .. } => (peer_id, resume.expect("a token")),
+        other => panic!("{other:?}"),
+    };
+    let (mut b, b_id) = srv.join(&r).await;
+    assert!(matches!(a.recv().await, ServerMessage::PeerJoined { peer_id, .. } if peer_id == b_id));
+
+    // Without the token the room is full while A's old connection lives.
+    let mut stranger = srv.connect().await;
+    match join_resuming(&mut stranger, &r, None).await {
+        ServerMessage::Error { code, .. } => assert_eq!(code.as_str(), "room_full"),
+        other => panic!("{other:?}"),
+    }
+    // A's token in another room takes nothing there (and the room there is new).
+    let other_room = room();
+    let mut elsewhere = srv.connect().await;
+    match join_resuming(&mut elsewhere, &other_room, Some(a_token.clone())).await {
+        ServerMessage::Joined { peers, .. } => assert!(peers.is_empty()),
+        other => panic!("{other:?}"),
+    }
+
+    // A comes back on a new connection with its token: in at once, B is its peer.
+    let started = Instant::now();
+    let mut a2 = srv.connect().await;
+    let (a2_id, a2_token) = match join_resuming(&mut a2, &r, Some(a_token.clone())).await {
+        ServerMessage::Joined { peer_id, peers, resume, .. } => {
+            assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![b_id]);
+            (peer_id, resume.expect("a new token"))
+        }
+        other => panic!("{other:?}"),
+    };
+    println!("seat taken back in {:?}", started.elapsed());
+    assert_ne!(a2_id, a_id);
+    assert_ne!(a2_token, a_token, "a fresh token for the new connection");
+    match b.recv().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!((peer_id, reason), (a_id, LeaveReason::Disconnected));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(b.recv().await, ServerMessage::PeerJoined { peer_id, .. } if peer_id == a2_id));
+    a.expect_close(1000).await;
+    // The old token is spent: it matches nobody now.
+    let mut late = srv.connect().await;
+    match join_resuming(&mut late, &r, Some(a_token)).await {
+        ServerMessage::Error { code, .. } => assert_eq!(code.as_str(), "room_full"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(srv.metric("aparte_signaling_resumes_total"), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_relay_leave() {
     let srv = Server::start(&[]);
@@ -29,6 +102,7 @@ async fn join_relay_leave() {
     b.send(&ClientMessage::Join {
         room: r.clone(),
         token: None,
+        resume: None,
     })
     .await;
     let b_id = match b.recv().await {
@@ -38,7 +112,9 @@ async fn join_relay_leave() {
             capacity,
             room: joined_room,
             ice_servers,
+            resume,
         } => {
+            assert!(resume.is_some(), "every member gets a resume token");
             assert_eq!(joined_room, r);
             assert_eq!(capacity, 2);
             assert_eq!(peers.len(), 1);
@@ -96,6 +172,7 @@ async fn room_full_and_empty_rooms_vanish() {
     c.send(&ClientMessage::Join {
         room: r.clone(),
         token: None,
+        resume: None,
     })
     .await;
     c.expect_error("room_full").await;
@@ -143,6 +220,7 @@ async fn larger_rooms_when_configured() {
     d.send(&ClientMessage::Join {
         room: r.clone(),
         token: None,
+        resume: None,
     })
     .await;
     d.expect_error("room_full").await;
@@ -213,6 +291,7 @@ async fn join_with(
     c.send(&ClientMessage::Join {
         room: r.clone(),
         token: t,
+        resume: None,
     })
     .await;
     c
@@ -698,6 +777,7 @@ async fn config_precedence_flags_env_file() {
         c.send(&ClientMessage::Join {
             room: room(),
             token: None,
+            resume: None,
         })
         .await;
         match c.recv().await {

@@ -211,6 +211,7 @@ async fn server_flags_work_before_and_after_serve() {
         c.send(&ClientMessage::Join {
             room: room(),
             token: None,
+            resume: None,
         })
         .await;
         match c.recv().await {
@@ -426,6 +427,7 @@ async fn turn_creds(addr: SocketAddr) -> (String, String) {
     c.send(&ClientMessage::Join {
         room: room(),
         token: None,
+        resume: None,
     })
     .await;
     match c.recv().await {
@@ -681,6 +683,7 @@ async fn scan_run(uncapped: bool) -> Scan {
     c.send(&ClientMessage::Join {
         room: r.clone(),
         token: Some(format!("{tok}x")),
+        resume: None,
     })
     .await;
     c.expect_error("token_invalid").await;

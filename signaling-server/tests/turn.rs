@@ -54,6 +54,7 @@ async fn turn_entry(srv: &Server) -> IceServer {
     c.send(&aparte_signaling_protocol::ClientMessage::Join {
         room: room(),
         token: None,
+        resume: None,
     })
     .await;
     match c.recv().await {

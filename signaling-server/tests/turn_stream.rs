@@ -246,6 +246,7 @@ async fn turn_urls(srv: &Server) -> Vec<String> {
     c.send(&ClientMessage::Join {
         room: room(),
         token: None,
+        resume: None,
     })
     .await;
     match c.recv().await {
@@ -724,6 +725,7 @@ async fn turn_over_tls_on_its_own_port_and_shared_with_https() {
             ClientMessage::Join {
                 room: room(),
                 token: None,
+                resume: None,
             },
         ] {
             ws.send(Message::text(msg.to_json())).await.unwrap();

@@ -56,7 +56,7 @@ async fn start_forger() -> (String, mpsc::UnboundedSender<()>) {
                     ClientMessage::Join { room, .. } => {
                         let peers = if from == 1 { vec![PeerInfo { peer_id: 1, label: None }] } else { vec![] };
                         send(&out, from, ServerMessage::Joined {
-                            room, peer_id: from as u64 + 1, capacity: 2, peers, ice_servers: vec![],
+                            room, peer_id: from as u64 + 1, capacity: 2, peers, ice_servers: vec![], resume: None,
                         }.to_json());
                         if from == 1 {
                             send(&out, 0, ServerMessage::PeerJoined { peer_id: 2, label: None }.to_json());

@@ -148,7 +148,7 @@ async fn start_mitm(identity: Option<IdentityKey>) -> String {
                         mallory.room = Some(room.clone());
                         let peers = if from == 1 { vec![PeerInfo { peer_id: 1, label: None }] } else { vec![] };
                         mallory.send(from, &ServerMessage::Joined {
-                            room, peer_id: from as u64 + 1, capacity: 2, peers, ice_servers: vec![],
+                            room, peer_id: from as u64 + 1, capacity: 2, peers, ice_servers: vec![], resume: None,
                         });
                         if from == 1 {
                             mallory.send(0, &ServerMessage::PeerJoined { peer_id: 2, label: None });

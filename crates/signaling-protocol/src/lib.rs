@@ -9,6 +9,8 @@
 //! - [`message`]: the JSON messages in both directions, with strict parsing
 //!   ([`ClientMessage::parse`], [`ServerMessage::parse`]) that rejects unknown types and fields;
 //! - [`codes`]: the error codes carried by `error` messages and the WebSocket close codes;
+//! - [`resume`]: resume tokens, with which a client whose connection died mid-call takes its
+//!   seat in the room back at once;
 //! - [`room`]: room ids (≥ 128 random bits, made by the client) and peer ids;
 //! - [`token`]: HMAC-SHA256-signed join grants (JWT HS256 compact form) naming a room or any room,
 //!   an expiry and an optional user label;
@@ -20,12 +22,14 @@
 
 pub mod codes;
 pub mod message;
+pub mod resume;
 pub mod room;
 pub mod token;
 pub mod turn_rest;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use message::{ClientMessage, IceServer, LeaveReason, ParseError, PeerInfo, ServerMessage};
+pub use resume::ResumeToken;
 pub use room::{PeerId, RoomId, RoomIdError};
 
 /// The protocol version this crate speaks. A `hello` naming another version is refused with

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
+use crate::resume::ResumeToken;
 use crate::room::{PeerId, RoomId};
 
 /// A message from a client to the server.
@@ -30,6 +31,10 @@ pub enum ClientMessage {
         /// A join grant, required when the server has a token secret.
         #[serde(skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// The resume token of an earlier connection in this room: this join takes that
+        /// member's seat (see [`crate::resume`]). A token that matches nobody is ignored.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeToken>,
     },
     /// Relay an opaque payload to one peer (`to`) or to every other member of the room.
     Relay {
@@ -107,6 +112,9 @@ pub enum ServerMessage {
         peers: Vec<PeerInfo>,
         /// STUN/TURN servers to use, with TURN credentials minted for this join.
         ice_servers: Vec<IceServer>,
+        /// This member's resume token, for a later `join` after the connection is lost.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeToken>,
     },
     /// Another member joined the room.
     PeerJoined {
@@ -193,6 +201,7 @@ struct ClientWire<'a> {
     version: Option<u32>,
     room: Option<RoomId>,
     token: Option<String>,
+    resume: Option<ResumeToken>,
     to: Option<PeerId>,
     #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
@@ -215,6 +224,7 @@ impl ClientMessage {
                     version: Some(version),
                     room: None,
                     token: None,
+                    resume: None,
                     to: None,
                     payload: None,
                     ..
@@ -226,17 +236,25 @@ impl ClientMessage {
                     version: None,
                     room: Some(room),
                     token,
+                    resume,
                     to: None,
                     payload: None,
                     ..
-                } => Ok(ClientMessage::Join { room, token }),
-                _ => Err(invalid("join takes room and an optional token")),
+                } => Ok(ClientMessage::Join {
+                    room,
+                    token,
+                    resume,
+                }),
+                _ => Err(invalid(
+                    "join takes room, an optional token and an optional resume token",
+                )),
             },
             "relay" => match w {
                 ClientWire {
                     version: None,
                     room: None,
                     token: None,
+                    resume: None,
                     to,
                     payload: Some(payload),
                     ..
@@ -248,6 +266,7 @@ impl ClientMessage {
                     version: None,
                     room: None,
                     token: None,
+                    resume: None,
                     to: None,
                     payload: None,
                     ..
@@ -318,6 +337,7 @@ struct ServerWire {
     capacity: Option<usize>,
     peers: Option<Vec<PeerInfo>>,
     ice_servers: Option<Vec<IceServer>>,
+    resume: Option<ResumeToken>,
     label: Option<String>,
     reason: Option<serde_json::Value>,
     from: Option<PeerId>,
@@ -355,6 +375,7 @@ impl ServerMessage {
                 capacity: w.capacity.ok_or_else(invalid)?,
                 peers: w.peers.clone().ok_or_else(invalid)?,
                 ice_servers: w.ice_servers.clone().ok_or_else(invalid)?,
+                resume: w.resume.clone(),
             },
             "peer_joined" => ServerMessage::PeerJoined {
                 peer_id: w.peer_id.ok_or_else(invalid)?,
@@ -455,6 +476,12 @@ mod tests {
             ClientMessage::Join {
                 room: RoomId::parse(ROOM).unwrap(),
                 token: Some("t".into()),
+                resume: None,
+            },
+            ClientMessage::Join {
+                room: RoomId::parse(ROOM).unwrap(),
+                token: None,
+                resume: Some(ResumeToken::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap()),
             },
             ClientMessage::Relay {
                 to: None,
@@ -513,6 +540,15 @@ mod tests {
             ErrorCode::InvalidMessage
         );
         assert_eq!(code(r#"{"type":"ping","to":1}"#), ErrorCode::InvalidMessage);
+        // A resume token has one form, and only `join` carries one.
+        let join = |resume: &str| format!(r#"{{"type":"join","room":"{ROOM}","resume":{resume}}}"#);
+        assert_eq!(code(&join(r#""short""#)), ErrorCode::InvalidMessage);
+        assert_eq!(code(&join("1")), ErrorCode::InvalidMessage);
+        assert!(ClientMessage::parse(&join(r#""AAAAAAAAAAAAAAAAAAAAAA""#)).is_ok());
+        assert_eq!(
+            code(r#"{"type":"ping","resume":"AAAAAAAAAAAAAAAAAAAAAA"}"#),
+            ErrorCode::InvalidMessage
+        );
     }
 
     #[test]
@@ -537,6 +573,7 @@ mod tests {
                     username: Some("1:x".into()),
                     credential: Some("pw".into()),
                 }],
+                resume: Some(ResumeToken::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap()),
             },
             ServerMessage::PeerJoined {
                 peer_id: 4,

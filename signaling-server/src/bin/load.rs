@@ -588,6 +588,7 @@ async fn connect_join(url: &str, room: &RoomId) -> Result<(Ws, usize), AnyError>
         ClientMessage::Join {
             room: room.clone(),
             token: None,
+            resume: None,
         }
         .to_json(),
     ))

@@ -310,6 +310,7 @@ impl Client {
         self.send(&ClientMessage::Join {
             room: room.clone(),
             token,
+            resume: None,
         })
         .await;
         match self.recv().await {
