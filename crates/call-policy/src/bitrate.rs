@@ -1,0 +1,316 @@
+//! The Opus bitrate step, following the link: down when the peer reports loss or the round
+//! trip grows (the link is full), back up after a long clean spell.
+//!
+//! Every packet within a step has the same size (the encoder stays CBR): a variable bitrate
+//! would let packet sizes tell what is said. Only the step changes, at most every
+//! [`BitrateConfig::hold_ms`], so an observer learns the link's state, not the speech.
+//!
+//! Rules, on each receiver report from the peer (about one a second):
+//! - loss ≥ [`BitrateConfig::loss_down_percent`], or RTT ≥ [`BitrateConfig::rtt_down_ms`] in
+//!   two reports in a row (one slow report may describe a queue already drained): one step
+//!   down; loss ≥ [`BitrateConfig::loss_severe_percent`]: two steps;
+//! - loss < [`BitrateConfig::loss_clean_percent`] and RTT below [`BitrateConfig::rtt_down_ms`]
+//!   for [`BitrateConfig::up_after_ms`]: one step up; a step up that brings loss back doubles
+//!   the clean spell the next one needs (up to [`BitrateConfig::up_after_max_ms`]), so a link
+//!   that only fits the lower step is not probed every few seconds;
+//! - never two changes within [`BitrateConfig::hold_ms`] (the reports must first show what the
+//!   last change did).
+
+/// The steps, highest first, in bit/s.
+pub const STEPS: [u32; 5] = [32_000, 24_000, 16_000, 12_000, 8_000];
+
+/// Thresholds of the rules (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BitrateConfig {
+    /// Loss in one report that moves one step down, percent.
+    pub loss_down_percent: f64,
+    /// Loss in one report that moves two steps down, percent.
+    pub loss_severe_percent: f64,
+    /// Loss below this counts as clean, percent.
+    pub loss_clean_percent: f64,
+    /// A round trip at least this long means queues are filling: one step down.
+    pub rtt_down_ms: f64,
+    /// Least time between two changes.
+    pub hold_ms: u64,
+    /// Clean time before a step up.
+    pub up_after_ms: u64,
+    /// The longest clean time a step up may need after failed ones.
+    pub up_after_max_ms: u64,
+}
+
+impl Default for BitrateConfig {
+    fn default() -> Self {
+        BitrateConfig {
+            loss_down_percent: 5.0,
+            loss_severe_percent: 20.0,
+            loss_clean_percent: 1.0,
+            rtt_down_ms: 600.0,
+            hold_ms: 3_000,
+            up_after_ms: 10_000,
+            up_after_max_ms: 80_000,
+        }
+    }
+}
+
+/// One receiver report from the peer about our stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkReport {
+    /// Share of our packets lost over the report's interval, percent.
+    pub loss_percent: f64,
+    /// Round-trip time, when known, ms.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The bitrate ladder of one sending stream.
+#[derive(Debug, Clone)]
+pub struct BitrateLadder {
+    config: BitrateConfig,
+    /// Index into [`STEPS`] of the highest step allowed (the call's configured bitrate).
+    top: usize,
+    current: usize,
+    last_change_ms: Option<u64>,
+    clean_since_ms: Option<u64>,
+    up_after_ms: u64,
+    /// The last change was a step up, not yet confirmed by a clean report.
+    probing_up: bool,
+    /// Reports in a row with a long round trip.
+    rtt_high_run: u32,
+    changes: u32,
+    lowest: usize,
+}
+
+impl BitrateLadder {
+    /// A ladder whose top (and start) is the step nearest to `start_bps` from below.
+    pub fn new(config: BitrateConfig, start_bps: u32) -> Self {
+        let top = STEPS
+            .iter()
+            .position(|&s| s <= start_bps)
+            .unwrap_or(STEPS.len() - 1);
+        BitrateLadder {
+            config,
+            top,
+            current: top,
+            last_change_ms: None,
+            clean_since_ms: None,
+            up_after_ms: config.up_after_ms,
+            probing_up: false,
+            rtt_high_run: 0,
+            changes: 0,
+            lowest: top,
+        }
+    }
+
+    /// The bitrate to send now, bit/s.
+    pub fn bitrate(&self) -> u32 {
+        STEPS[self.current]
+    }
+
+    /// The lowest bitrate used so far, bit/s.
+    pub fn lowest(&self) -> u32 {
+        STEPS[self.lowest]
+    }
+
+    /// Changes made so far.
+    pub fn changes(&self) -> u32 {
+        self.changes
+    }
+
+    /// Takes one report; returns the new bitrate when it changed. NaN or negative figures are
+    /// read as clean, figures over 100 % as 100 %.
+    pub fn on_report(&mut self, report: LinkReport, now_ms: u64) -> Option<u32> {
+        let loss = if report.loss_percent.is_nan() {
+            0.0
+        } else {
+            report.loss_percent.clamp(0.0, 100.0)
+        };
+        self.rtt_high_run = if report
+            .rtt_ms
+            .is_some_and(|rtt| rtt >= self.config.rtt_down_ms)
+        {
+            self.rtt_high_run.saturating_add(1)
+        } else {
+            0
+        };
+        let rtt_high = self.rtt_high_run >= 2;
+        let held = self
+            .last_change_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < self.config.hold_ms);
+        if loss >= self.config.loss_down_percent || rtt_high {
+            self.clean_since_ms = None;
+            if held {
+                return None;
+            }
+            if self.probing_up {
+                // The step up did not fit: wait longer before the next try.
+                self.up_after_ms = (self.up_after_ms * 2).min(self.config.up_after_max_ms);
+                self.probing_up = false;
+            }
+            let steps = if loss >= self.config.loss_severe_percent {
+                2
+            } else {
+                1
+            };
+            let next = (self.current + steps).min(STEPS.len() - 1);
+            return self.change_to(next, now_ms);
+        }
+        if loss >= self.config.loss_clean_percent {
+            // Some loss, not enough to step down: not clean either.
+            self.clean_since_ms = None;
+            return None;
+        }
+        if !held {
+            // A clean report after the hold: the last step up fits.
+            self.probing_up = false;
+        }
+        let since = *self.clean_since_ms.get_or_insert(now_ms);
+        if self.current > self.top && !held && now_ms.saturating_sub(since) >= self.up_after_ms {
+            self.probing_up = true;
+            self.clean_since_ms = None;
+            return self.change_to(self.current - 1, now_ms);
+        }
+        None
+    }
+
+    fn change_to(&mut self, step: usize, now_ms: u64) -> Option<u32> {
+        if step == self.current {
+            return None;
+        }
+        self.current = step;
+        self.lowest = self.lowest.max(step);
+        self.last_change_ms = Some(now_ms);
+        self.changes += 1;
+        Some(STEPS[step])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean() -> LinkReport {
+        LinkReport {
+            loss_percent: 0.0,
+            rtt_ms: Some(40.0),
+        }
+    }
+
+    fn lossy(percent: f64) -> LinkReport {
+        LinkReport {
+            loss_percent: percent,
+            rtt_ms: Some(40.0),
+        }
+    }
+
+    #[test]
+    fn starts_at_the_configured_step_and_stays_on_a_clean_link() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        assert_eq!(l.bitrate(), 24_000);
+        for t in 0..120 {
+            assert_eq!(l.on_report(clean(), t * 1000), None);
+        }
+        assert_eq!(l.changes(), 0);
+        // A start between steps rounds down.
+        assert_eq!(
+            BitrateLadder::new(BitrateConfig::default(), 20_000).bitrate(),
+            16_000
+        );
+        assert_eq!(
+            BitrateLadder::new(BitrateConfig::default(), 1_000).bitrate(),
+            8_000
+        );
+    }
+
+    #[test]
+    fn loss_steps_down_at_most_once_per_hold_and_severe_loss_two_steps() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        assert_eq!(l.on_report(lossy(8.0), 1_000), Some(16_000));
+        assert_eq!(l.on_report(lossy(8.0), 2_000), None, "held");
+        assert_eq!(l.on_report(lossy(8.0), 3_000), None, "held");
+        assert_eq!(l.on_report(lossy(30.0), 4_000), Some(8_000), "two steps");
+        assert_eq!(l.on_report(lossy(50.0), 8_000), None, "no lower step");
+        assert_eq!(l.lowest(), 8_000);
+    }
+
+    #[test]
+    fn a_long_round_trip_steps_down_too() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        let slow = LinkReport {
+            loss_percent: 0.0,
+            rtt_ms: Some(800.0),
+        };
+        assert_eq!(
+            l.on_report(slow, 1_000),
+            None,
+            "one slow report is not enough"
+        );
+        assert_eq!(l.on_report(clean(), 2_000), None);
+        assert_eq!(l.on_report(slow, 3_000), None);
+        assert_eq!(l.on_report(slow, 4_000), Some(16_000));
+    }
+
+    #[test]
+    fn steps_back_up_after_a_clean_spell_and_backs_off_when_that_fails() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        assert_eq!(l.on_report(lossy(10.0), 0), Some(16_000));
+        // Clean from 1 s: up after 10 s clean (and past the hold).
+        let mut ups = Vec::new();
+        for t in 1..=11 {
+            if let Some(b) = l.on_report(clean(), t * 1000) {
+                ups.push((t, b));
+            }
+        }
+        assert_eq!(ups, vec![(11, 24_000)]);
+        // 24k does not fit: loss again after the hold, down, and the next try waits 20 s.
+        assert_eq!(l.on_report(lossy(10.0), 12_000), None, "held");
+        assert_eq!(l.on_report(lossy(10.0), 14_000), Some(16_000));
+        let mut next_up = None;
+        for t in 15..=60 {
+            if let Some(b) = l.on_report(clean(), t * 1000) {
+                next_up.get_or_insert((t, b));
+            }
+        }
+        assert_eq!(
+            next_up,
+            Some((35, 24_000)),
+            "20 s of clean reports from 15 s"
+        );
+    }
+
+    #[test]
+    fn a_little_loss_neither_steps_down_nor_counts_as_clean() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        assert_eq!(l.on_report(lossy(10.0), 0), Some(16_000));
+        for t in 1..=30 {
+            assert_eq!(l.on_report(lossy(2.0), t * 1000), None);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the reports: the bitrate is always a step no higher than the top, changes
+        /// are at least `hold_ms` apart, and garbage figures never panic.
+        #[test]
+        fn changes_are_steps_held_apart(
+            start in 0u32..100_000,
+            reports in proptest::collection::vec(
+                (proptest::num::f64::ANY, proptest::option::of(proptest::num::f64::ANY), 0u64..5000),
+                0..300,
+            ),
+        ) {
+            let config = BitrateConfig::default();
+            let mut l = BitrateLadder::new(config, start);
+            let top = l.bitrate();
+            let mut now = 0u64;
+            let mut last_change: Option<u64> = None;
+            for (loss, rtt, dt) in reports {
+                now += dt;
+                if let Some(b) = l.on_report(LinkReport { loss_percent: loss, rtt_ms: rtt }, now) {
+                    proptest::prop_assert!(STEPS.contains(&b) && b <= top);
+                    if let Some(at) = last_change {
+                        proptest::prop_assert!(now - at >= config.hold_ms);
+                    }
+                    last_change = Some(now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The decisions a call makes about its network path, as sans-IO state machines: events and
+//! the current time go in, actions come out. No sockets, no clock, no async runtime, so every
+//! rule is unit-tested here with a simulated clock (as quinn-proto and str0m do), and the
+//! client's async `call.rs` only carries the actions out.
+//!
+//! - [`recovery`]: after set-up, noticing that the path broke (media silent, ICE down, our
+//!   signaling connection dead, the peer back on a new connection), checking the signaling
+//!   connection at once, restarting ICE as soon as signaling works, retrying, and giving up;
+//! - [`bitrate`]: the Opus bitrate step (32 → 24 → 16 → 12 → 8 kbit/s and back), following the
+//!   loss and round trip the peer reports, constant within a step.
+//!
+//! Time is milliseconds on any monotonic clock the caller chooses (the call uses milliseconds
+//! since it started).
+#![forbid(unsafe_code)]
+
+pub mod bitrate;
+pub mod recovery;
+
+pub use bitrate::{BitrateConfig, BitrateLadder, LinkReport};
+pub use recovery::{Action, Recovery, RecoveryConfig};
