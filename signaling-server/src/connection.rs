@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aparte_signaling_protocol::{
-    token, turn_rest, ClientMessage, CloseCode, ErrorCode, IceServer, LeaveReason, PeerId, ResumeToken,
-    RoomId,
-    ServerMessage, PROTOCOL_VERSION,
+    token, turn_rest, ClientMessage, CloseCode, ErrorCode, IceServer, LeaveReason, PeerId,
+    ResumeToken, RoomId, ServerMessage, PROTOCOL_VERSION,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::sync::mpsc;
@@ -501,7 +500,12 @@ impl Conn {
         }
     }
 
-    async fn join(&mut self, room: RoomId, tok: Option<String>, resume: Option<ResumeToken>) -> Flow {
+    async fn join(
+        &mut self,
+        room: RoomId,
+        tok: Option<String>,
+        resume: Option<ResumeToken>,
+    ) -> Flow {
         let st = Arc::clone(&self.state);
         let cfg = &st.cfg;
         let now = unix_now();
@@ -541,10 +545,13 @@ impl Conn {
             resume: own_resume.clone(),
             replaced: self.replaced.clone(),
         };
-        let peers = match st
-            .rooms
-            .join(&room, member, cfg.room_capacity, resume.as_ref(), &st.metrics)
-        {
+        let peers = match st.rooms.join(
+            &room,
+            member,
+            cfg.room_capacity,
+            resume.as_ref(),
+            &st.metrics,
+        ) {
             Ok(p) => p,
             Err(_) => return self.reject(ErrorCode::RoomFull, "the room is full").await,
         };

@@ -97,9 +97,13 @@ impl Rooms {
         let members = rooms.entry(room.clone()).or_default();
         // Compared with every member, in constant time, whether or not one matches.
         let resumed = resume.and_then(|token| {
-            members
-                .iter()
-                .fold(None, |found, m| if m.resume == *token { Some(m.id) } else { found })
+            members.iter().fold(None, |found, m| {
+                if m.resume == *token {
+                    Some(m.id)
+                } else {
+                    found
+                }
+            })
         });
         if let Some(old) = resumed {
             if let Some(at) = members.iter().position(|m| m.id == old) {
@@ -303,14 +307,25 @@ mod tests {
         // A's token in another room takes nothing.
         let other = RoomId::parse("zyxwvutsrqponmlkjihgfe").unwrap();
         let (c, _rc) = member(5, 8);
-        assert_eq!(rooms.join(&other, c, 2, Some(&a_token), &m).unwrap(), vec![]);
+        assert_eq!(
+            rooms.join(&other, c, 2, Some(&a_token), &m).unwrap(),
+            vec![]
+        );
         assert!(!a_replaced.is_cancelled());
         // In its room it takes A's seat: B sees A leave and the new member join.
         let peers = rooms.join(&room(), a_again, 2, Some(&a_token), &m).unwrap();
         assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![2]);
         assert!(a_replaced.is_cancelled());
-        assert!(rb.try_recv().unwrap().as_str().contains(r#""peer_left","peer_id":1"#));
-        assert!(rb.try_recv().unwrap().as_str().contains(r#""peer_joined","peer_id":3"#));
+        assert!(rb
+            .try_recv()
+            .unwrap()
+            .as_str()
+            .contains(r#""peer_left","peer_id":1"#));
+        assert!(rb
+            .try_recv()
+            .unwrap()
+            .as_str()
+            .contains(r#""peer_joined","peer_id":3"#));
         assert_eq!(m.resumes.get(), 1);
         assert_eq!(m.rooms.get(), 2);
         // The old connection's own leave, when it closes, changes nothing.

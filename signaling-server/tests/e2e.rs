@@ -19,7 +19,11 @@ fn now() -> u64 {
 }
 
 /// hello + join with `resume`; returns the answer.
-async fn join_resuming(c: &mut Client, r: &aparte_signaling_protocol::RoomId, resume: Option<aparte_signaling_protocol::ResumeToken>) -> ServerMessage {
+async fn join_resuming(
+    c: &mut Client,
+    r: &aparte_signaling_protocol::RoomId,
+    resume: Option<aparte_signaling_protocol::ResumeToken>,
+) -> ServerMessage {
     c.hello().await;
     c.send(&ClientMessage::Join {
         room: r.clone(),
@@ -41,7 +45,9 @@ async fn a_resume_token_takes_back_the_seat_of_a_lost_connection_at_once() {
     let r = room();
     let mut a = srv.connect().await;
     let (a_id, a_token) = match join_resuming(&mut a, &r, None).await {
-        ServerMessage::Joined { peer_id, resume, .. } => (peer_id, resume.expect("a token")),
+        ServerMessage::Joined {
+            peer_id, resume, ..
+        } => (peer_id, resume.expect("a token")),
         other => panic!("{other:?}"),
     };
     let (mut b, b_id) = srv.join(&r).await;
@@ -65,8 +71,16 @@ async fn a_resume_token_takes_back_the_seat_of_a_lost_connection_at_once() {
     let started = Instant::now();
     let mut a2 = srv.connect().await;
     let (a2_id, a2_token) = match join_resuming(&mut a2, &r, Some(a_token.clone())).await {
-        ServerMessage::Joined { peer_id, peers, resume, .. } => {
-            assert_eq!(peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![b_id]);
+        ServerMessage::Joined {
+            peer_id,
+            peers,
+            resume,
+            ..
+        } => {
+            assert_eq!(
+                peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(),
+                vec![b_id]
+            );
             (peer_id, resume.expect("a new token"))
         }
         other => panic!("{other:?}"),
@@ -80,7 +94,9 @@ async fn a_resume_token_takes_back_the_seat_of_a_lost_connection_at_once() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(b.recv().await, ServerMessage::PeerJoined { peer_id, .. } if peer_id == a2_id));
+    assert!(
+        matches!(b.recv().await, ServerMessage::PeerJoined { peer_id, .. } if peer_id == a2_id)
+    );
     a.expect_close(1000).await;
     // The old token is spent: it matches nobody now.
     let mut late = srv.connect().await;
