@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -171,6 +171,9 @@ pub struct AudioStats {
     pub frames_encoded: u64,
     /// Frames dropped because the network queue was full.
     pub frames_dropped_send: u64,
+    /// Input frames that went by while the link was down mid-call (not sent: the person
+    /// kept talking, and that speech is lost, as on any call).
+    pub frames_skipped_link_down: u64,
     /// Frames written to the output (decoded, FEC-rebuilt or concealed).
     pub frames_played: u64,
     /// Packets that failed to decode (concealed instead).
@@ -203,6 +206,9 @@ pub struct AudioPipeline {
     /// the peer's loss reports ([`aparte_media::fec::FecPolicy`]) and the thread applies it
     /// before the next frame.
     pub expected_loss: Arc<AtomicU8>,
+    /// The Opus bitrate, bit/s; the call sets it from its bitrate ladder
+    /// (`aparte_call_policy::bitrate`) and the thread applies it before the next frame.
+    pub bitrate: Arc<AtomicU32>,
     /// Counters (see [`Self::snapshot`] for a copy that includes the device counters).
     pub stats: Arc<Mutex<AudioStats>>,
     /// Counters the device callbacks keep, lock-free.
@@ -266,6 +272,7 @@ impl AudioPipeline {
             ..EncoderConfig::default()
         })?;
         let expected_loss = Arc::new(AtomicU8::new(fec.expected_loss_percent()));
+        let bitrate = Arc::new(AtomicU32::new(encoder.config().bitrate));
         let decoder = Decoder::new()?;
         let jitter = JitterBuffer::new(JitterConfig::default())?;
         let (out_tx, outgoing) = mpsc::channel(50);
@@ -286,12 +293,14 @@ impl AudioPipeline {
             sending: Arc::clone(&sending),
             input_ended: Arc::clone(&input_ended),
             expected_loss: Arc::clone(&expected_loss),
+            bitrate: Arc::clone(&bitrate),
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
             started,
             playing: false,
             live_input,
             taps,
+            sent_any: false,
         };
         let thread = std::thread::Builder::new()
             .name("aparte-audio".into())
@@ -305,6 +314,7 @@ impl AudioPipeline {
             sending,
             input_ended,
             expected_loss,
+            bitrate,
             stats,
             device_counters,
             started,
@@ -366,6 +376,7 @@ struct Worker {
     sending: Arc<AtomicBool>,
     input_ended: Arc<AtomicBool>,
     expected_loss: Arc<AtomicU8>,
+    bitrate: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<AudioStats>>,
     started: Instant,
@@ -375,6 +386,9 @@ struct Worker {
     live_input: bool,
     /// Caption pipelines' inputs.
     taps: AudioTaps,
+    /// A frame was sent: the call is under way, and the input runs on in real time from now
+    /// on, even while the link is down.
+    sent_any: bool,
 }
 
 impl Worker {
@@ -419,11 +433,22 @@ impl Worker {
             return;
         }
         if !self.sending.load(Ordering::SeqCst) {
-            if self.live_input && self.source.next_frame(frame).is_err() {
-                self.input_ended.store(true, Ordering::SeqCst);
+            // Before the call is set up a file waits (its start is not lost while connecting);
+            // once under way it is a person talking, who goes on while the link is down. A
+            // paused file would put everything after an outage out of step with the clock.
+            if self.live_input || self.sent_any {
+                match self.source.next_frame(frame) {
+                    Ok(Produced::Frame) if self.sent_any => {
+                        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                        stats.frames_skipped_link_down += 1;
+                    }
+                    Ok(Produced::Frame) => {}
+                    Ok(Produced::End) | Err(_) => self.input_ended.store(true, Ordering::SeqCst),
+                }
             }
             return;
         }
+        self.sent_any = true;
         match self.source.next_frame(frame) {
             Ok(Produced::Frame) => {}
             Ok(Produced::End) | Err(_) => {
@@ -438,6 +463,11 @@ impl Worker {
         if expected_loss != self.encoder.config().expected_loss_percent {
             // Cannot fail for a value in 0..=100; on a failure the old setting stays.
             let _ = self.encoder.set_expected_loss_percent(expected_loss);
+        }
+        let bitrate = self.bitrate.load(Ordering::Relaxed);
+        if bitrate != self.encoder.config().bitrate {
+            // The ladder's steps are all valid; on a failure the old bitrate stays.
+            let _ = self.encoder.set_bitrate(bitrate);
         }
         let level = aparte_media::metrics::dbfs(frame);
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

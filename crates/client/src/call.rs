@@ -10,12 +10,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use aparte_call_policy::{
+    Action as RecoveryAction, BitrateConfig, BitrateLadder, LinkReport, Recovery, RecoveryConfig,
+};
 use aparte_e2ee::handshake::{CallParams, Role};
 use aparte_e2ee::identity::{IdentityKey, KnownPeers, PeerName};
 use aparte_e2ee::RejectReason;
 use aparte_media::fec::FecPolicy;
 use aparte_session::{CallSecurity, Event, Policy, SecurityStatus, SessionConfig};
-use aparte_signaling_protocol::{PeerId, RoomId};
+use aparte_signaling_protocol::{PeerId, ResumeToken, RoomId};
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use serde::Serialize;
@@ -50,10 +53,10 @@ const DECISION_TIMEOUT: Duration = Duration::from_secs(300);
 const TAIL: Duration = Duration::from_millis(1500);
 /// With captions on, wait at most this much longer for the last caption to be made and sent.
 const CAPTION_TAIL: Duration = Duration::from_secs(10);
-/// An ICE restart that has not reconnected after this long is tried again.
-const ICE_RESTART_RETRY: Duration = Duration::from_secs(8);
-/// A call whose link has been down this long after set-up is given up, restarts or not.
-const LINK_LOST_TIMEOUT: Duration = Duration::from_secs(40);
+/// Receiver reports the "recent loss" figure of the report averages (about 5 s).
+const RECENT_REPORTS: usize = 5;
+/// An ICE restart that could not be made yet (still gathering) is asked again after this.
+const RESTART_DEFERRED: Duration = Duration::from_millis(200);
 /// After the peer dropped off the signaling server, a call whose link is down (or goes down)
 /// waits this long for the peer to come back before ending. While media flows it goes on.
 const PEER_AWAY_GRACE: Duration = Duration::from_secs(10);
@@ -156,6 +159,14 @@ pub enum CallUpdate {
     RejoinFailed(String),
     /// The signaling connection was lost (the call continues peer to peer).
     SignalingLost(String),
+    /// The bitrate ladder moved: we now send at `bps` (the peer reported `loss_percent` loss
+    /// over its last interval).
+    Bitrate {
+        /// The new Opus bitrate, bit/s.
+        bps: u32,
+        /// The loss that the peer's last report gave, percent.
+        loss_percent: f64,
+    },
     /// The path broke after set-up and we (the offerer) restarted ICE; `attempt` counts
     /// from 1 for each outage.
     IceRestart {
@@ -289,6 +300,9 @@ pub struct CallReport {
     pub frames_dropped_for_latency: u64,
     /// Frames written to the output.
     pub frames_played: u64,
+    /// Our input frames that went by unsent while the link was down mid-call (the speech of
+    /// an outage is lost; the input keeps its pace so what follows stays in step).
+    pub frames_skipped_link_down: u64,
     /// e2ee bytes added per audio frame (average).
     pub e2ee_overhead_bytes_per_frame: f64,
     /// Both peers in the room → first decrypted frame, ms.
@@ -313,6 +327,16 @@ pub struct CallReport {
     pub fec_expected_loss_percent: u8,
     /// The most it planned for during the call.
     pub fec_peak_expected_loss_percent: u8,
+    /// The Opus bitrate at the end of the call, bit/s (it follows the link; CBR within a
+    /// step).
+    pub bitrate_bps: u32,
+    /// The lowest Opus bitrate the call used, bit/s.
+    pub bitrate_lowest_bps: u32,
+    /// Times the bitrate changed.
+    pub bitrate_changes: u32,
+    /// Our packets the peer reported lost over its last few reports (up to 5, about 5 s),
+    /// percent: the loss once the bitrate has followed the link (`None` before any report).
+    pub peer_loss_percent_recent: Option<f64>,
     /// Times we reconnected to the signaling server and rejoined the room mid-call.
     pub signaling_rejoins: u32,
     /// ICE restarts we started (only the offerer restarts; the answerer follows).
@@ -419,6 +443,7 @@ pub async fn run_call(
         &options.tls,
         &options.room,
         options.token.clone(),
+        None,
     );
     let (signaling, joined, mut sig_rx) = tokio::select! {
         joined = join => joined?,
@@ -476,17 +501,19 @@ pub async fn run_call(
         rejoins: 0,
         rejoin_failed: false,
         fec: FecPolicy::new(),
+        recent_peer_loss: VecDeque::new(),
+        bitrate: BitrateLadder::new(
+            BitrateConfig::default(),
+            audio.bitrate.load(std::sync::atomic::Ordering::Relaxed),
+        ),
         fec_peak: 0,
         loss_reports_seen: 0,
-        last_packet_at: None,
-        last_recovered_at: None,
         own_id: joined.peer_id,
         room_capacity: joined.capacity,
-        outage: None,
+        resume: joined.resume.clone(),
+        recovery: Recovery::new(RecoveryConfig::default(), role == SdpRole::Offerer),
+        probe: None,
         ice_restarts: 0,
-        link_recoveries: 0,
-        link_down: Duration::ZERO,
-        built_with: config.ice_servers.clone(),
         transport_config: config,
         pair_without_dtls_since: None,
         rebuilds: 0,
@@ -514,12 +541,20 @@ pub async fn run_call(
     let mut rejoin: Option<tokio::task::JoinHandle<Result<Rejoined, SignalingError>>> = None;
     while call.ended.is_none() {
         tokio::select! {
+            Some(answered) = OptionFuture::from(call.probe.as_mut()) => {
+                call.probe = None;
+                if answered.unwrap_or(false) {
+                    call.recovery.probe_answered();
+                }
+                call.follow_recovery().await;
+            }
             Some(result) = OptionFuture::from(rejoin.as_mut()) => {
                 rejoin = None;
                 match result {
                     Ok(Ok((signaling, joined, events))) => {
                         sig_rx = events;
                         call.on_rejoined(signaling, &joined).await;
+                        call.follow_recovery().await;
                     }
                     Ok(Err(e)) => {
                         call.rejoin_failed = true;
@@ -560,7 +595,7 @@ pub async fn run_call(
                     call.end(Ending::failure(Outcome::NoPath, why));
                 }
                 call.check_dtls_stall().await;
-                call.check_link().await;
+                call.follow_recovery().await;
                 call.check_peer_away().await;
                 call.follow_loss(&audio);
                 if audio.input_ended.load(std::sync::atomic::Ordering::SeqCst) {
@@ -592,6 +627,9 @@ pub async fn run_call(
             transport_rx = events;
         }
         call.ever_set_up |= call.is_set_up();
+        if call.ever_set_up {
+            call.recovery.set_up();
+        }
         // A set-up call that lost signaling gets back into the room, so it can restart ICE.
         if !call.signaling_open
             && call.ever_set_up
@@ -604,6 +642,7 @@ pub async fn run_call(
                 Arc::clone(&call.options.tls),
                 call.options.room.clone(),
                 call.options.token.clone(),
+                call.resume.clone(),
             )));
             let _ = call.updates.send(CallUpdate::Rejoining).await;
         }
@@ -614,6 +653,9 @@ pub async fn run_call(
             .store(call.is_set_up(), std::sync::atomic::Ordering::SeqCst);
     }
     if let Some(task) = rejoin {
+        task.abort();
+    }
+    if let Some(task) = call.probe.take() {
         task.abort();
     }
     // Let the Bye and the last frames leave before closing.
@@ -737,26 +779,27 @@ struct Call {
     rejoin_failed: bool,
     /// How much FEC to send, from the peer's loss reports.
     fec: FecPolicy,
+    /// The Opus bitrate step, from the same reports (and the round trip).
+    bitrate: BitrateLadder,
+    /// The loss of each of the peer's last few reports, percent.
+    recent_peer_loss: VecDeque<f64>,
     fec_peak: u8,
     /// Reception reports already given to `fec`.
     loss_reports_seen: u64,
-    /// When the last RTP packet arrived (an outage starts there, not when ICE notices it).
-    last_packet_at: Option<Instant>,
-    /// When the link last came back from an outage.
-    last_recovered_at: Option<Instant>,
     /// Our own peer id in the room (it changes when we rejoin).
     own_id: PeerId,
     /// How many members the room holds.
     room_capacity: usize,
-    /// The link is down after set-up: since when, and the restarts tried for it.
-    outage: Option<Outage>,
+    /// Our seat's resume token, for a rejoin (it changes when we rejoin).
+    resume: Option<ResumeToken>,
+    /// When the path counts as broken and what to do about it (sans-IO; see
+    /// `aparte_call_policy::recovery`).
+    recovery: Recovery,
+    /// A ping on the signaling connection awaiting its answer.
+    probe: Option<tokio::task::JoinHandle<bool>>,
     ice_restarts: u32,
-    link_recoveries: u32,
-    link_down: Duration,
     /// What the next transport is built from (a rejoin puts fresh TURN credentials here).
     transport_config: TransportConfig,
-    /// The STUN/TURN servers (and credentials) the current transport was built with.
-    built_with: Vec<IceServer>,
     /// Since when, during set-up, an ICE pair has been selected without the link connecting.
     pair_without_dtls_since: Option<Instant>,
     /// Peer connections rebuilt in this call.
@@ -794,16 +837,6 @@ fn candidate_type(candidate: &str) -> Option<&'static str> {
         "relay" => Some("relay"),
         _ => None,
     }
-}
-
-/// A link outage after set-up, and what the offerer did about it.
-#[derive(Debug, Clone, Copy)]
-struct Outage {
-    since: Instant,
-    /// Restarts tried for this outage.
-    attempts: u32,
-    /// When the last restart was sent.
-    last_restart: Option<Instant>,
 }
 
 fn unix_now() -> u64 {
@@ -915,6 +948,10 @@ impl Call {
     /// set up yet cannot finish its handshake without it (nor restart ICE).
     async fn on_signaling_lost(&mut self, reason: String) {
         self.signaling_open = false;
+        self.recovery.signaling_lost();
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
         let _ = self.updates.send(CallUpdate::SignalingLost(reason)).await;
         if !self.ever_set_up {
             self.end(Ending::failure(
@@ -939,6 +976,11 @@ impl Call {
         // peer connection is built; docs/WEBRTC.md.)
         self.transport_config.ice_servers = ice_servers(joined);
         self.signaling_open = true;
+        self.resume = joined.resume.clone();
+        self.recovery.signaling_back();
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
         self.rejoins += 1;
         self.room_capacity = joined.capacity;
         let old_self = std::mem::replace(&mut self.own_id, joined.peer_id);
@@ -967,14 +1009,14 @@ impl Call {
         }
     }
 
-    /// Signaling messages now go to `peer`. During an outage the offerer restarts ICE at once
-    /// (an earlier restart offer may have gone to the peer's dead session).
+    /// Signaling messages now go to `peer`. While media is silent that is the peer back from
+    /// a network change: the offerer restarts ICE at once (an earlier restart offer may have
+    /// gone to the peer's dead session).
     fn adopt_peer(&mut self, peer: PeerId) {
         self.peer = peer;
         self.peer_away_since = None;
-        if let Some(outage) = self.outage.as_mut() {
-            outage.last_restart = None;
-        }
+        let now = self.now_ms();
+        self.recovery.peer_back(now);
     }
 
     /// Ends the call when the peer has been off the signaling server for the grace period
@@ -985,9 +1027,10 @@ impl Call {
         let Some(since) = self.peer_away_since else {
             return;
         };
-        let link_down_long = self
-            .outage
-            .is_some_and(|o| o.since.elapsed() >= PEER_AWAY_GRACE);
+        let now = self.now_ms();
+        let link_down_long = self.recovery.outage().is_some_and(|o| {
+            Duration::from_millis(now.saturating_sub(o.since_ms)) >= PEER_AWAY_GRACE
+        });
         if !self.connected && since.elapsed() >= PEER_AWAY_GRACE && link_down_long {
             let _ = self.updates.send(CallUpdate::PeerLeft).await;
             self.end(Ending::normal("the peer left"));
@@ -1052,7 +1095,6 @@ impl Call {
             let _ = old.close().await;
         });
         self.new_transport_events = Some(events);
-        self.built_with = self.transport_config.ice_servers.clone();
         self.connected = false;
         self.data_open = false;
         if !mid_call {
@@ -1060,6 +1102,7 @@ impl Call {
             // frame over it: the call starts (its duration, its set-up checks) on the new one.
             self.ever_set_up = false;
             self.media_since = None;
+            self.recovery = Recovery::new(RecoveryConfig::default(), self.role == SdpRole::Offerer);
         }
         let _ = self
             .updates
@@ -1080,45 +1123,54 @@ impl Call {
         }
     }
 
-    /// Called on every tick: restarts ICE while the link is down after set-up (offerer only;
-    /// the answerer follows the offer), and gives the call up after [`LINK_LOST_TIMEOUT`].
-    async fn check_link(&mut self) {
-        let Some(outage) = self.outage else {
-            return;
-        };
-        if outage.since.elapsed() >= LINK_LOST_TIMEOUT {
-            self.end(Ending::failure(
-                Outcome::NoPath,
-                format!(
-                    "the connection was lost and did not come back within {} s",
-                    LINK_LOST_TIMEOUT.as_secs()
-                ),
-            ));
-            return;
+    /// Carries out what the recovery policy asks for now (see `aparte_call_policy::recovery`):
+    /// called on every tick and after the events it depends on.
+    async fn follow_recovery(&mut self) {
+        while self.ended.is_none() {
+            let now = self.now_ms();
+            let Some(action) = self.recovery.poll(now) else {
+                return;
+            };
+            match action {
+                RecoveryAction::ProbeSignaling => {
+                    let probe = self.signaling.prober();
+                    let deadline =
+                        Duration::from_millis(RecoveryConfig::default().probe_deadline_ms);
+                    self.probe = Some(tokio::spawn(probe.answered_within(deadline)));
+                }
+                RecoveryAction::ReconnectSignaling => {
+                    self.on_signaling_lost("no answer to a ping: the network changed".into())
+                        .await;
+                }
+                RecoveryAction::RestartIce {
+                    attempt,
+                    previous_failed,
+                } => self.restart_ice(attempt, previous_failed).await,
+                RecoveryAction::GiveUp => {
+                    let after = RecoveryConfig::default().give_up_after_ms / 1000;
+                    self.end(Ending::failure(
+                        Outcome::NoPath,
+                        format!("the connection was lost and did not come back within {after} s"),
+                    ));
+                }
+            }
         }
-        let due = outage
-            .last_restart
-            .is_none_or(|at| at.elapsed() >= ICE_RESTART_RETRY);
-        if self.role != SdpRole::Offerer || !self.signaling_open || !due {
-            return;
-        }
-        // An ICE restart did not bring the link back, and the rejoin brought TURN credentials
-        // other than the ones this peer connection was built with (every join mints new ones;
-        // the old ones fail when the server's secret changed or they expired). webrtc-rs's
-        // ICE agent keeps its first credentials through a restart, so build a new peer
-        // connection with the fresh ones instead (same certificates: the keys and SAS stay
-        // the same); the peer does the same when it gets the request.
-        if outage.attempts >= 1
-            && self.built_with != self.transport_config.ice_servers
-            && self.rebuilds < MAX_REBUILDS
-        {
-            self.outage = Some(Outage {
-                attempts: outage.attempts + 1,
-                last_restart: Some(Instant::now()),
-                ..outage
-            });
+    }
+
+    /// Restarts ICE (offerer), or builds a new peer connection when a restart had its whole
+    /// retry interval and did not bring the link back. webrtc-rs's agent sometimes never
+    /// forms a candidate pair after a restart, or stays "gathering" for many seconds (so every
+    /// further restart is refused), and it keeps the TURN credentials it was built with even
+    /// when a rejoin minted new ones (the old ones fail once the server's secret changed or
+    /// they expired). A new peer connection (same certificate: the keys and SAS stay the same)
+    /// starts clean with the fresh credentials; the peer does the same when it gets the
+    /// request.
+    async fn restart_ice(&mut self, attempt: u32, previous_failed: bool) {
+        let now = self.now_ms();
+        if previous_failed && self.rebuilds < MAX_REBUILDS {
+            self.recovery.restart_sent(now, true);
             tracing::info!(
-                "fresh TURN credentials after the rejoin: rebuilding the peer connection"
+                "ICE restart did not bring the link back: rebuilding the peer connection"
             );
             self.relay(PeerMessage::Rebuild {}).await;
             self.rebuild().await;
@@ -1126,26 +1178,19 @@ impl Call {
         }
         match self.transport.restart_ice().await {
             Ok(Signal::Offer(sdp)) => {
-                let attempt = outage.attempts + 1;
-                self.outage = Some(Outage {
-                    attempts: attempt,
-                    last_restart: Some(Instant::now()),
-                    ..outage
-                });
+                self.recovery.restart_sent(self.now_ms(), true);
                 self.ice_restarts += 1;
                 self.relay(PeerMessage::Offer { sdp }).await;
                 let _ = self.updates.send(CallUpdate::IceRestart { attempt }).await;
             }
-            // Still gathering: the next tick tries again.
-            Err(TransportError::StillGathering) | Ok(_) => {}
+            // Still gathering: ask again shortly.
+            Err(TransportError::StillGathering) | Ok(_) => {
+                let wait = u64::try_from(RESTART_DEFERRED.as_millis()).unwrap_or(200);
+                self.recovery.restart_deferred(self.now_ms(), wait);
+            }
             // Failed or timed out: wait the retry interval, so a stuck webrtc-rs does not
             // hold the call loop every tick.
-            Err(_) => {
-                self.outage = Some(Outage {
-                    last_restart: Some(Instant::now()),
-                    ..outage
-                });
-            }
+            Err(_) => self.recovery.restart_sent(self.now_ms(), false),
         }
     }
 
@@ -1163,39 +1208,39 @@ impl Call {
                 .store(percent, std::sync::atomic::Ordering::Relaxed);
         }
         self.fec_peak = self.fec_peak.max(self.fec.expected_loss_percent());
+        let report = LinkReport {
+            loss_percent: link.peer_loss_percent.unwrap_or(0.0),
+            rtt_ms: link.rtt_ms,
+        };
+        if self.recent_peer_loss.len() == RECENT_REPORTS {
+            self.recent_peer_loss.pop_front();
+        }
+        self.recent_peer_loss.push_back(report.loss_percent);
+        if let Some(bps) = self.bitrate.on_report(report, self.now_ms()) {
+            audio
+                .bitrate
+                .store(bps, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.updates.try_send(CallUpdate::Bitrate {
+                bps,
+                loss_percent: report.loss_percent,
+            });
+        }
     }
 
     /// Tracks the link state for outages and recoveries.
     fn on_link(&mut self, state: LinkState) {
         self.connected = state == LinkState::Connected;
         self.ever_connected |= self.connected;
+        let now = self.now_ms();
         if self.connected {
-            if let Some(outage) = self.outage.take() {
-                self.last_recovered_at = Some(Instant::now());
-                let down = outage.since.elapsed();
-                self.link_down += down;
-                self.link_recoveries += 1;
-                let outage_ms = u64::try_from(down.as_millis()).unwrap_or(u64::MAX);
+            if let Some(outage_ms) = self.recovery.link(true, now) {
                 let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
             }
-        } else if self.ever_set_up
-            && self.outage.is_none()
-            && matches!(
-                state,
-                LinkState::Disconnected | LinkState::Failed | LinkState::Closed
-            )
-        {
-            // From the last packet, but never before the end of the previous outage (no
-            // packet may have arrived since it).
-            let since = match (self.last_packet_at, self.last_recovered_at) {
-                (Some(packet), Some(recovered)) => packet.max(recovered),
-                (packet, recovered) => packet.or(recovered).unwrap_or_else(Instant::now),
-            };
-            self.outage = Some(Outage {
-                since,
-                attempts: 0,
-                last_restart: None,
-            });
+        } else if matches!(
+            state,
+            LinkState::Disconnected | LinkState::Failed | LinkState::Closed
+        ) {
+            self.recovery.link(false, now);
         }
     }
 
@@ -1416,8 +1461,10 @@ impl Call {
             }
             TransportEvent::Media { payload, .. } => {
                 self.frames_received += 1;
-                self.last_packet_at = Some(Instant::now());
                 let now_ms = self.now_ms();
+                if let Some(outage_ms) = self.recovery.packet(now_ms) {
+                    let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
+                }
                 let Some(security) = self.security.as_mut() else {
                     // Media before the handshake even started: refused, and counted as such.
                     self.frames_refused_before_session += 1;
@@ -1573,6 +1620,7 @@ impl Call {
             frames_late: audio.jitter.late,
             frames_dropped_for_latency: audio.jitter.dropped_for_latency,
             frames_played: audio.frames_played,
+            frames_skipped_link_down: audio.frames_skipped_link_down,
             e2ee_overhead_bytes_per_frame: if self.frames_sent == 0 {
                 0.0
             } else {
@@ -1588,15 +1636,17 @@ impl Call {
             peer_loss_percent: link.peer_total_loss_percent(),
             fec_expected_loss_percent: self.fec.expected_loss_percent(),
             fec_peak_expected_loss_percent: self.fec_peak.max(self.fec.expected_loss_percent()),
+            bitrate_bps: self.bitrate.bitrate(),
+            bitrate_lowest_bps: self.bitrate.lowest(),
+            bitrate_changes: self.bitrate.changes(),
+            peer_loss_percent_recent: (!self.recent_peer_loss.is_empty()).then(|| {
+                self.recent_peer_loss.iter().sum::<f64>() / self.recent_peer_loss.len() as f64
+            }),
             signaling_rejoins: self.rejoins,
             ice_restarts: self.ice_restarts,
             transport_rebuilds: self.rebuilds,
-            link_recoveries: self.link_recoveries,
-            link_down_ms: u64::try_from(
-                (self.link_down + self.outage.map_or(Duration::ZERO, |o| o.since.elapsed()))
-                    .as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            link_recoveries: self.recovery.recoveries(),
+            link_down_ms: self.recovery.down_total_ms(self.now_ms()),
             cpu_seconds: cpu,
             duration_s: self.both_joined.elapsed().as_secs_f64(),
             ended_by,

@@ -323,6 +323,7 @@ fn home(cli_home: &Option<PathBuf>, file: &Settings) -> PathBuf {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_diagnostic_log();
     let result = run(cli).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +332,27 @@ async fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// `APARTE_LOG=<filter>` (e.g. `info`, `webrtc_ice=debug,aparte_client=debug`) writes the
+/// client's and its libraries' diagnostic log to stderr, for debugging a connection. It shows
+/// addresses and ICE details, never a key, a SAS, audio or caption text (our code logs none of
+/// them). Off by default.
+fn init_diagnostic_log() {
+    let Ok(filter) = std::env::var("APARTE_LOG") else {
+        return;
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("warning: APARTE_LOG={filter:?} is not a valid log filter ({e}); no log");
+            return;
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -928,6 +950,13 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 err,
                 "{clear}cannot rejoin the room ({why}); the call goes on peer to peer but cannot \
                  recover from a network change"
+            );
+        }
+        CallUpdate::Bitrate { bps, loss_percent } => {
+            let _ = writeln!(
+                err,
+                "{clear}bitrate: now {} kbit/s (the peer reports {loss_percent:.0} % loss); constant within the step",
+                bps / 1000
             );
         }
         CallUpdate::IceRestart { attempt } => {

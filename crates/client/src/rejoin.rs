@@ -3,16 +3,18 @@
 //! Media does not need the signaling server once a call is set up, but an ICE restart does
 //! (its offer and answer travel through it), and a network change that breaks the media path
 //! usually breaks the WebSocket too. So a call that loses signaling reconnects and rejoins the
-//! same room, with the same token, retrying until it works or the call ends. The server may
-//! still hold our old connection for a few seconds (it notices a dead one by heartbeat), and
-//! answers `room_full` meanwhile: that is retried like a network error. Any other refusal (an
+//! same room, with the same token, retrying until it works or the call ends. It presents the
+//! old connection's resume token, so the server gives it the old connection's seat at once
+//! rather than holding it until its heartbeat notices the old one is dead. (A server that
+//! restarted knows no token: the old seat is gone with it.) A `room_full` answer (our old seat
+//! still held, the token unknown) is retried like a network error. Any other refusal (an
 //! expired token, a room the server no longer admits us to) is final and is reported.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aparte_signaling_protocol::RoomId;
+use aparte_signaling_protocol::{ResumeToken, RoomId};
 use tokio::sync::mpsc;
 
 use crate::signaling::{Joined, Signaling, SignalingError, SignalingEvent};
@@ -23,11 +25,13 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A rejoined signaling connection: the connection, the join answer and its events.
 pub type Rejoined = (Signaling, Joined, mpsc::Receiver<SignalingEvent>);
 
-/// The wait before each attempt: quick at first (a brief outage), then once a second.
+/// The wait before each attempt: none for the first (the call is silent until it works),
+/// then quick (a brief outage), then once a second.
 pub fn backoff(attempt: u32) -> Duration {
     match attempt {
-        0 => Duration::from_millis(250),
-        1 => Duration::from_millis(500),
+        0 => Duration::ZERO,
+        1 => Duration::from_millis(250),
+        2 => Duration::from_millis(500),
         _ => Duration::from_secs(1),
     }
 }
@@ -51,13 +55,14 @@ pub async fn rejoin(
     tls: Arc<rustls::ClientConfig>,
     room: RoomId,
     token: Option<String>,
+    resume: Option<ResumeToken>,
 ) -> Result<Rejoined, SignalingError> {
     let mut attempt = 0u32;
     loop {
         tokio::time::sleep(backoff(attempt)).await;
         // A connect into a black hole (the old network) would otherwise wait for the
         // kernel's TCP timeout, minutes.
-        let join = Signaling::join(&server, &tls, &room, token.clone());
+        let join = Signaling::join(&server, &tls, &room, token.clone(), resume.clone());
         match tokio::time::timeout(ATTEMPT_TIMEOUT, join).await {
             Ok(Ok(rejoined)) => return Ok(rejoined),
             Ok(Err(e)) if !retryable(&e) => return Err(e),
@@ -72,9 +77,10 @@ mod tests {
 
     #[test]
     fn backoff_is_quick_then_steady() {
-        assert_eq!(backoff(0), Duration::from_millis(250));
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(3), Duration::from_secs(1));
         assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
     }
 

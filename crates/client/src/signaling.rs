@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use aparte_signaling_protocol::message::{ClientMessage, ServerMessage};
 use aparte_signaling_protocol::{
-    IceServer, LeaveReason, PeerId, PeerInfo, RoomId, PROTOCOL_VERSION,
+    IceServer, LeaveReason, PeerId, PeerInfo, ResumeToken, RoomId, PROTOCOL_VERSION,
 };
 
 /// Largest SDP we accept from a peer.
@@ -213,6 +213,9 @@ pub struct Joined {
     pub ice_servers: Vec<IceServer>,
     /// How many members the room holds (2 for a call, unless the server is set otherwise).
     pub capacity: usize,
+    /// Our resume token: a later join that presents it takes this connection's seat (so a
+    /// client whose connection died need not wait for the server to notice).
+    pub resume: Option<ResumeToken>,
 }
 
 /// What the signaling connection reports after the join.
@@ -239,18 +242,50 @@ pub enum SignalingEvent {
 #[derive(Debug)]
 pub struct Signaling {
     outgoing: mpsc::Sender<String>,
+    /// Counts the server's answers to our pings.
+    pongs: watch::Receiver<u64>,
+}
+
+/// Checks whether a signaling connection still works: one ping, answered or not in time.
+#[derive(Debug)]
+pub struct Prober {
+    outgoing: mpsc::Sender<String>,
+    pongs: watch::Receiver<u64>,
+}
+
+impl Prober {
+    /// Sends a ping; true when the server answers within `deadline`. A dead path (the
+    /// network changed under a TCP connection) never answers.
+    pub async fn answered_within(mut self, deadline: std::time::Duration) -> bool {
+        self.pongs.borrow_and_update();
+        if self
+            .outgoing
+            .send(ClientMessage::Ping.to_json())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(deadline, self.pongs.changed()).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 impl Signaling {
     /// Connects to `url` (`ws://`, or `wss://` verified with `tls`), says hello, and joins
     /// `room`, all within [`JOIN_TIMEOUT`].
+    /// With `resume` (from an earlier [`Joined`] in this room), the join takes that
+    /// connection's seat.
     pub async fn join(
         url: &str,
         tls: &Arc<rustls::ClientConfig>,
         room: &RoomId,
         token: Option<String>,
+        resume: Option<ResumeToken>,
     ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
-        tokio::time::timeout(JOIN_TIMEOUT, Self::join_now(url, tls, room, token))
+        tokio::time::timeout(JOIN_TIMEOUT, Self::join_now(url, tls, room, token, resume))
             .await
             .map_err(|_| SignalingError::NoAnswer {
                 url: url.to_owned(),
@@ -263,6 +298,7 @@ impl Signaling {
         tls: &Arc<rustls::ClientConfig>,
         room: &RoomId,
         token: Option<String>,
+        resume: Option<ResumeToken>,
     ) -> Result<(Self, Joined, mpsc::Receiver<SignalingEvent>), SignalingError> {
         check_url(url)?;
         let connector = tokio_tungstenite::Connector::Rustls(Arc::clone(tls));
@@ -278,6 +314,7 @@ impl Signaling {
         let join = ClientMessage::Join {
             room: room.clone(),
             token,
+            resume,
         };
         sink.send(WsMessage::text(join.to_json())).await?;
 
@@ -298,6 +335,7 @@ impl Signaling {
                     peers,
                     ice_servers,
                     capacity,
+                    resume,
                     ..
                 } => {
                     break Joined {
@@ -305,6 +343,7 @@ impl Signaling {
                         peers,
                         ice_servers,
                         capacity,
+                        resume,
                     }
                 }
                 ServerMessage::Error { code, message } => {
@@ -319,6 +358,7 @@ impl Signaling {
 
         let (outgoing, mut outgoing_rx) = mpsc::channel::<String>(64);
         let (events, events_rx) = mpsc::channel(256);
+        let (pongs_tx, pongs) = watch::channel(0u64);
         tokio::spawn(async move {
             while let Some(text) = outgoing_rx.recv().await {
                 if sink.send(WsMessage::text(text)).await.is_err() {
@@ -349,6 +389,10 @@ impl Signaling {
                     Ok(ServerMessage::Error { code, .. }) => {
                         SignalingEvent::Rejected(code.as_str())
                     }
+                    Ok(ServerMessage::Pong) => {
+                        pongs_tx.send_modify(|n| *n = n.wrapping_add(1));
+                        continue;
+                    }
                     Ok(_) => continue,
                     Err(e) => SignalingEvent::Closed(e.to_string()),
                 };
@@ -358,7 +402,15 @@ impl Signaling {
                 }
             }
         });
-        Ok((Self { outgoing }, joined, events_rx))
+        Ok((Self { outgoing, pongs }, joined, events_rx))
+    }
+
+    /// A probe of this connection, to run beside the call (see [`Prober`]).
+    pub fn prober(&self) -> Prober {
+        Prober {
+            outgoing: self.outgoing.clone(),
+            pongs: self.pongs.clone(),
+        }
     }
 
     /// Relays `message` to `to` (or to everyone else in the room).

@@ -174,6 +174,21 @@ impl Encoder {
         Ok(())
     }
 
+    /// Changes the bitrate, in bit/s, from the next frame on (still constant when the encoder
+    /// is CBR: every packet of the new step has the same size).
+    pub fn set_bitrate(&mut self, bitrate: u32) -> Result<(), CodecError> {
+        if !(MIN_BITRATE..=MAX_BITRATE).contains(&bitrate) {
+            return Err(CodecError::InvalidConfig(
+                "bitrate must be within 6000..=128000 bit/s",
+            ));
+        }
+        // Within the range above, the cast is lossless.
+        self.inner
+            .set_bitrate(opus::Bitrate::Bits(bitrate as i32))?;
+        self.config.bitrate = bitrate;
+        Ok(())
+    }
+
     /// Encodes one frame of 16-bit samples into a packet.
     pub fn encode_i16(&mut self, frame: &[i16]) -> Result<Vec<u8>, CodecError> {
         check_frame(frame.len())?;
@@ -402,6 +417,28 @@ mod tests {
         let skip = 5 * FRAME_SAMPLES;
         let cmp = metrics::compare(&input[skip..], &out[skip..], 960).unwrap();
         assert!(cmp.snr_db >= 25.0, "SNR {:.1} dB", cmp.snr_db);
+    }
+
+    #[test]
+    fn a_bitrate_step_mid_stream_keeps_every_packet_of_a_step_the_same_size() {
+        let mut encoder = Encoder::new(EncoderConfig::default()).unwrap();
+        let input = speechlike(60);
+        let mut sizes = Vec::new();
+        for (k, frame) in input.chunks(FRAME_SAMPLES).enumerate() {
+            if k == 20 {
+                encoder.set_bitrate(12_000).unwrap();
+            }
+            if k == 40 {
+                encoder.set_bitrate(8_000).unwrap();
+            }
+            sizes.push(encoder.encode_f32(frame).unwrap().len());
+        }
+        // 24 kbit/s × 20 ms = 60 B, 12 kbit/s = 30 B, 8 kbit/s = 20 B.
+        assert!(sizes[..20].iter().all(|&n| n == 60), "{sizes:?}");
+        assert!(sizes[20..40].iter().all(|&n| n == 30), "{sizes:?}");
+        assert!(sizes[40..].iter().all(|&n| n == 20), "{sizes:?}");
+        assert!(encoder.set_bitrate(5_000).is_err());
+        assert_eq!(encoder.config().bitrate, 8_000);
     }
 
     #[test]
