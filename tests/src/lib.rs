@@ -1,11 +1,13 @@
 //! Shared helpers for aparté's end-to-end tests: finding the workspace binaries, running a
 //! real signaling server process, making speech WAVs with espeak-ng, an in-process recording
 //! (and, on demand, hostile or lossy) TURN relay ([`relay`]), two in-process call endpoints
-//! over real WebRTC ([`call`]), a cuttable TCP proxy ([`proxy`]) and the socket side of
+//! over real WebRTC ([`call`]), network namespaces standing for two homes and a VPS
+//! ([`netns`]) with the field tests' process helpers ([`field`]), a cuttable TCP proxy ([`proxy`]) and the socket side of
 //! scripted signaling servers ([`scripted`]). The scenarios themselves live in `tests/tests/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod call;
+pub mod field;
 pub mod netns;
 pub mod proxy;
 pub mod relay;

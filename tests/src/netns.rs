@@ -187,6 +187,34 @@ impl Topology {
         topo
     }
 
+    /// The ISP gives `home` a new public address (`new_ip`, on the "internet" subnet): the
+    /// router's WAN address changes, the kernel drops the NAT mappings made with the old one,
+    /// and every connection from the home dies silently, as after a real re-addressing. The
+    /// host itself sees nothing change.
+    pub fn renumber(home: &mut Home, new_ip: &str) {
+        // Deleted first: deleting a primary address also deletes secondaries in its subnet.
+        let old = format!("{}/24", home.public_ip);
+        in_ns(&home.router, "ip", &["addr", "del", &old, "dev", "wan"]);
+        let new = format!("{new_ip}/24");
+        in_ns(&home.router, "ip", &["addr", "add", &new, "dev", "wan"]);
+        // (The kernel drops the masquerade mappings of a removed address by itself.)
+        home.public_ip = new_ip.into();
+    }
+
+    /// A thin uplink: `home`'s router sends at most `kbit` kbit/s towards the internet
+    /// (`tc tbf`, which counts whole Ethernet frames; 300 ms of queue, then drops).
+    pub fn limit_uplink(home: &Home, kbit: u32) {
+        let rate = format!("{kbit}kbit");
+        in_ns(
+            &home.router,
+            "tc",
+            &[
+                "qdisc", "add", "dev", "wan", "root", "tbf", "rate", &rate, "burst", "3000",
+                "latency", "300ms",
+            ],
+        );
+    }
+
     /// Makes `home`'s router an office firewall: it forwards no UDP but DNS (TCP passes).
     pub fn block_udp(home: &Home) {
         in_ns(&home.router, "nft", &["add table inet office"]);
