@@ -75,17 +75,24 @@ fn longest_run(words: &[String], phrase: &[String]) -> usize {
 }
 
 /// A word or phrase that `hypothesis` says several times in a row, more times in a row than
-/// `reference` does: the mark of a decoder stuck in a loop ("5 5 5" for "five five", "10 of
-/// clubs 10 of clubs" for "ten of clubs"). Words are compared after [`normalize_words`], so
-/// case and punctuation do not hide a loop. Returns the repeated phrase and its copy count.
+/// `reference` says any phrase of as many words: the mark of a decoder stuck in a loop ("5 5
+/// 5" for "five five", "10 of clubs 10 of clubs" for "ten of clubs"). A misheard genuine
+/// repeat ("time time" for "five five") is not one. Words are compared after
+/// [`normalize_words`], so case and punctuation do not hide a loop. Returns the repeated
+/// phrase and its copy count.
 pub fn extra_repetition(reference: &str, hypothesis: &str) -> Option<(String, usize)> {
     let r = normalize_words(reference);
     let h = normalize_words(hypothesis);
     for period in 1..=h.len() / 2 {
+        let allowed = (0..r.len().saturating_sub(period - 1))
+            .map(|start| longest_run(&r[start..], &r[start..start + period]))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         for start in 0..=h.len() - 2 * period {
             let phrase = &h[start..start + period];
             let copies = longest_run(&h[start..], phrase);
-            if copies >= 2 && copies > longest_run(&r, phrase) {
+            if copies > allowed {
                 return Some((phrase.join(" "), copies));
             }
         }
@@ -146,6 +153,12 @@ mod tests {
             Some(("5".into(), 3))
         );
         assert_eq!(extra_repetition("five five", "Five, five."), None);
+        // A genuine repeat misheard is not a loop; said once more, it is.
+        assert_eq!(extra_repetition("five five", "Time, time."), None);
+        assert_eq!(
+            extra_repetition("five five", "time time time"),
+            Some(("time".into(), 3))
+        );
         assert_eq!(
             extra_repetition("ten of clubs", "10 of clubs. 10 of Clubs"),
             Some(("10 of clubs".into(), 2))
