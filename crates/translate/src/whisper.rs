@@ -350,9 +350,10 @@ impl SpeechRecognizer for WhisperRecognizer {
     }
 }
 
-/// Most words a second of speech holds (fast speech is about 3.5); more than this in one
-/// utterance, when they end in a loop, are the decoder repeating itself.
-const MAX_WORDS_PER_SECOND: f32 = 5.0;
+/// Most words a second of an utterance holds (fast speech is about 3.5, and an utterance has
+/// some silence at each end); more than this, when they end in a loop, are the decoder
+/// repeating itself.
+const MAX_WORDS_PER_SECOND: f32 = 4.0;
 
 /// The most words `samples` of 16 kHz audio can hold.
 fn max_words(samples: usize) -> usize {
