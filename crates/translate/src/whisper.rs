@@ -7,7 +7,10 @@
 //! (`transcribe`, or `translate` for Whisper's own any-language → English translation).
 //!
 //! The log-mel features are computed here the way `ct2rs::Whisper` does (80 mel bands, 25 ms
-//! Hann window, 10 ms hop, one 30 s window zero-padded), with the `mel_spec` crate.
+//! Hann window, 10 ms hop, the audio zero-padded to the encoder window: at least 10 s, see
+//! [`WhisperConfig::min_window_s`]), with the `mel_spec` crate. Decoding is bounded by the
+//! audio's length and penalizes repeated tokens, and a transcript that still ends in a loop is
+//! cut to one copy: short utterances made the decoder repeat itself.
 
 use std::path::Path;
 
@@ -175,7 +178,7 @@ impl WhisperRecognizer {
         self.name
     }
 
-    /// Log-mel features of one zero-padded 30 s window, `[n_mels, 3000]` in row-major order,
+    /// Log-mel features of one zero-padded window, `[n_mels, window_frames]` in row-major order,
     /// normalized the way Whisper's reference code does: log10 power, floored at 8 (i.e. 80 dB)
     /// below the loudest value of the whole window, then mapped with (x + 4) / 4.
     ///
