@@ -6,8 +6,9 @@
 //! `cargo run --release -p aparte-translate --example transcribe -- MODEL FILE.wav...`
 //!
 //! Environment: `BEAM` (0 = per-model default), `INT8` (1/0), `PAD` (encoder window padding in
-//! seconds, 0 = Whisper's full 30 s), `THREADS`, `LANG_CODE` (spoken language), `TRANSLATE`
-//! (set: Whisper's translate-to-English task).
+//! seconds, 0 = Whisper's full 30 s), `MIN_WINDOW` (shortest encoder window in seconds),
+//! `NGRAM` (no_repeat_ngram_size), `PENALTY` (repetition_penalty), `THREADS`, `LANG_CODE`
+//! (spoken language), `TRANSLATE` (set: Whisper's translate-to-English task).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -37,6 +38,9 @@ fn main() {
         beam_size: env("BEAM", defaults.beam_size),
         int8: env("INT8", 1u8) == 1,
         window_pad_s: env("PAD", defaults.window_pad_s),
+        min_window_s: env("MIN_WINDOW", defaults.min_window_s),
+        no_repeat_ngram_size: env("NGRAM", defaults.no_repeat_ngram_size),
+        repetition_penalty: env("PENALTY", defaults.repetition_penalty),
         threads: env("THREADS", defaults.threads),
     };
     let loading = Instant::now();
@@ -82,7 +86,7 @@ fn main() {
     latencies.sort_by(f64::total_cmp);
     let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
     println!(
-        "{{\"model\":\"{model}\",\"files\":{},\"load_ms\":{load_ms:.0},\"real_time_factor\":{:.3},\"p50_ms\":{p50:.0},\"max_ms\":{:.0},\"wer\":{},\"words\":{words},\"beam\":{},\"int8\":{},\"pad_s\":{},\"threads\":{}}}",
+        "{{\"model\":\"{model}\",\"files\":{},\"load_ms\":{load_ms:.0},\"real_time_factor\":{:.3},\"p50_ms\":{p50:.0},\"max_ms\":{:.0},\"wer\":{},\"words\":{words},\"beam\":{},\"int8\":{},\"pad_s\":{},\"min_window_s\":{},\"threads\":{}}}",
         files.len(),
         if audio_s > 0.0 { busy_s / audio_s } else { 0.0 },
         latencies.last().copied().unwrap_or(0.0),
@@ -90,6 +94,7 @@ fn main() {
         config.beam_size,
         config.int8,
         config.window_pad_s,
+        config.min_window_s,
         config.threads
     );
 }
