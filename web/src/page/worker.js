@@ -18,8 +18,9 @@ const state = {
     decrypted: 0,
     refused: 0,
     rejected: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])),
-    // Sealed frame size → count (bounded), to check that the browser sends CBR Opus.
-    sentSizes: {},
+    // Opus payload size → count (bounded), to check that the browser sends CBR Opus. Sizes
+    // are no secret: each is visible on the wire as the sealed size minus 17-19 bytes.
+    payloadSizes: {},
   },
 };
 
@@ -60,8 +61,8 @@ function seal(frame, controller) {
   s.sent += 1;
   s.sentBytes += sealed.length;
   s.overheadBytes += sealed.length - payload.length;
-  if (s.sentSizes[sealed.length] !== undefined || Object.keys(s.sentSizes).length < 64) {
-    s.sentSizes[sealed.length] = (s.sentSizes[sealed.length] ?? 0) + 1;
+  if (s.payloadSizes[payload.length] !== undefined || Object.keys(s.payloadSizes).length < 64) {
+    s.payloadSizes[payload.length] = (s.payloadSizes[payload.length] ?? 0) + 1;
   }
   controller.enqueue(frame);
 }

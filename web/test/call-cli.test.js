@@ -1,0 +1,104 @@
+// The goal of issue 14: a call between the page in headless Chromium and the `aparte` CLI,
+// through a real `aparte-signaling` and its TURN relay, relay-only on both sides. Both show the
+// same SAS; each decrypts at least 95 % of the frames the other sent; the CLI's recording holds
+// what the browser said (Whisper recognises it); the CLI's captions of its own speech arrive
+// in the page inside the encryption; the browser's Opus is constant-bitrate.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { WAIT_MS, binary, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-cli-'));
+const p = (name) => path.join(dir, name);
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer(['--turn-listen', '127.0.0.1:0']);
+  speak('Hello from the browser. The weather is sunny and warm today.', p('browser.wav'));
+  speak('Hello from the command line. Can you read my captions?', p('cli.wav'));
+  browser = await launchChromium(p('browser.wav'));
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+function runCli(room) {
+  const child = spawn(binary('aparte'), [
+    'call', '--server', server.wsUrl, `--room=${room}`, '--loopback-only', '--tofu', '--relay-only',
+    '--input', p('cli.wav'), '--output', p('heard.wav'), '--stats-json', p('cli.json'), '--lang', 'en',
+  ], { env: { ...process.env, APARTE_HOME: p('home') }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.resume();
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, exited, stderr: () => stderr };
+}
+
+test('browser ↔ CLI through the TURN relay: same SAS, audio both ways, captions in the page', { timeout: 180000 }, async () => {
+  const room = newRoom();
+  const cli = runCli(room);
+  const { page, context, errors } = await openPage(browser, `${server.url}/r/${room}`);
+  // The CLI joins first (it answers); the page finds it there and offers.
+  const cliJoined = Date.now() + WAIT_MS;
+  while (!/waiting|joined/i.test(cli.stderr()) && Date.now() < cliJoined) {
+    await new Promise((resolve) => cli.child.stderr.once('data', resolve));
+  }
+  await join(page, { relayOnly: true });
+  await page.waitForFunction(() => window.aparte.security === 'encrypted, not verified', null, { timeout: WAIT_MS });
+  const words = await page.textContent('#sas-words');
+  const digits = await page.textContent('#sas-digits');
+
+  const code = await cli.exited;
+  const log = cli.stderr();
+  assert.equal(code, 0, `aparte call failed:\n${log}`);
+  const sasLine = /SAS: "([a-z ]+)"\s+\((\d{4} \d{4})\)/.exec(log);
+  assert.ok(sasLine, `the CLI showed no SAS:\n${log}`);
+  assert.deepEqual([sasLine[1], sasLine[2]], [words, digits], 'the same SAS on both sides');
+
+  await page.waitForFunction(() => window.aparte.ended !== null, null, { timeout: WAIT_MS });
+  const pub = await page.evaluate(() => window.aparte);
+  assert.equal(pub.ended, 'the peer hung up');
+  const report = JSON.parse(readFileSync(p('cli.json'), 'utf8'));
+  assert.equal(report.relayed, true, 'relayed through TURN');
+  const rejectedByCli = Object.values(report.frames_rejected).reduce((a, b) => a + b, 0);
+  assert.equal(rejectedByCli, 0, 'the CLI rejected none of the browser frames');
+  assert.ok(report.frames_decrypted >= 0.95 * pub.media.sent,
+    `CLI decrypted ${report.frames_decrypted} of ${pub.media.sent} browser frames`);
+  assert.ok(pub.media.decrypted >= 0.95 * report.frames_protected,
+    `page decrypted ${pub.media.decrypted} of ${report.frames_protected} CLI frames`);
+  assert.equal(Object.values(pub.media.rejected).reduce((a, b) => a + b, 0), 0);
+  // Constant bitrate: (nearly) every Opus payload the browser sent has one size.
+  const sizes = Object.entries(pub.media.payloadSizes).sort((a, b) => b[1] - a[1]);
+  assert.ok(sizes[0][1] >= 0.98 * pub.media.sent, `Opus payload sizes: ${JSON.stringify(sizes)}`);
+  // Captions of the CLI's speech, shown in the page.
+  assert.ok(pub.captions.received >= 1, 'captions arrived');
+  assert.equal(pub.captions.malformed, 0);
+  const shown = await page.$$eval('#captions li', (li) => li.map((l) => l.textContent).join(' '));
+  assert.match(shown.toLowerCase(), /hello|command|captions/);
+  // What the CLI heard is the browser's speech.
+  const heard = readWav(p('heard.wav'));
+  assert.ok(dbfs(heard.samples) > -45, `the recording is silent (${dbfs(heard.samples).toFixed(1)} dBFS)`);
+  const asr = spawnSync(binary('aparte'), ['translate', p('heard.wav'), '--lang', 'en'], { encoding: 'utf8' });
+  assert.equal(asr.status, 0, asr.stderr);
+  assert.match(asr.stdout.toLowerCase(), /browser|weather|sunny|warm/, 'Whisper recognises what the browser said');
+  assert.deepEqual(errors.filter((e) => /Content Security Policy|Refused/.test(e)), []);
+  await page.screenshot({ path: p('page.png'), fullPage: true });
+  console.log(JSON.stringify({
+    setup_ms_page: pub.setupMs,
+    cli_setup_ms: report.setup_ms,
+    browser_frames_sent: pub.media.sent,
+    cli_decrypted: report.frames_decrypted,
+    cli_frames_protected: report.frames_protected,
+    page_decrypted: pub.media.decrypted,
+    overhead_per_frame: pub.media.overheadBytes / pub.media.sent,
+    opus_payload_sizes: Object.fromEntries(sizes),
+    captions: pub.captions.received,
+    screenshot: p('page.png'),
+  }));
+  await context.close();
+});
