@@ -25,6 +25,7 @@ mod tls;
 mod turn_accept;
 mod turn_relay;
 pub mod turn_stream;
+mod web;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -54,9 +54,9 @@ export async function startServer(args = []) {
   };
 }
 
-/** A fresh room id from the CLI (`aparte room new`). */
+/** A fresh room id (`aparte-signaling room new`). */
 export function newRoom() {
-  const out = spawnSync(binary('aparte'), ['room', 'new'], { encoding: 'utf8' });
+  const out = spawnSync(binary('aparte-signaling'), ['room', 'new'], { encoding: 'utf8' });
   assert.equal(out.status, 0, out.stderr);
   return out.stdout.trim().split(/\s+/).pop();
 }

@@ -52,8 +52,10 @@ function startRust(args) {
       return p;
     },
     close() {
+      if (child.exitCode !== null) return Promise.resolve();
+      const exited = new Promise((resolve) => child.on('exit', resolve));
       child.stdin.end('quit\n');
-      return new Promise((resolve) => child.on('exit', resolve));
+      return exited;
     },
   };
 }
@@ -70,6 +72,14 @@ async function call({ jsRole, jsIdentity, rustIdentity }) {
   const rustArgs = [jsInitiator ? 'responder' : 'initiator', toHex(room), toHex(fpRust), toHex(fpJs)];
   if (rustIdentity) rustArgs.push(toHex(rustIdentity));
   const rust = startRust(rustArgs);
+  try {
+    await exchange(rust, params, { jsInitiator, jsIdentity, rustIdentity });
+  } finally {
+    await rust.close();
+  }
+}
+
+async function exchange(rust, params, { jsInitiator, jsIdentity, rustIdentity }) {
   let fromRust = await rust.first;
   let hs;
   if (jsInitiator) {
@@ -115,21 +125,23 @@ async function call({ jsRole, jsIdentity, rustIdentity }) {
       assert.equal(out.index, i);
       lastRustFrame = sealed;
     }
-    // Each side rejects what it must.
-    const tampered = lastJsFrame.slice();
+    // Each side rejects what it must: a tampered frame (forged), the same frame twice
+    // (replayed), our own frame bounced back (reflected).
+    const fresh = js[`${chain}Sender`].protect(Uint8Array.of(7, 7));
+    const tampered = fresh.slice();
     tampered[tampered.length - 1] ^= 1;
     assert.deepEqual(await rust.ask(`open ${chain} ${toHex(tampered)}`), ['reject forged']);
+    assert.deepEqual(await rust.ask(`open ${chain} ${toHex(fresh)}`), ['plain 0707']);
     assert.deepEqual(await rust.ask(`open ${chain} ${toHex(lastJsFrame)}`), ['reject replayed']);
     const reflected = js[`${chain}Sender`].protect(Uint8Array.of(1));
     assert.throws(() => js[`${chain}Receiver`].open(reflected, 0), { reason: 'reflected' });
     assert.throws(() => js[`${chain}Receiver`].open(lastRustFrame, 0), { reason: 'replayed' });
-    const forged = lastRustFrame.slice();
+    const forged = fromHex(field(await rust.ask(`seal ${chain} 0909`), 'frame'));
     forged[2] ^= 0x40;
     assert.throws(() => js[`${chain}Receiver`].open(forged, 0), { reason: 'forged' });
   }
   assert.equal(js.mediaReceiver.accepted, 100);
   assert.equal(js.mediaReceiver.rejected.forged, 1);
-  await rust.close();
 }
 
 for (const jsRole of ['initiator', 'responder']) {

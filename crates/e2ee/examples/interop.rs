@@ -11,7 +11,7 @@
 //! confirmed), `frame HEX`, `plain HEX`, `reject REASON`, `error WHAT`; a line `.` ends the
 //! answer to each input line (and the start-up output).
 #![forbid(unsafe_code)]
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, Write};
 
@@ -22,7 +22,9 @@ use aparte_e2ee::identity::IdentityKey;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
-        eprintln!("usage: interop initiator|responder ROOM_HEX LOCAL_FP_HEX REMOTE_FP_HEX [IDENTITY_HEX]");
+        eprintln!(
+            "usage: interop initiator|responder ROOM_HEX LOCAL_FP_HEX REMOTE_FP_HEX [IDENTITY_HEX]"
+        );
         std::process::exit(2);
     }
     let hex = |s: &str| hex::decode(s).expect("hex argument");
@@ -52,9 +54,11 @@ fn main() {
         let mut words = line.split(' ');
         let reply = match (words.next(), words.next(), words.next()) {
             (Some("quit"), ..) => break,
-            (Some("hs"), Some(data), None) => {
-                on_handshake(&mut handshake, &mut channels, &hex::decode(data).unwrap_or_default())
-            }
+            (Some("hs"), Some(data), None) => on_handshake(
+                &mut handshake,
+                &mut channels,
+                &hex::decode(data).unwrap_or_default(),
+            ),
             (Some(op @ ("seal" | "open")), Some(chain), Some(data)) => match channels.as_mut() {
                 None => "error no keys yet".to_owned(),
                 Some(c) => {

@@ -350,7 +350,8 @@ function onStatus(s) {
       : `Pinned ${identityFingerprint(fromHex(s.pinned))}; the peer showed no identity at all.`);
   }
   if (s.state === 'failed') end(s.reason);
-  if (s.state === 'ended') end(s.byPeer ? 'the peer hung up' : 'hung up');
+  // Our own hang-up ends the call in hangUp(), once the Bye has left.
+  if (s.state === 'ended' && s.byPeer) end('the peer hung up');
   updateMediaGate();
 }
 
@@ -463,11 +464,12 @@ async function join(event) {
 async function hangUp() {
   if (!call) return;
   if (call.security && call.dc?.readyState === 'open') {
+    const dc = call.dc;
+    const closed = new Promise((resolve) => dc.addEventListener('close', resolve, { once: true }));
     carryOut(call.security.hangUp());
-    // Let the Bye leave before the channel closes.
-    if (call.dc.bufferedAmount > 0) {
-      await new Promise((resolve) => call.dc.addEventListener('bufferedamountlow', resolve, { once: true }));
-    }
+    // The peer ends the call when the Bye arrives and closes its side; wait for that (at most
+    // 2 s) so that closing ours does not drop the Bye.
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 2000))]);
   }
   end('hung up');
 }
