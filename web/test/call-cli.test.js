@@ -6,10 +6,10 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { WAIT_MS, binary, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
+import { WAIT_MS, root, binary, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-cli-'));
 const p = (name) => path.join(dir, name);
@@ -27,11 +27,11 @@ after(async () => {
   await server?.stop();
 });
 
-function runCli(room) {
+function runCli(room, tag) {
   const child = spawn(binary('aparte'), [
     'call', '--server', server.wsUrl, `--room=${room}`, '--loopback-only', '--tofu', '--relay-only',
-    '--input', p('cli.wav'), '--output', p('heard.wav'), '--stats-json', p('cli.json'), '--lang', 'en',
-  ], { env: { ...process.env, APARTE_HOME: p('home') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    '--input', p('cli.wav'), '--output', p(`${tag}-heard.wav`), '--stats-json', p(`${tag}-cli.json`), '--lang', 'en',
+  ], { env: { ...process.env, APARTE_HOME: p(`${tag}-home`) }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   child.stdout.resume();
@@ -39,19 +39,37 @@ function runCli(room) {
   return { child, exited, stderr: () => stderr };
 }
 
-test('browser ↔ CLI through the TURN relay: same SAS, audio both ways, captions in the page', { timeout: 180000 }, async () => {
+async function browserCallsCli({ cliFirst }) {
   const room = newRoom();
-  const cli = runCli(room);
-  const { page, context, errors } = await openPage(browser, `${server.url}/r/${room}`);
-  // The CLI joins first (it answers); the page finds it there and offers.
-  const cliJoined = Date.now() + WAIT_MS;
-  while (!/waiting|joined/i.test(cli.stderr()) && Date.now() < cliJoined) {
-    await new Promise((resolve) => cli.child.stderr.once('data', resolve));
+  const tag = cliFirst ? 'answering-cli' : 'offering-cli';
+  // A phone-sized screen.
+  const { page, context, errors } = await openPage(browser, `${server.url}/r/${room}`,
+    { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1 });
+  let cli;
+  if (cliFirst) {
+    // The CLI joins first (it answers); the page finds it there and offers.
+    cli = runCli(room, tag);
+    const deadline = Date.now() + WAIT_MS;
+    while (!/waiting|joined/i.test(cli.stderr()) && Date.now() < deadline) {
+      await new Promise((resolve) => cli.child.stderr.once('data', resolve));
+    }
+    await join(page, { relayOnly: true });
+  } else {
+    // The page waits in the room; the CLI finds it there and offers (webrtc-rs's offer).
+    await join(page, { relayOnly: true });
+    await page.waitForFunction(() => window.aparte.signaling === 'joined', null, { timeout: WAIT_MS });
+    cli = runCli(room, tag);
   }
-  await join(page, { relayOnly: true });
   await page.waitForFunction(() => window.aparte.security === 'encrypted, not verified', null, { timeout: WAIT_MS });
   const words = await page.textContent('#sas-words');
   const digits = await page.textContent('#sas-digits');
+  // Mid-call, once a caption is shown: the screenshot for docs/ (APARTE_UPDATE_DOCS=1).
+  await page.waitForFunction(() => window.aparte.captions.received > 0, null, { timeout: 60000 });
+  const shot = cliFirst ? p('page-mid-call.png') : p('page-mid-call-answerer.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  if (process.env.APARTE_UPDATE_DOCS === '1' && cliFirst) {
+    copyFileSync(shot, path.join(root, 'docs/browser-call.png'));
+  }
 
   const code = await cli.exited;
   const log = cli.stderr();
@@ -63,7 +81,7 @@ test('browser ↔ CLI through the TURN relay: same SAS, audio both ways, caption
   await page.waitForFunction(() => window.aparte.ended !== null, null, { timeout: WAIT_MS });
   const pub = await page.evaluate(() => window.aparte);
   assert.equal(pub.ended, 'the peer hung up');
-  const report = JSON.parse(readFileSync(p('cli.json'), 'utf8'));
+  const report = JSON.parse(readFileSync(p(`${tag}-cli.json`), 'utf8'));
   assert.equal(report.relayed, true, 'relayed through TURN');
   const rejectedByCli = Object.values(report.frames_rejected).reduce((a, b) => a + b, 0);
   assert.equal(rejectedByCli, 0, 'the CLI rejected none of the browser frames');
@@ -81,14 +99,18 @@ test('browser ↔ CLI through the TURN relay: same SAS, audio both ways, caption
   const shown = await page.$$eval('#captions li', (li) => li.map((l) => l.textContent).join(' '));
   assert.match(shown.toLowerCase(), /hello|command|captions/);
   // What the CLI heard is the browser's speech.
-  const heard = readWav(p('heard.wav'));
+  const heard = readWav(p(`${tag}-heard.wav`));
   assert.ok(dbfs(heard.samples) > -45, `the recording is silent (${dbfs(heard.samples).toFixed(1)} dBFS)`);
-  const asr = spawnSync(binary('aparte'), ['translate', p('heard.wav'), '--lang', 'en'], { encoding: 'utf8' });
+  const asr = spawnSync(binary('aparte'), ['translate', p(`${tag}-heard.wav`), '--lang', 'en'], { encoding: 'utf8' });
   assert.equal(asr.status, 0, asr.stderr);
   assert.match(asr.stdout.toLowerCase(), /browser|weather|sunny|warm/, 'Whisper recognises what the browser said');
   assert.deepEqual(errors.filter((e) => /Content Security Policy|Refused/.test(e)), []);
-  await page.screenshot({ path: p('page.png'), fullPage: true });
+  // The WebVTT download holds the final captions, as the CLI's --captions writes them.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#vtt')]);
+  const vtt = readFileSync(await download.path(), 'utf8');
+  assert.match(vtt, /^WEBVTT\n\n1\n\d{2}:\d{2}:\d{2}\.\d{3} --> \d{2}:\d{2}:\d{2}\.\d{3}\n/);
   console.log(JSON.stringify({
+    cli_first: cliFirst,
     setup_ms_page: pub.setupMs,
     cli_setup_ms: report.setup_ms,
     browser_frames_sent: pub.media.sent,
@@ -98,7 +120,15 @@ test('browser ↔ CLI through the TURN relay: same SAS, audio both ways, caption
     overhead_per_frame: pub.media.overheadBytes / pub.media.sent,
     opus_payload_sizes: Object.fromEntries(sizes),
     captions: pub.captions.received,
-    screenshot: p('page.png'),
+    screenshot: shot,
   }));
   await context.close();
+}
+
+test('browser ↔ CLI through the TURN relay (the page offers): same SAS, audio both ways, captions in the page', { timeout: 180000 }, async () => {
+  await browserCallsCli({ cliFirst: true });
+});
+
+test('CLI ↔ browser through the TURN relay (the CLI offers): same SAS, audio both ways, captions in the page', { timeout: 180000 }, async () => {
+  await browserCallsCli({ cliFirst: false });
 });

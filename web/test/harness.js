@@ -88,8 +88,8 @@ export async function launchChromium(wav) {
  * Opens the page in a new browser context (its own IndexedDB), records every request and
  * console error, and returns `{ page, requests, errors }`.
  */
-export async function openPage(browser, url) {
-  const context = await browser.newContext();
+export async function openPage(browser, url, contextOptions = {}) {
+  const context = await browser.newContext({ acceptDownloads: true, ...contextOptions });
   const page = await context.newPage();
   const requests = [];
   const errors = [];

@@ -484,6 +484,7 @@ function end(why) {
   if (call.ws?.readyState === WebSocket.OPEN) call.ws.send(JSON.stringify({ type: 'leave' }));
   call.ws?.close();
   call.pc?.close();
+  if (call.pc) pub.link = 'closed';
   for (const t of call.stream?.getTracks() ?? []) t.stop();
   show('sas-actions', false);
   show('hangup', false);
