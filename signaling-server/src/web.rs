@@ -56,14 +56,22 @@ pub(crate) fn page_built() -> bool {
 }
 
 fn asset(name: &str) -> Response {
-    match ASSETS.iter().find(|(n, ..)| *n == name) {
+    asset_from(ASSETS, name)
+}
+
+/// `name` from `assets`; with no page built at all, the page that says how to build it.
+fn asset_from(
+    assets: &'static [(&'static str, &'static str, &'static [u8])],
+    name: &str,
+) -> Response {
+    match assets.iter().find(|(n, ..)| *n == name) {
         Some((_, content_type, bytes)) => (
             security_headers(),
             [(header::CONTENT_TYPE, *content_type)],
             *bytes,
         )
             .into_response(),
-        None if !page_built() => (
+        None if assets.is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
             security_headers(),
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -204,6 +212,17 @@ mod tests {
         assert_eq!(normalise_origin("ftp://a.example"), None);
         assert_eq!(normalise_origin("https://user@a.example"), None);
         assert_eq!(normalise_origin("https://"), None);
+    }
+
+    #[tokio::test]
+    async fn without_a_built_page_the_server_says_how_to_build_it() {
+        let res = asset_from(&[], "index.html");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(NOT_BUILT.contains("bash scripts/build-web"));
+        let built: &'static [(&str, &str, &[u8])] = &[("index.html", "text/html", b"<p>hi")];
+        assert_eq!(asset_from(built, "index.html").status(), StatusCode::OK);
+        assert_eq!(asset_from(built, "app.js").status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
