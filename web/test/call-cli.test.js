@@ -6,10 +6,11 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
 import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { WAIT_MS, root, binary, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
+import { WAIT_MS, root, binary, startCapture, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-cli-'));
 const p = (name) => path.join(dir, name);
@@ -39,9 +40,38 @@ function runCli(room, tag) {
   return { child, exited, stderr: () => stderr };
 }
 
+/**
+ * Stops the capture and checks that no caption text the page showed (every run of four words)
+ * crossed loopback in the clear; a marker sent in the clear must be found (positive control).
+ */
+async function noCaptionInTheClear(page, capture, room) {
+  const marker = `aparte positive control ${room}`;
+  const sock = dgram.createSocket('udp4');
+  await new Promise((resolve) => sock.send(marker, 9, '127.0.0.1', resolve));
+  sock.close();
+  // tcpdump writes each packet as it comes (-U); once the marker is in the file, all is.
+  const deadline = Date.now() + 10000;
+  while (!readFileSync(p('loopback.pcap')).includes(marker) && Date.now() < deadline) {
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await capture.stop();
+  const pcap = readFileSync(p('loopback.pcap'));
+  assert.ok(pcap.includes(marker), 'positive control: plaintext on loopback is found');
+  const texts = await page.$$eval('#captions li span', (spans) => spans.map((s) => s.textContent));
+  assert.ok(texts.length > 0);
+  for (const text of texts) {
+    const words = text.split(/\s+/).filter(Boolean);
+    const runs = words.length < 4 ? [words.join(' ')] : words.slice(0, -3).map((_, i) => words.slice(i, i + 4).join(' '));
+    for (const run of runs) assert.ok(!pcap.includes(run), `caption text in the clear on loopback: "${run}"`);
+  }
+  // The caption wire format (crates/translate: serde's field order) never appears in the clear.
+  assert.ok(!pcap.includes('{"v":1,"seq":'), 'caption JSON in the clear on loopback');
+}
+
 async function browserCallsCli({ cliFirst }) {
   const room = newRoom();
   const tag = cliFirst ? 'answering-cli' : 'offering-cli';
+  const capture = cliFirst ? await startCapture(p('loopback.pcap')) : null;
   // A phone-sized screen.
   const { page, context, errors } = await openPage(browser, `${server.url}/r/${room}`,
     { viewport: { width: 390, height: 844 }, deviceScaleFactor: 1 });
@@ -82,6 +112,7 @@ async function browserCallsCli({ cliFirst }) {
   const pub = await page.evaluate(() => window.aparte);
   assert.equal(pub.ended, 'the peer hung up');
   const report = JSON.parse(readFileSync(p(`${tag}-cli.json`), 'utf8'));
+  if (capture) await noCaptionInTheClear(page, capture, room);
   assert.equal(report.relayed, true, 'relayed through TURN');
   const rejectedByCli = Object.values(report.frames_rejected).reduce((a, b) => a + b, 0);
   assert.equal(rejectedByCli, 0, 'the CLI rejected none of the browser frames');

@@ -138,3 +138,21 @@ export function dbfs(samples) {
   for (const s of samples) sum += s * s;
   return 10 * Math.log10(sum / Math.max(1, samples.length) + 1e-12);
 }
+
+/** Captures all loopback traffic into `file` (tcpdump, needs root) until `stop()`. */
+export async function startCapture(file) {
+  const child = spawn('tcpdump', ['-i', 'lo', '-U', '-n', '-s', '0', '-w', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const lines = createInterface({ input: child.stderr });
+  await new Promise((resolve, reject) => {
+    lines.on('line', (l) => l.includes('listening on') && resolve());
+    child.on('error', () => reject(new Error('tcpdump is needed: bash scripts/install-deps')));
+    child.on('exit', (code) => reject(new Error(`tcpdump exited with ${code} (run as root)`)));
+  });
+  return {
+    stop() {
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGINT'); // tcpdump flushes and closes the file
+      return exited;
+    },
+  };
+}
