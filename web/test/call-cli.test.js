@@ -28,10 +28,11 @@ after(async () => {
   await server?.stop();
 });
 
-function runCli(room, tag) {
+function runCli(room, tag, extra = []) {
   const child = spawn(binary('aparte'), [
     'call', '--server', server.wsUrl, `--room=${room}`, '--loopback-only', '--tofu', '--relay-only',
     '--input', p('cli.wav'), '--output', p(`${tag}-heard.wav`), '--stats-json', p(`${tag}-cli.json`), '--lang', 'en',
+    ...extra,
   ], { env: { ...process.env, APARTE_HOME: p(`${tag}-home`) }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
@@ -88,7 +89,8 @@ async function browserCallsCli({ cliFirst }) {
     // The page waits in the room; the CLI finds it there and offers (webrtc-rs's offer).
     await join(page, { relayOnly: true });
     await page.waitForFunction(() => window.aparte.signaling === 'joined', null, { timeout: WAIT_MS });
-    cli = runCli(room, tag);
+    // This CLI also captions what the browser user says, on its own machine (issue 14, item 5).
+    cli = runCli(room, tag, ['--translate-incoming', '--peer-lang', 'en', '--captions', p(`${tag}-incoming.vtt`)]);
   }
   await page.waitForFunction(() => window.aparte.security === 'encrypted, not verified', null, { timeout: WAIT_MS });
   const words = await page.textContent('#sas-words');
@@ -135,6 +137,10 @@ async function browserCallsCli({ cliFirst }) {
   const asr = spawnSync(binary('aparte'), ['translate', p(`${tag}-heard.wav`), '--lang', 'en'], { encoding: 'utf8' });
   assert.equal(asr.status, 0, asr.stderr);
   assert.match(asr.stdout.toLowerCase(), /browser|weather|sunny|warm/, 'Whisper recognises what the browser said');
+  if (!cliFirst) {
+    const incoming = readFileSync(p(`${tag}-incoming.vtt`), 'utf8').toLowerCase();
+    assert.match(incoming, /browser|weather|sunny|warm/, `--translate-incoming captions the browser:\n${incoming}`);
+  }
   assert.deepEqual(errors.filter((e) => /Content Security Policy|Refused/.test(e)), []);
   // The WebVTT download holds the final captions, as the CLI's --captions writes them.
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#vtt')]);
