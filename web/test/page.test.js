@@ -8,7 +8,8 @@ import http from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { WAIT_MS, startServer, newRoom, speak, launchChromium, openPage, join } from './harness.js';
+import { spawnSync } from 'node:child_process';
+import { WAIT_MS, binary, startServer, newRoom, speak, launchChromium, openPage, join } from './harness.js';
 
 let server;
 let browser;
@@ -112,4 +113,26 @@ test('two browser pages call each other through the TURN relay: same SAS, frames
   await b.page.waitForFunction(() => window.aparte.ended === 'the peer hung up', null, { timeout: WAIT_MS });
   await a.context.close();
   await b.context.close();
+});
+
+test('a server that requires a token: the page says so, and joins with one', async () => {
+  const secret = 'a-token-secret-of-at-least-32-bytes-0123456789';
+  const guarded = await startServer(['--token-secret', secret]);
+  try {
+    const room = newRoom();
+    const { page, context } = await openPage(browser, `${guarded.url}/r/${room}`);
+    await join(page);
+    await page.waitForFunction(() => window.aparte.ended !== null, null, { timeout: WAIT_MS });
+    assert.match(await page.textContent('#message'), /token required/);
+    assert.equal(await page.isVisible('#join'), true, 'the form is back');
+    const token = spawnSync(binary('aparte-signaling'), ['token', '--room', room, '--ttl', '10m', '--token-secret', secret],
+      { encoding: 'utf8' });
+    assert.equal(token.status, 0, token.stderr);
+    await page.fill('#token', token.stdout.trim());
+    await join(page);
+    await page.waitForFunction(() => window.aparte.signaling === 'joined', null, { timeout: WAIT_MS });
+    await context.close();
+  } finally {
+    await guarded.stop();
+  }
 });

@@ -110,9 +110,9 @@ function onServerMessage(msg) {
       onPeerMessage(parsePeerMessage(msg.payload));
       break;
     case 'error':
-      if (msg.code === 'token_required' || msg.code.startsWith('token_')) {
-        show('token-row', true);
+      if (msg.code.startsWith('token_')) {
         end(`the server refused the join: ${msg.code.replace(/_/g, ' ')}`);
+        $('token').focus();
       } else if (['room_full', 'version_mismatch', 'invalid_room_id'].includes(msg.code)) {
         end(`the server refused the join: ${msg.code.replace(/_/g, ' ')}`);
       }
@@ -436,16 +436,19 @@ async function join(event) {
   history.replaceState(null, '', `/r/${room}`);
   show('join', false);
   show('call', true);
-  pub.signaling = 'connecting';
   render();
+  Object.assign(pub, { signaling: 'connecting', role: null, link: 'new', security: 'not started', verified: false,
+    mediaAllowed: false, media: null, setupMs: null, ended: null });
   const ws = new WebSocket(wsUrl());
   call.ws = ws;
+  const mine = call;
   ws.onopen = () => {
     ws.send(JSON.stringify({ type: 'hello', version: 1 }));
     const token = $('token').value.trim();
     ws.send(JSON.stringify(token ? { type: 'join', room, token } : { type: 'join', room }));
   };
   ws.onmessage = (e) => {
+    if (call !== mine) return;
     let msg;
     try {
       msg = JSON.parse(e.data);
@@ -455,6 +458,7 @@ async function join(event) {
     onServerMessage(msg);
   };
   ws.onclose = () => {
+    if (call !== mine) return;
     pub.signaling = 'closed';
     if (!call?.setUp) end('the signaling connection closed');
     render();
@@ -489,6 +493,12 @@ function end(why) {
   show('sas-actions', false);
   show('hangup', false);
   status(`Call ended: ${why}.`);
+  if (!call.setUp) {
+    // Nothing was set up (a refused join, say): the form comes back to try again.
+    show('call', false);
+    show('join', true);
+    $('join-btn').disabled = false;
+  }
   render();
 }
 
