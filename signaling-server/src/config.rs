@@ -997,6 +997,31 @@ mod tests {
     }
 
     #[test]
+    fn allowed_origins_from_flags_or_file_are_checked_and_normalised() {
+        let cli = parse(&[
+            "--allowed-origin",
+            "https://App.example",
+            "--allowed-origin",
+            "http://127.0.0.1:8080",
+        ]);
+        let cfg = cli.opts.resolve().unwrap();
+        assert_eq!(
+            cfg.allowed_origins,
+            ["https://app.example", "http://127.0.0.1:8080"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "allowed_origins = [\"https://a.example/path\"]\n").unwrap();
+        let cli = parse(&["--config", path.to_str().unwrap()]);
+        assert!(cli.opts.resolve().is_err(), "an origin with a path");
+        assert!(ServeOpts::default()
+            .resolve()
+            .unwrap()
+            .allowed_origins
+            .is_empty());
+    }
+
+    #[test]
     fn rejects_unknown_file_keys_and_bad_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
