@@ -10,7 +10,7 @@ import dgram from 'node:dgram';
 import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { WAIT_MS, root, binary, startCapture, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
+import { WAIT_MS, root, binary, relayedOpusSizes, startCapture, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-cli-'));
 const p = (name) => path.join(dir, name);
@@ -67,6 +67,21 @@ async function noCaptionInTheClear(page, capture, room) {
   }
   // The caption wire format (crates/translate: serde's field order) never appears in the clear.
   assert.ok(!pcap.includes('{"v":1,"seq":'), 'caption JSON in the clear on loopback');
+  // Constant bitrate on the wire: each relayed Opus stream (the browser's and the CLI's) has
+  // at most three sizes one byte apart, growing only with the e2ee counter's length.
+  const streams = relayedOpusSizes(pcap, server.turnPort);
+  assert.equal(streams.size, 2, `two Opus streams through the relay: ${[...streams.keys()]}`);
+  for (const [ssrc, packets] of streams) {
+    const sizes = packets.map((x) => x.size);
+    assert.ok(sizes.length >= 200, `stream ${ssrc}: ${sizes.length} packets`);
+    assert.ok(Math.max(...sizes) - Math.min(...sizes) <= 2, `stream ${ssrc} is not CBR: ${[...new Set(sizes)]}`);
+    assert.ok(sizes.every((x, i) => i === 0 || x >= sizes[i - 1]), `stream ${ssrc}: a size went down`);
+  }
+  return [...streams.values()].map((packets) => {
+    const counts = {};
+    for (const { size } of packets) counts[size] = (counts[size] ?? 0) + 1;
+    return counts;
+  });
 }
 
 async function browserCallsCli({ cliFirst }) {
@@ -114,7 +129,7 @@ async function browserCallsCli({ cliFirst }) {
   const pub = await page.evaluate(() => window.aparte);
   assert.equal(pub.ended, 'the peer hung up');
   const report = JSON.parse(readFileSync(p(`${tag}-cli.json`), 'utf8'));
-  if (capture) await noCaptionInTheClear(page, capture, room);
+  const wire = capture ? await noCaptionInTheClear(page, capture, room) : null;
   assert.equal(report.relayed, true, 'relayed through TURN');
   const rejectedByCli = Object.values(report.frames_rejected).reduce((a, b) => a + b, 0);
   assert.equal(rejectedByCli, 0, 'the CLI rejected none of the browser frames');
@@ -157,6 +172,7 @@ async function browserCallsCli({ cliFirst }) {
     overhead_per_frame: pub.media.overheadBytes / pub.media.sent,
     opus_payload_sizes: Object.fromEntries(sizes),
     captions: pub.captions.received,
+    relayed_opus_sizes_on_the_wire: wire,
     screenshot: shot,
   }));
   await context.close();

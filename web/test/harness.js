@@ -32,9 +32,12 @@ export async function startServer(args = []) {
     '--listen', '127.0.0.1:0', '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
   ], { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout });
+  let turnPort = null;
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('aparte-signaling did not start')), WAIT_MS);
     lines.on('line', (line) => {
+      const t = /^turn listening on udp \S+:(\d+)$/.exec(line);
+      if (t) turnPort = Number(t[1]);
       const m = /^listening on http:\/\/(\S+)$/.exec(line);
       if (m) {
         clearTimeout(timer);
@@ -45,6 +48,7 @@ export async function startServer(args = []) {
   });
   return {
     addr,
+    turnPort,
     url: `http://${addr}`,
     wsUrl: `ws://${addr}/ws`,
     stop() {
@@ -155,4 +159,42 @@ export async function startCapture(file) {
       return exited;
     },
   };
+}
+
+/**
+ * The audio packets relayed through the TURN relay on `turnPort` in a loopback capture, per RTP
+ * stream (SSRC) of Opus (payload type 111) carried in ChannelData: the packet sizes in RTP
+ * sequence order. SRTP hides the e2ee header, whose length grows with the frame counter (17, 18,
+ * then 19 bytes of overhead, §7), so a constant-bitrate stream has at most three sizes, one byte
+ * apart, never decreasing.
+ */
+export function relayedOpusSizes(pcap, turnPort) {
+  assert.equal(pcap.readUInt32LE(0), 0xa1b2c3d4, 'a little-endian pcap file');
+  assert.equal(pcap.readUInt32LE(20), 1, 'Ethernet link type (tcpdump -i lo)');
+  const streams = new Map();
+  for (let at = 24; at + 16 <= pcap.length;) {
+    const len = pcap.readUInt32LE(at + 8);
+    const frame = pcap.subarray(at + 16, at + 16 + len);
+    at += 16 + len;
+    if (frame.length < 14 + 20 + 8 || frame.readUInt16BE(12) !== 0x0800) continue;
+    const ip = frame.subarray(14);
+    if (ip[9] !== 17) continue; // UDP
+    const udp = ip.subarray((ip[0] & 15) * 4);
+    // Towards the relay only: each packet also leaves it again, toward the other peer.
+    if (udp.readUInt16BE(2) !== turnPort) continue;
+    const data = udp.subarray(8);
+    if (data.length < 4 || (data[0] & 0xc0) !== 0x40) continue; // ChannelData only
+    const rtp = data.subarray(4, 4 + data.readUInt16BE(2));
+    if (rtp.length < 13 || (rtp[0] & 0xc0) !== 0x80 || (rtp[1] & 0x7f) !== 111) continue;
+    const ssrc = rtp.readUInt32BE(8);
+    const packets = streams.get(ssrc) ?? [];
+    packets.push({ seq: rtp.readUInt16BE(2), size: rtp.length });
+    streams.set(ssrc, packets);
+  }
+  for (const packets of streams.values()) {
+    // Sequence numbers from the first one seen, across a wrap.
+    const first = packets[0].seq;
+    packets.sort((a, b) => ((a.seq - first + 65536) % 65536) - ((b.seq - first + 65536) % 65536));
+  }
+  return streams;
 }
