@@ -1,7 +1,8 @@
 // Cross-check with the Rust crate: a handshake and 100 frames each way (media and data chains)
 // between this JavaScript and `aparte-e2ee` (its `interop` example, driven over stdin/stdout),
 // with the JavaScript side as initiator and as responder, with and without identities; and
-// each side rejects the other's tampered, replayed and reflected frames.
+// each side rejects the other's tampered, replayed and reflected frames; and 16,400 frames each
+// way follow the first rekey at the protocol's epoch length.
 //
 // The example binary: $APARTE_INTEROP_BIN, else target/debug/examples/interop under
 // $CARGO_TARGET_DIR or the workspace's target/ (build it with
@@ -155,3 +156,35 @@ for (const jsRole of ['initiator', 'responder']) {
     });
   }
 }
+
+test('across a rekey: 16,400 media frames each way, epoch 0 then 1, by the protocol\'s default epoch length', async () => {
+  const room = utf8('interop-rekey-0123456789abcdef');
+  const fpJs = utf8('sha-256 AA:BB'), fpRust = utf8('sha-256 CC:DD');
+  const params = callParams(room, fpJs, fpRust);
+  const rust = startRust(['responder', toHex(room), toHex(fpRust), toHex(fpJs)]);
+  try {
+    await rust.first;
+    const { handshake, commit } = Handshake.initiator(params);
+    const reveal = handshake.receive(fromHex(field(await rust.ask(`hs ${toHex(commit)}`), 'hs')));
+    handshake.receive(fromHex(field(await rust.ask(`hs ${toHex(reveal)}`), 'hs')));
+    const js = channels(handshake.finish());
+    const n = 16400;
+    const payload = (i) => Uint8Array.of(i & 255, i >> 8, 0x42);
+    // JS → Rust, pipelined.
+    const answers = [];
+    for (let i = 0; i < n; i++) answers.push(rust.ask(`open media ${toHex(js.mediaSender.protect(payload(i)))}`));
+    const opened = await Promise.all(answers);
+    opened.forEach((a, i) => assert.equal(field(a, 'plain'), toHex(payload(i)), `frame ${i}`));
+    assert.equal(js.mediaSender.epoch, 1, 'the JS sender rekeyed');
+    // Rust → JS.
+    const sealed = await Promise.all(Array.from({ length: n }, (_, i) => rust.ask(`seal media ${toHex(payload(i))}`)));
+    sealed.forEach((a, i) => {
+      const out = js.mediaReceiver.open(fromHex(field(a, 'frame')), i);
+      assert.equal(out.index, i, `frame ${i}`);
+      assert.equal(out.epoch, i < 16384 ? 0 : 1);
+    });
+    assert.equal(js.mediaReceiver.rekeys, 1);
+  } finally {
+    await rust.close();
+  }
+});
