@@ -7,7 +7,7 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
-import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { WAIT_MS, root, binary, relayedOpusSizes, startCapture, startServer, newRoom, speak, launchChromium, openPage, join, readWav, dbfs } from './harness.js';
@@ -26,6 +26,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.stop();
+  // Speech, recordings and captures of the run (APARTE_KEEP_TEST_FILES=1 keeps them).
+  if (process.env.APARTE_KEEP_TEST_FILES !== '1') rmSync(dir, { recursive: true, force: true });
 });
 
 function runCli(room, tag, extra = []) {

@@ -5,7 +5,7 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -23,6 +23,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.stop();
+  // Speech, recordings and captures of the run (APARTE_KEEP_TEST_FILES=1 keeps them).
+  if (process.env.APARTE_KEEP_TEST_FILES !== '1') rmSync(dir, { recursive: true, force: true });
 });
 
 function upgrade(origin) {
