@@ -166,6 +166,19 @@ pub(crate) struct ServeOpts {
     #[arg(long, env = "APARTE_PROXY_HEADER", global = true)]
     pub(crate) proxy_header: Option<String>,
 
+    /// Web origin (`https://host[:port]`) whose pages may open the WebSocket, besides the
+    /// server's own origin (repeatable). A browser always sends `Origin`; a WebSocket from any
+    /// other origin is refused with 403. Clients that send no `Origin` (the CLI) are not
+    /// affected.
+    #[arg(
+        long = "allowed-origin",
+        env = "APARTE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub(crate) allowed_origins: Vec<String>,
+
     /// Members per room. [default: 2]
     #[arg(long, env = "APARTE_ROOM_CAPACITY", global = true)]
     pub(crate) room_capacity: Option<usize>,
@@ -401,6 +414,8 @@ pub(crate) struct Config {
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
     pub(crate) token_secret: Option<Secret>,
     pub(crate) proxy_header: Option<axum::http::HeaderName>,
+    /// Extra web origins allowed to open the WebSocket (lowercase, no trailing slash).
+    pub(crate) allowed_origins: Vec<String>,
     pub(crate) room_capacity: usize,
     pub(crate) max_message_bytes: usize,
     pub(crate) rate_limit: f64,
@@ -807,8 +822,20 @@ impl ServeOpts {
                 Err(_) => return invalid("proxy_header is not a valid HTTP header name"),
             },
         };
+        let mut allowed_origins = Vec::new();
+        for origin in merge_vec(self.allowed_origins, file.allowed_origins) {
+            match crate::web::normalise_origin(&origin) {
+                Some(o) => allowed_origins.push(o),
+                None => {
+                    return invalid(
+                        "allowed_origins: each must be http(s)://HOST[:PORT], with no path",
+                    )
+                }
+            }
+        }
         let cfg = Config {
             proxy_header,
+            allowed_origins,
             listen: self
                 .listen
                 .or(file.listen)
@@ -967,6 +994,31 @@ mod tests {
         assert_eq!(cfg.max_errors, 3);
         assert_eq!(cfg.idle_timeout, Duration::from_secs(30));
         assert_eq!(cfg.stun_urls, vec!["stun:a".to_string()]);
+    }
+
+    #[test]
+    fn allowed_origins_from_flags_or_file_are_checked_and_normalised() {
+        let cli = parse(&[
+            "--allowed-origin",
+            "https://App.example",
+            "--allowed-origin",
+            "http://127.0.0.1:8080",
+        ]);
+        let cfg = cli.opts.resolve().unwrap();
+        assert_eq!(
+            cfg.allowed_origins,
+            ["https://app.example", "http://127.0.0.1:8080"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "allowed_origins = [\"https://a.example/path\"]\n").unwrap();
+        let cli = parse(&["--config", path.to_str().unwrap()]);
+        assert!(cli.opts.resolve().is_err(), "an origin with a path");
+        assert!(ServeOpts::default()
+            .resolve()
+            .unwrap()
+            .allowed_origins
+            .is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod tls;
 mod turn_accept;
 mod turn_relay;
 pub mod turn_stream;
+mod web;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -410,6 +411,12 @@ impl Running {
             }
             None => None,
         };
+        if !web::page_built() {
+            tracing::warn!(
+                "the browser page is not built into this binary: / says so. Run \
+                 `bash scripts/build-web`, then build the server again."
+            );
+        }
         if cfg.token_secret.is_none() {
             tracing::warn!(
                 "NO TOKEN SECRET CONFIGURED: this server is OPEN. Anyone who knows a room id can \

@@ -1,4 +1,4 @@
-//! HTTP side: the public router (`/ws`, `/healthz`), the separate metrics router (`/metrics`)
+//! HTTP side: the public router (`/ws`, `/healthz`, the browser page of [`crate::web`]), the separate metrics router (`/metrics`)
 //! and connection admission.
 
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +64,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
+        .route("/", get(crate::web::index))
+        .route("/r/{room}", get(crate::web::room))
+        .route("/app.js", get(crate::web::app_js))
+        .route("/worker.js", get(crate::web::worker_js))
+        .route("/style.css", get(crate::web::style_css))
         .with_state(state)
 }
 
@@ -112,6 +117,11 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let client = client_ip(&st.cfg, peer, &headers);
+    if !crate::web::origin_allowed(&headers, &st.cfg.allowed_origins) {
+        st.metrics.reject("origin_not_allowed");
+        tracing::info!(%client, reason = %"origin_not_allowed", "connection refused");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     if st.shutdown.is_cancelled() {
         st.metrics.reject("shutting_down");
         tracing::info!(%client, reason = %"shutting_down", "connection refused");

@@ -1,0 +1,200 @@
+// Helpers for the browser tests: the workspace binaries, a real `aparte-signaling` process,
+// headless Debian Chromium through playwright-core, speech WAVs, and WAV reading.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export const root = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
+/** How long a test waits for something a process or the page should do. */
+export const WAIT_MS = 30000;
+
+/** A workspace binary (debug build); fails with how to build it. */
+export function binary(name) {
+  const dirs = [
+    process.env.APARTE_BIN_DIR,
+    process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug'),
+    path.join(root, 'target/debug'),
+  ].filter(Boolean);
+  const found = dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
+  assert.ok(found, `${name} is not built (looked in ${dirs.join(', ')}): run bash scripts/test, or cargo build --bins`);
+  return found;
+}
+
+/** The Chromium to drive. */
+export const CHROMIUM = process.env.APARTE_CHROMIUM ?? '/usr/bin/chromium';
+
+/** Starts `aparte-signaling` on loopback with `args`; resolves `{ url, wsUrl, addr, stop }`. */
+export async function startServer(args = []) {
+  const child = spawn(binary('aparte-signaling'), [
+    '--listen', '127.0.0.1:0', '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
+  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout });
+  let turnPort = null;
+  const addr = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('aparte-signaling did not start')), WAIT_MS);
+    lines.on('line', (line) => {
+      const t = /^turn listening on udp \S+:(\d+)$/.exec(line);
+      if (t) turnPort = Number(t[1]);
+      const m = /^listening on http:\/\/(\S+)$/.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`aparte-signaling exited with ${code}`)));
+  });
+  return {
+    addr,
+    turnPort,
+    url: `http://${addr}`,
+    wsUrl: `ws://${addr}/ws`,
+    stop() {
+      child.kill();
+      return new Promise((resolve) => (child.exitCode !== null ? resolve() : child.on('exit', resolve)));
+    },
+  };
+}
+
+/** A fresh room id (`aparte-signaling room new`). */
+export function newRoom() {
+  const out = spawnSync(binary('aparte-signaling'), ['room', 'new'], { encoding: 'utf8' });
+  assert.equal(out.status, 0, out.stderr);
+  return out.stdout.trim().split(/\s+/).pop();
+}
+
+/** Speaks `text` into a WAV file (espeak-ng, 22.05 kHz mono). */
+export function speak(text, file) {
+  const out = spawnSync('espeak-ng', ['-v', 'en-us', '-s', '150', '-w', file, text]);
+  assert.equal(out.status, 0, 'espeak-ng is required (scripts/install-deps installs it)');
+}
+
+/** Launches headless Chromium with a fake microphone playing `wav` (looped). */
+export async function launchChromium(wav) {
+  const { chromium } = await import('playwright-core');
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium; scripts/install-deps)`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+      ...(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []),
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+}
+
+/**
+ * Opens the page in a new browser context (its own IndexedDB), records every request and
+ * console error, and returns `{ page, requests, errors }`.
+ */
+export async function openPage(browser, url, contextOptions = {}) {
+  const context = await browser.newContext({ acceptDownloads: true, ...contextOptions });
+  const page = await context.newPage();
+  const requests = [];
+  const errors = [];
+  page.on('request', (r) => requests.push(r.url()));
+  page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+  return { page, context, requests, errors };
+}
+
+/** Joins the room shown in the form; `relayOnly` ticks the box. */
+export async function join(page, { relayOnly = false, peerName = '' } = {}) {
+  if (relayOnly) await page.check('#relay-only');
+  if (peerName) await page.fill('#peer-name', peerName);
+  await page.click('#join-btn');
+}
+
+/** Mono 16-bit PCM samples and rate of a WAV file (as `aparte --output` and espeak write). */
+export function readWav(file) {
+  const b = readFileSync(file);
+  assert.equal(b.toString('ascii', 0, 4), 'RIFF');
+  let at = 12;
+  let rate = 0, channels = 1, bits = 16;
+  while (at + 8 <= b.length) {
+    const id = b.toString('ascii', at, at + 4);
+    const size = b.readUInt32LE(at + 4);
+    if (id === 'fmt ') {
+      channels = b.readUInt16LE(at + 10);
+      rate = b.readUInt32LE(at + 12);
+      bits = b.readUInt16LE(at + 22);
+    } else if (id === 'data') {
+      assert.equal(bits, 16, '16-bit WAV expected');
+      const n = Math.floor(Math.min(size, b.length - at - 8) / 2 / channels);
+      const samples = new Float32Array(n);
+      for (let i = 0; i < n; i++) samples[i] = b.readInt16LE(at + 8 + i * 2 * channels) / 32768;
+      return { rate, samples };
+    }
+    at += 8 + size + (size % 2);
+  }
+  throw new Error('no data chunk');
+}
+
+/** RMS level of samples, dBFS. */
+export function dbfs(samples) {
+  let sum = 0;
+  for (const s of samples) sum += s * s;
+  return 10 * Math.log10(sum / Math.max(1, samples.length) + 1e-12);
+}
+
+/** Captures all loopback traffic into `file` (tcpdump, needs root) until `stop()`. */
+export async function startCapture(file) {
+  const child = spawn('tcpdump', ['-i', 'lo', '-U', '-n', '-s', '0', '-w', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const lines = createInterface({ input: child.stderr });
+  await new Promise((resolve, reject) => {
+    lines.on('line', (l) => l.includes('listening on') && resolve());
+    child.on('error', () => reject(new Error('tcpdump is needed: bash scripts/install-deps')));
+    child.on('exit', (code) => reject(new Error(`tcpdump exited with ${code} (run as root)`)));
+  });
+  return {
+    stop() {
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGINT'); // tcpdump flushes and closes the file
+      return exited;
+    },
+  };
+}
+
+/**
+ * The audio packets relayed through the TURN relay on `turnPort` in a loopback capture, per RTP
+ * stream (SSRC) of Opus (payload type 111) carried in ChannelData: the packet sizes in RTP
+ * sequence order. SRTP hides the e2ee header, whose length grows with the frame counter (17, 18,
+ * then 19 bytes of overhead, §7), so a constant-bitrate stream has at most three sizes, one byte
+ * apart, never decreasing.
+ */
+export function relayedOpusSizes(pcap, turnPort) {
+  assert.equal(pcap.readUInt32LE(0), 0xa1b2c3d4, 'a little-endian pcap file');
+  assert.equal(pcap.readUInt32LE(20), 1, 'Ethernet link type (tcpdump -i lo)');
+  const streams = new Map();
+  for (let at = 24; at + 16 <= pcap.length;) {
+    const len = pcap.readUInt32LE(at + 8);
+    const frame = pcap.subarray(at + 16, at + 16 + len);
+    at += 16 + len;
+    if (frame.length < 14 + 20 + 8 || frame.readUInt16BE(12) !== 0x0800) continue;
+    const ip = frame.subarray(14);
+    if (ip[9] !== 17) continue; // UDP
+    const udp = ip.subarray((ip[0] & 15) * 4);
+    // Towards the relay only: each packet also leaves it again, toward the other peer.
+    if (udp.readUInt16BE(2) !== turnPort) continue;
+    const data = udp.subarray(8);
+    if (data.length < 4 || (data[0] & 0xc0) !== 0x40) continue; // ChannelData only
+    const rtp = data.subarray(4, 4 + data.readUInt16BE(2));
+    if (rtp.length < 13 || (rtp[0] & 0xc0) !== 0x80 || (rtp[1] & 0x7f) !== 111) continue;
+    const ssrc = rtp.readUInt32BE(8);
+    const packets = streams.get(ssrc) ?? [];
+    packets.push({ seq: rtp.readUInt16BE(2), size: rtp.length });
+    streams.set(ssrc, packets);
+  }
+  for (const packets of streams.values()) {
+    // Sequence numbers from the first one seen, across a wrap.
+    const first = packets[0].seq;
+    packets.sort((a, b) => ((a.seq - first + 65536) % 65536) - ((b.seq - first + 65536) % 65536));
+  }
+  return streams;
+}
