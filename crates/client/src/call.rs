@@ -53,6 +53,8 @@ const DECISION_TIMEOUT: Duration = Duration::from_secs(300);
 const TAIL: Duration = Duration::from_millis(1500);
 /// With captions on, wait at most this much longer for the last caption to be made and sent.
 const CAPTION_TAIL: Duration = Duration::from_secs(10);
+/// Sealed media frames held while our keys are being confirmed, at most (1 s of audio).
+const MAX_EARLY_MEDIA: usize = 50;
 /// Receiver reports the "recent loss" figure of the report averages (about 5 s).
 const RECENT_REPORTS: usize = 5;
 /// An ICE restart that could not be made yet (still gathering) is asked again after this.
@@ -526,6 +528,7 @@ pub async fn run_call(
         ever_connected: false,
         tamper: TamperWatch::default(),
         frames_refused_before_session: 0,
+        early_media: VecDeque::new(),
         frames_dropped_before_buffer: 0,
     };
     if role == SdpRole::Offerer {
@@ -626,6 +629,9 @@ pub async fn run_call(
             // The old transport's queued events describe a connection that is gone.
             transport_rx = events;
         }
+        if !call.early_media.is_empty() {
+            call.release_early_media(&audio);
+        }
         call.ever_set_up |= call.is_set_up();
         if call.ever_set_up {
             call.recovery.set_up();
@@ -693,6 +699,9 @@ pub async fn run_call(
         .then_some(caption_report);
     call.signaling.leave().await;
     let _ = call.transport.close().await;
+    // Frames still held when the call ended never had confirmed keys: refused.
+    call.frames_refused_before_session += call.early_media.len() as u64;
+    call.early_media.clear();
     let mut report = call.report(audio_stats, pair, cpu_seconds() - cpu_start);
     report.captions = caption_report;
     Ok(report)
@@ -819,8 +828,11 @@ struct Call {
     ever_connected: bool,
     /// Watches for frames that keep failing authentication.
     tamper: TamperWatch,
-    /// Media packets that arrived before the security session existed.
+    /// Media packets that arrived before the keys were confirmed and could not be held.
     frames_refused_before_session: u64,
+    /// Sealed media frames (and their arrival, ms on the audio clock) that arrived before our
+    /// keys were confirmed, held for [`Call::release_early_media`].
+    early_media: VecDeque<(Vec<u8>, u64)>,
     /// Decrypted frames the audio thread's queue had no room for.
     frames_dropped_before_buffer: u64,
 }
@@ -1465,30 +1477,67 @@ impl Call {
                 if let Some(outage_ms) = self.recovery.packet(now_ms) {
                     let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
                 }
-                let Some(security) = self.security.as_mut() else {
-                    // Media before the handshake even started: refused, and counted as such.
-                    self.frames_refused_before_session += 1;
+                let arrival_ms = audio.now_ms();
+                // The peer may confirm the keys first: its first frames then beat its
+                // confirmation here (the media path is quicker than the signaling relay).
+                // They are held, still sealed, and opened once our keys are confirmed, so the
+                // start of what was said is heard. Bounded; beyond it they are refused.
+                let still_connecting = self
+                    .security
+                    .as_ref()
+                    .is_none_or(|s| matches!(s.status(), SecurityStatus::Connecting));
+                if still_connecting {
+                    if self.early_media.len() < MAX_EARLY_MEDIA {
+                        self.early_media.push_back((payload.to_vec(), arrival_ms));
+                    } else {
+                        self.frames_refused_before_session += 1;
+                    }
                     return;
-                };
-                // Ordered by its authenticated index from here on (the RTP sequence number
-                // only feeds the loss statistics; anyone inside SRTP can rewrite it).
-                if let Ok(frame) = security.unprotect_media_frame(&payload, now_ms) {
-                    if self.setup_ms.is_none() {
-                        self.setup_ms = Some(now_ms);
-                        let _ = self
-                            .updates
-                            .try_send(CallUpdate::MediaStarted { setup_ms: now_ms });
-                    }
-                    // Never block: a full queue drops the frame (counted), which the jitter
-                    // buffer conceals.
-                    if audio
-                        .incoming
-                        .try_send((frame.index, audio.now_ms(), frame.payload))
-                        .is_err()
-                    {
-                        self.frames_dropped_before_buffer += 1;
-                    }
                 }
+                self.accept_media(&payload, arrival_ms, audio);
+            }
+        }
+    }
+
+    /// Opens the frames held while the keys were being confirmed, in arrival order, once
+    /// media is allowed. (Whatever else the session says now, they get its verdict.)
+    fn release_early_media(&mut self, audio: &AudioPipeline) {
+        let decided = self
+            .security
+            .as_ref()
+            .is_some_and(|s| !matches!(s.status(), SecurityStatus::Connecting));
+        if !decided {
+            return;
+        }
+        while let Some((payload, arrival_ms)) = self.early_media.pop_front() {
+            self.accept_media(&payload, arrival_ms, audio);
+        }
+    }
+
+    /// Authenticates and decrypts one media frame and hands it to the audio thread.
+    fn accept_media(&mut self, payload: &[u8], arrival_ms: u64, audio: &AudioPipeline) {
+        let now_ms = self.now_ms();
+        let Some(security) = self.security.as_mut() else {
+            self.frames_refused_before_session += 1;
+            return;
+        };
+        // Ordered by its authenticated index from here on (the RTP sequence number only feeds
+        // the loss statistics; anyone inside SRTP can rewrite it).
+        if let Ok(frame) = security.unprotect_media_frame(payload, now_ms) {
+            if self.setup_ms.is_none() {
+                self.setup_ms = Some(now_ms);
+                let _ = self
+                    .updates
+                    .try_send(CallUpdate::MediaStarted { setup_ms: now_ms });
+            }
+            // Never block: a full queue drops the frame (counted), which the jitter buffer
+            // conceals.
+            if audio
+                .incoming
+                .try_send((frame.index, arrival_ms, frame.payload))
+                .is_err()
+            {
+                self.frames_dropped_before_buffer += 1;
             }
         }
     }
