@@ -249,6 +249,11 @@ impl Recovery {
         }
     }
 
+    /// The timings it follows.
+    pub fn config(&self) -> &RecoveryConfig {
+        &self.config
+    }
+
     /// The current outage, if the link is down.
     pub fn outage(&self) -> Option<Outage> {
         self.outage
@@ -317,11 +322,16 @@ impl Recovery {
 
     /// How long no media has arrived (since set-up if none ever did), ms.
     fn silent_for(&self, now_ms: u64) -> u64 {
-        let last = match (self.last_packet_ms, self.last_recovered_ms) {
-            (Some(p), Some(r)) => p.max(r),
-            (p, r) => p.or(r).unwrap_or(now_ms),
-        };
-        now_ms.saturating_sub(last)
+        now_ms.saturating_sub(self.last_heard().unwrap_or(now_ms))
+    }
+
+    /// The last packet, but never before the end of the previous outage (no packet may have
+    /// arrived since it).
+    fn last_heard(&self) -> Option<u64> {
+        match (self.last_packet_ms, self.last_recovered_ms) {
+            (Some(p), Some(r)) => Some(p.max(r)),
+            (p, r) => p.or(r),
+        }
     }
 
     /// Starts an outage (if none is on), counted from the last packet, but never before the
@@ -330,10 +340,7 @@ impl Recovery {
         if !self.set_up || self.outage.is_some() {
             return;
         }
-        let since_ms = match (self.last_packet_ms, self.last_recovered_ms) {
-            (Some(p), Some(r)) => p.max(r),
-            (p, r) => p.or(r).unwrap_or(now_ms),
-        };
+        let since_ms = self.last_heard().unwrap_or(now_ms);
         self.outage = Some(Outage {
             since_ms: since_ms.min(now_ms),
             restarts: 0,

@@ -1114,7 +1114,7 @@ impl Call {
             // frame over it: the call starts (its duration, its set-up checks) on the new one.
             self.ever_set_up = false;
             self.media_since = None;
-            self.recovery = Recovery::new(RecoveryConfig::default(), self.role == SdpRole::Offerer);
+            self.recovery = Recovery::new(*self.recovery.config(), self.role == SdpRole::Offerer);
         }
         let _ = self
             .updates
@@ -1146,8 +1146,7 @@ impl Call {
             match action {
                 RecoveryAction::ProbeSignaling => {
                     let probe = self.signaling.prober();
-                    let deadline =
-                        Duration::from_millis(RecoveryConfig::default().probe_deadline_ms);
+                    let deadline = Duration::from_millis(self.recovery.config().probe_deadline_ms);
                     self.probe = Some(tokio::spawn(probe.answered_within(deadline)));
                 }
                 RecoveryAction::ReconnectSignaling => {
@@ -1159,7 +1158,7 @@ impl Call {
                     previous_failed,
                 } => self.restart_ice(attempt, previous_failed).await,
                 RecoveryAction::GiveUp => {
-                    let after = RecoveryConfig::default().give_up_after_ms / 1000;
+                    let after = self.recovery.config().give_up_after_ms / 1000;
                     self.end(Ending::failure(
                         Outcome::NoPath,
                         format!("the connection was lost and did not come back within {after} s"),
