@@ -27,6 +27,11 @@
 //! as UDP would); connecting (TCP and TLS handshake) has a deadline and streams close when idle.
 //! Every drop and close is counted in [`TunnelStats`] and announced as a [`TunnelEvent`].
 //!
+//! It has a UDP mode too ([`Upstream::Udp`], [`ipv6_udp_upstream_of`]): webrtc-rs sends UDP
+//! TURN from an IPv4 socket only, so a TURN server's IPv6 address is reached through the
+//! tunnel, one UDP socket towards the server per local TURN client, datagrams passed as they
+//! are.
+//!
 //! The tunnel is only the transport: the caller decides when to use it (issue 16: when no UDP
 //! candidate pair works within about 2 s) and passes webrtc-rs the same username and credential
 //! it would have used for the stream URL. Its tests run the `turn` 0.17 client (the code
@@ -50,12 +55,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use framer::{check_datagram, FrameKind, Framer};
-pub use url::upstream_of;
+pub use url::{ipv6_udp_upstream_of, upstream_of};
 
 /// ALPN protocol id of TURN over TLS (RFC 7443).
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
-/// The real TURN server, reached over a stream.
+/// The real TURN server, reached over a stream (or, for IPv6, over UDP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// TURN over TCP (`turn:HOST:PORT?transport=tcp`).
@@ -72,12 +77,24 @@ pub enum Upstream {
         /// TCP port.
         port: u16,
     },
+    /// TURN over UDP to a server that webrtc-rs cannot reach itself: its ICE agent sends
+    /// UDP TURN from an IPv4 socket only (`0.0.0.0:0`, webrtc-ice 0.17), so a TURN server's
+    /// IPv6 address (`turn:[2001:db8::1]:3478`) is out of its reach. Each local TURN client
+    /// gets its own UDP socket towards the server, so each keeps its own allocation.
+    Udp {
+        /// Host name or IP address (IPv6 without brackets).
+        host: String,
+        /// UDP port.
+        port: u16,
+    },
 }
 
 impl Upstream {
     fn host_port(&self) -> (&str, u16) {
         match self {
-            Upstream::Tcp { host, port } | Upstream::Tls { host, port } => (host, *port),
+            Upstream::Tcp { host, port }
+            | Upstream::Tls { host, port }
+            | Upstream::Udp { host, port } => (host, *port),
         }
     }
 }
@@ -353,7 +370,7 @@ impl Tunnel {
     /// the network beyond loopback.
     pub async fn start(config: TunnelConfig) -> Result<Tunnel, TunnelError> {
         let tls = match &config.upstream {
-            Upstream::Tcp { .. } => None,
+            Upstream::Tcp { .. } | Upstream::Udp { .. } => None,
             Upstream::Tls { host, .. } => {
                 let name = rustls_pki_types::ServerName::try_from(host.clone())
                     .map_err(|_| TunnelError::ServerName(host.clone()))?;
@@ -506,7 +523,11 @@ async fn serve(shared: Arc<Shared>) {
             }
             let (tx, rx) = mpsc::channel(shared.limits.queue_datagrams.max(1));
             bump(&c.streams_opened, 1);
-            tasks.spawn(run_stream(Arc::clone(&shared), from, rx));
+            if matches!(shared.upstream, Upstream::Udp { .. }) {
+                tasks.spawn(run_datagrams(Arc::clone(&shared), from, rx));
+            } else {
+                tasks.spawn(run_stream(Arc::clone(&shared), from, rx));
+            }
             streams.insert(from, tx);
         }
         let Some(tx) = streams.get(&from) else {
@@ -557,6 +578,110 @@ async fn connect(shared: &Shared) -> Result<Box<dyn Stream>, CloseReason> {
             }
         },
     }
+}
+
+/// Resolves the UDP upstream and opens a socket of its family connected to it.
+async fn connect_udp(shared: &Shared) -> Result<UdpSocket, CloseReason> {
+    let (host, port) = shared.upstream.host_port();
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| CloseReason::ConnectFailed)?
+        .next()
+        .ok_or(CloseReason::ConnectFailed)?;
+    let any: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any)
+        .await
+        .map_err(|_| CloseReason::ConnectFailed)?;
+    // Connected: the kernel then drops datagrams from anyone but the TURN server.
+    socket
+        .connect(addr)
+        .await
+        .map_err(|_| CloseReason::ConnectFailed)?;
+    Ok(socket)
+}
+
+/// One local TURN client's UDP flow to an [`Upstream::Udp`] server: datagrams go through as
+/// they are (UDP needs no framing), each checked to be exactly one TURN message within the
+/// limit both ways. The flow counts as a stream in [`TunnelStats`].
+async fn run_datagrams(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut shutdown = shared.shutdown.clone();
+    let limits = &shared.limits;
+    let socket = match connect_udp(&shared).await {
+        Ok(s) => s,
+        Err(reason) => {
+            rx.close();
+            shared.close(client, reason);
+            return;
+        }
+    };
+    let c = &shared.counters;
+    bump(&c.streams_connected, 1);
+    bump(&c.streams_active, 1);
+    let _ = shared.events.send(TunnelEvent::Connected { client });
+    let mut buf = vec![0u8; limits.max_message + 4];
+    let mut last_activity = Instant::now();
+    /// What woke the flow up.
+    enum Wake {
+        Up(Vec<u8>),
+        Down(usize),
+        Stop(CloseReason),
+    }
+    let reason = loop {
+        let idle_at = last_activity + limits.idle_timeout;
+        // Decided first, acted on after: the shutdown receiver's guard must not live across
+        // the sends below (it is not `Send`).
+        let wake = tokio::select! {
+            _ = shutdown.wait_for(|&s| s) => Wake::Stop(CloseReason::Shutdown),
+            _ = tokio::time::sleep_until(idle_at) => Wake::Stop(CloseReason::Idle),
+            message = rx.recv() => match message {
+                Some(m) => Wake::Up(m),
+                None => Wake::Stop(CloseReason::Shutdown),
+            },
+            received = socket.recv(&mut buf) => match received {
+                Ok(n) => Wake::Down(n),
+                // ICMP unreachable from an earlier send surfaces here: it concerns that
+                // datagram only.
+                Err(_) => continue,
+            },
+        };
+        match wake {
+            Wake::Stop(reason) => break reason,
+            Wake::Up(message) => {
+                // A send error (no route, ICMP unreachable) loses this datagram only, as
+                // UDP would; the TURN client's retransmissions and timers decide.
+                if socket.send(&message).await.is_ok() {
+                    last_activity = Instant::now();
+                    bump(&c.messages_up, 1);
+                    bump(&c.bytes_up, len_u64(message.len()));
+                    if message.first().is_some_and(|b| b >> 6 == 0b01) {
+                        bump(&c.channel_data_up, 1);
+                    }
+                }
+            }
+            Wake::Down(n) => {
+                // Checked like a local datagram, but passed on as it came (on UDP, padding
+                // of ChannelData is optional: RFC 5766 §11.5).
+                let Ok((kind, _)) = check_datagram(&buf[..n], limits.max_message) else {
+                    bump(&c.dropped_invalid, 1);
+                    continue;
+                };
+                last_activity = Instant::now();
+                let _ = shared.udp.send_to(&buf[..n], client).await;
+                bump(&c.messages_down, 1);
+                bump(&c.bytes_down, len_u64(n));
+                if kind == FrameKind::ChannelData {
+                    bump(&c.channel_data_down, 1);
+                }
+            }
+        }
+    };
+    rx.close();
+    c.streams_active.fetch_sub(1, Ordering::Relaxed);
+    shared.close(client, reason);
 }
 
 /// One local TURN client's stream, from connect to close.

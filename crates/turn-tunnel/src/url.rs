@@ -1,4 +1,4 @@
-//! `turn:` / `turns:` URLs (RFC 7065) to the stream upstream they name.
+//! `turn:` / `turns:` URLs (RFC 7065) to the upstream they name.
 
 use crate::Upstream;
 
@@ -20,6 +20,45 @@ const MAX_URL: usize = 512;
 /// anything malformed (unknown scheme or query, empty host, bad port, user info, a path).
 /// IPv6 literals are written in brackets: `turn:[2001:db8::1]:3478?transport=tcp`.
 pub fn upstream_of(url: &str) -> Option<Upstream> {
+    let parsed = parse(url)?;
+    if !parsed.transport_tcp {
+        return None;
+    }
+    let host = parsed.host.to_owned();
+    let port = parsed.port;
+    Some(if parsed.tls {
+        Upstream::Tls { host, port }
+    } else {
+        Upstream::Tcp { host, port }
+    })
+}
+
+/// Parses a UDP TURN URL whose host is an **IPv6 literal** (`turn:[2001:db8::1]:3478`, with
+/// or without `?transport=udp`) into an [`Upstream::Udp`]: webrtc-rs 0.17 sends UDP TURN from
+/// an IPv4 socket only, so such a server is reachable only through the tunnel. Returns `None`
+/// for every other URL (IPv4 or host name: webrtc-rs handles those itself; stream URLs:
+/// [`upstream_of`]; malformed ones).
+pub fn ipv6_udp_upstream_of(url: &str) -> Option<Upstream> {
+    let parsed = parse(url)?;
+    if parsed.tls || parsed.transport_tcp {
+        return None;
+    }
+    parsed.host.parse::<std::net::Ipv6Addr>().ok()?;
+    Some(Upstream::Udp {
+        host: parsed.host.to_owned(),
+        port: parsed.port,
+    })
+}
+
+/// A TURN URL's parts.
+struct Parsed<'a> {
+    tls: bool,
+    transport_tcp: bool,
+    host: &'a str,
+    port: u16,
+}
+
+fn parse(url: &str) -> Option<Parsed<'_>> {
     if url.len() > MAX_URL {
         return None;
     }
@@ -42,16 +81,13 @@ pub fn upstream_of(url: &str) -> Option<Upstream> {
             _ => return None,
         },
     };
-    if !transport_tcp {
-        return None;
-    }
     let (host, port) = split_host_port(authority)?;
     let port = port.unwrap_or(if tls { TURNS_PORT } else { TURN_PORT });
-    let host = host.to_owned();
-    Some(if tls {
-        Upstream::Tls { host, port }
-    } else {
-        Upstream::Tcp { host, port }
+    Some(Parsed {
+        tls,
+        transport_tcp,
+        host,
+        port,
     })
 }
 
@@ -174,5 +210,32 @@ mod tests {
             assert_eq!(upstream_of(bad), None, "{bad}");
         }
         assert_eq!(upstream_of(&format!("turns:{}", "a".repeat(600))), None);
+    }
+
+    #[test]
+    fn only_udp_urls_to_an_ipv6_literal_go_through_the_udp_tunnel() {
+        let udp = |host: &str, port| {
+            Some(Upstream::Udp {
+                host: host.into(),
+                port,
+            })
+        };
+        assert_eq!(
+            ipv6_udp_upstream_of("turn:[2001:db8::1]:3478?transport=udp"),
+            udp("2001:db8::1", 3478)
+        );
+        assert_eq!(ipv6_udp_upstream_of("turn:[::1]"), udp("::1", 3478));
+        for other in [
+            "turn:192.0.2.1:3478?transport=udp",
+            "turn:turn.example.org:3478",
+            "turn:[2001:db8::1]:3478?transport=tcp",
+            "turns:[2001:db8::1]:443?transport=tcp",
+            "turns:[2001:db8::1]:5349?transport=udp",
+            "stun:[2001:db8::1]:3478",
+            "turn:[2001:db8::1]:0",
+            "turn:[2001:db8::1",
+        ] {
+            assert_eq!(ipv6_udp_upstream_of(other), None, "{other}");
+        }
     }
 }

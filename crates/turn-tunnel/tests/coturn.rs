@@ -28,6 +28,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Which one listener coturn runs.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// TURN over TCP on 127.0.0.1.
+    Tcp,
+    /// TURN over TLS on 127.0.0.1, with this certificate and key (PEM).
+    Tls { cert: &'a str, key: &'a str },
+    /// TURN over UDP on ::1 (relaying on 127.0.0.1 all the same).
+    Udp6,
+}
+
 /// A `turnserver` child, killed on drop.
 struct Coturn {
     child: Child,
@@ -43,26 +54,23 @@ impl Drop for Coturn {
 }
 
 impl Coturn {
-    /// Starts coturn with only a TCP listener (`tls == None`) or only a TLS listener (with the
-    /// given certificate and key PEM), long-term credentials `u:p` in realm `r`, relaying on
-    /// 127.0.0.1, and waits until its listener accepts connections.
-    fn start(tls: Option<(&str, &str)>) -> (Coturn, u16) {
+    /// Starts coturn with only one listener, of `mode`, long-term credentials `u:p` in realm
+    /// `r`, relaying on 127.0.0.1, and waits until the listener answers.
+    fn start(mode: Mode<'_>) -> (Coturn, u16) {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("turnserver.log");
-        let tcp_port = free_port();
-        let tls_port = free_port();
+        let port = free_port();
         let relay_min = 49152 + u32::from(free_port() % 8000);
         let mut cmd = Command::new("turnserver");
         cmd.args([
             "-n",
             "-v",
             "--no-cli",
-            "--no-udp",
             "--no-dtls",
             "--simple-log",
             "--no-stdout-log",
         ])
-        .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+        .args(["--relay-ip", "127.0.0.1"])
         .args([
             "--allow-loopback-peers",
             "--lt-cred-mech",
@@ -71,8 +79,6 @@ impl Coturn {
             "--realm",
             "r",
         ])
-        .args(["--listening-port", &tcp_port.to_string()])
-        .args(["--tls-listening-port", &tls_port.to_string()])
         .args(["--min-port", &relay_min.to_string()])
         .args(["--max-port", &(relay_min + 50).to_string()])
         .arg("--log-file")
@@ -84,24 +90,28 @@ impl Coturn {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        let port = match tls {
-            None => {
-                cmd.arg("--no-tls");
-                tcp_port
+        match mode {
+            Mode::Tcp => {
+                cmd.args(["--listening-ip", "127.0.0.1", "--no-udp", "--no-tls"])
+                    .args(["--listening-port", &port.to_string()]);
             }
-            Some((cert, key)) => {
+            Mode::Tls { cert, key } => {
                 let cert_path = dir.path().join("cert.pem");
                 let key_path = dir.path().join("key.pem");
                 std::fs::write(&cert_path, cert).unwrap();
                 std::fs::write(&key_path, key).unwrap();
-                cmd.arg("--no-tcp")
+                cmd.args(["--listening-ip", "127.0.0.1", "--no-udp", "--no-tcp"])
+                    .args(["--tls-listening-port", &port.to_string()])
                     .arg("--cert")
                     .arg(&cert_path)
                     .arg("--pkey")
                     .arg(&key_path);
-                tls_port
             }
-        };
+            Mode::Udp6 => {
+                cmd.args(["--listening-ip", "::1", "--no-tcp", "--no-tls"])
+                    .args(["--listening-port", &port.to_string()]);
+            }
+        }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot run turnserver ({e}); install it with `apt-get install coturn`")
         });
@@ -110,10 +120,23 @@ impl Coturn {
             log,
             _dir: dir,
         };
-        // Ready when its listener accepts a connection; each attempt is answered at once
-        // (refused or accepted), so this waits for the event, bounded by a deadline.
+        // Ready when its listener answers; each attempt is answered at once (refused or
+        // accepted; for UDP, a STUN binding answered), so this waits for the event, bounded by
+        // a deadline.
         let deadline = Instant::now() + STEP;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let ready = || match mode {
+            Mode::Udp6 => {
+                let probe = std::net::UdpSocket::bind("[::1]:0").unwrap();
+                probe
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let _ = probe.send_to(&binding_request(), ("::1", port));
+                let mut buf = [0u8; 512];
+                probe.recv_from(&mut buf).is_ok()
+            }
+            _ => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        while !ready() {
             assert!(
                 Instant::now() < deadline,
                 "turnserver did not listen on {port}: {}",
@@ -126,6 +149,20 @@ impl Coturn {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until coturn has logged a line containing `needle` (it writes from its own
+    /// threads, a little after the fact).
+    async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + STEP;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in coturn's log: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until coturn has logged the end of user `u`'s session on `port` (it writes its
@@ -189,7 +226,9 @@ async fn echo_peer() -> SocketAddr {
 /// Allocates through the tunnel with the `turn` crate's client, creates a permission for a
 /// UDP echo peer by sending to it, checks 30 round trips (Send/Data indications first, then
 /// ChannelData once the client has bound a channel) and a datagram the peer side sends first.
-async fn relay_through(tunnel: &Tunnel) {
+/// With `deallocate`, the allocation is then released (Refresh with lifetime 0), which ends a
+/// UDP session; a stream session ends when the tunnel closes the stream.
+async fn relay_through(tunnel: &Tunnel, deallocate: bool) {
     let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let server = tunnel.local_addr().to_string();
     let client = turn::client::Client::new(turn::client::ClientConfig {
@@ -243,19 +282,22 @@ async fn relay_through(tunnel: &Tunnel) {
     assert_eq!(from, other.local_addr().unwrap());
     assert_eq!(&buf[..n], b"from the peer side");
 
+    if deallocate {
+        relay.close().await.unwrap();
+    }
     client.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_over_tcp_to_coturn() {
-    let (coturn, port) = Coturn::start(None);
+    let (coturn, port) = Coturn::start(Mode::Tcp);
     let tunnel = Tunnel::start(TunnelConfig::new(Upstream::Tcp {
         host: "127.0.0.1".into(),
         port,
     }))
     .await
     .unwrap();
-    relay_through(&tunnel).await;
+    relay_through(&tunnel, false).await;
 
     let stats = tunnel.stats();
     eprintln!("{stats:?}");
@@ -315,14 +357,17 @@ fn test_pki() -> (rustls_pki_types::CertificateDer<'static>, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_over_tls_to_coturn() {
     let (ca, cert, key) = test_pki();
-    let (coturn, port) = Coturn::start(Some((&cert, &key)));
+    let (coturn, port) = Coturn::start(Mode::Tls {
+        cert: &cert,
+        key: &key,
+    });
     let mut config = TunnelConfig::new(Upstream::Tls {
         host: "localhost".into(),
         port,
     });
     config.tls = Some(tls_client_config(&[ca]).unwrap());
     let tunnel = Tunnel::start(config).await.unwrap();
-    relay_through(&tunnel).await;
+    relay_through(&tunnel, false).await;
 
     let stats = tunnel.stats();
     eprintln!("{stats:?}");
@@ -344,7 +389,10 @@ async fn turn_over_tls_to_coturn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_closes_the_stream() {
     let (_ca, cert, key) = test_pki();
-    let (_coturn, port) = Coturn::start(Some((&cert, &key)));
+    let (_coturn, port) = Coturn::start(Mode::Tls {
+        cert: &cert,
+        key: &key,
+    });
     // Mozilla roots only: the test CA is not trusted.
     let tunnel = Tunnel::start(TunnelConfig::new(Upstream::Tls {
         host: "localhost".into(),
@@ -367,6 +415,40 @@ async fn an_untrusted_certificate_closes_the_stream() {
         }
     );
     tunnel.close().await;
+}
+
+/// TURN over UDP to coturn's **IPv6** address, which webrtc-rs's ICE agent cannot reach itself
+/// (it sends UDP TURN from an IPv4 socket): the `turn` client talks to the tunnel on
+/// 127.0.0.1, the tunnel to `[::1]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_udp_to_coturn_on_ipv6() {
+    let (coturn, port) = Coturn::start(Mode::Udp6);
+    let upstream = aparte_turn_tunnel::ipv6_udp_upstream_of(&format!("turn:[::1]:{port}"))
+        .expect("an IPv6 UDP TURN URL");
+    let tunnel = Tunnel::start(TunnelConfig::new(upstream)).await.unwrap();
+    relay_through(&tunnel, true).await;
+
+    let stats = tunnel.stats();
+    eprintln!("{stats:?}");
+    assert_eq!(stats.streams_connected, 1);
+    assert!(
+        stats.channel_data_up > 0 && stats.channel_data_down > 0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.dropped_invalid + stats.dropped_queue_full, 0);
+    tunnel.close().await;
+
+    // coturn's only listener was UDP on ::1, so the allocation came over IPv6; its log shows
+    // the session's allocation, channel and release. (coturn writes a UDP session's packet
+    // counts only later, when it reaps the session, so they are not compared here.)
+    for line in [
+        format!("IPv6. UDP listener opened on: ::1:{port}"),
+        "new, realm=<r>, username=<u>".to_owned(),
+        "CHANNEL_BIND processed, success".to_owned(),
+        "refreshed, realm=<r>, username=<u>, lifetime=0".to_owned(),
+    ] {
+        coturn.wait_for_log(&line).await;
+    }
 }
 
 fn binding_request() -> Vec<u8> {
