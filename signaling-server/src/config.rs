@@ -286,6 +286,15 @@ pub(crate) struct ServeOpts {
     /// Run the embedded TURN relay on this UDP address, e.g. `0.0.0.0:3478`.
     #[arg(long, env = "APARTE_TURN_LISTEN", global = true)]
     pub(crate) turn_listen: Option<SocketAddr>,
+    /// Also run the TURN relay's UDP port on this IPv6 address, e.g. `[::]:3478`, for clients
+    /// on IPv6-only networks (relayed addresses stay on --turn-public-ip; the join answer adds
+    /// a `turn:[IPv6]:PORT` URL). [default: off]
+    #[arg(long, env = "APARTE_TURN_LISTEN6", global = true)]
+    pub(crate) turn_listen6: Option<SocketAddr>,
+    /// Public IPv6 address of this host, put in the advertised IPv6 TURN URL.
+    /// [default: the --turn-listen6 IP]
+    #[arg(long, env = "APARTE_TURN_PUBLIC_IP6", global = true)]
+    pub(crate) turn_public_ip6: Option<std::net::Ipv6Addr>,
     /// Run TURN over TCP (RFC 5766 §2.1) on this address, or `off`. [default: the --turn-listen
     /// address and port, when --turn-listen is set]
     #[arg(long, env = "APARTE_TURN_TCP_LISTEN", global = true)]
@@ -395,6 +404,8 @@ pub(crate) struct TurnRelayConfig {
     pub(crate) tls_on_listen: bool,
     /// The host of the advertised `turns:` URLs.
     pub(crate) tls_host: String,
+    /// The UDP port on IPv6, and the address advertised for it.
+    pub(crate) listen6: Option<(SocketAddr, std::net::Ipv6Addr)>,
 }
 
 /// ACME settings (`--acme-*`).
@@ -740,6 +751,32 @@ impl ServeOpts {
                  embedded TURN relay)",
             );
         }
+        let turn_listen6 = match (
+            self.turn_listen6.or(file.turn_listen6),
+            self.turn_public_ip6.or(file.turn_public_ip6),
+        ) {
+            (None, None) => None,
+            (None, Some(_)) => return invalid("turn_public_ip6 needs turn_listen6"),
+            (Some(_), _) if turn_listen.is_none() => {
+                return invalid("turn_listen6 needs turn_listen (the embedded TURN relay)")
+            }
+            (Some(SocketAddr::V4(_)), _) => {
+                return invalid("turn_listen6 must be an IPv6 address, e.g. [::]:3478")
+            }
+            (Some(SocketAddr::V6(listen)), public) => {
+                let advertised = match public {
+                    Some(ip) => ip,
+                    None if !listen.ip().is_unspecified() => *listen.ip(),
+                    None => return invalid("turn_public_ip6 is needed when turn_listen6 is [::]"),
+                };
+                if advertised.is_unspecified()
+                    || advertised.is_loopback() && !listen.ip().is_loopback()
+                {
+                    return invalid("turn_public_ip6 must be this host's public IPv6 address");
+                }
+                Some((SocketAddr::V6(listen), advertised))
+            }
+        };
         if (turns_listen.is_some() || turns_on_listen) && tls.is_none() && acme.is_none() {
             return invalid(
                 "turns_listen and turns_on_listen need a certificate: tls_cert/tls_key or \
@@ -808,6 +845,7 @@ impl ServeOpts {
                     tcp_listen: turn_tcp_listen.unwrap_or(Some(listen)),
                     tls_listen: turns_listen,
                     tls_on_listen: turns_on_listen,
+                    listen6: turn_listen6,
                     tls_host: turns_host
                         .or_else(|| acme.as_ref().and_then(|a| a.domains.first().cloned()))
                         .unwrap_or_else(|| public_ip.to_string()),
@@ -977,6 +1015,69 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
         assert_eq!(cfg.token_secret.unwrap().expose().len(), 39);
         assert!(cfg.turn_relay.is_none());
+    }
+
+    #[test]
+    fn the_ipv6_turn_port_needs_the_relay_an_ipv6_address_and_a_public_ip() {
+        let relay = [
+            "--turn-listen",
+            "0.0.0.0:3478",
+            "--turn-public-ip",
+            "192.0.2.1",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = relay.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).opts.resolve()
+        };
+        let cfg = with(&[
+            "--turn-listen6",
+            "[::]:3478",
+            "--turn-public-ip6",
+            "2001:db8::1",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.turn_relay.unwrap().listen6,
+            Some(("[::]:3478".parse().unwrap(), "2001:db8::1".parse().unwrap()))
+        );
+        let cfg = with(&["--turn-listen6", "[2001:db8::5]:3478"]).unwrap();
+        assert_eq!(
+            cfg.turn_relay.unwrap().listen6.unwrap().1,
+            "2001:db8::5".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        for (bad, why) in [
+            (
+                &["--turn-listen6", "[::]:3478"][..],
+                "turn_public_ip6 is needed",
+            ),
+            (
+                &["--turn-listen6", "0.0.0.0:3478"][..],
+                "must be an IPv6 address",
+            ),
+            (
+                &["--turn-public-ip6", "2001:db8::1"][..],
+                "needs turn_listen6",
+            ),
+            (
+                &["--turn-listen6", "[::]:3478", "--turn-public-ip6", "::"][..],
+                "public IPv6",
+            ),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let e = parse(&[
+            "--turn-listen6",
+            "[::]:3478",
+            "--turn-public-ip6",
+            "2001:db8::1",
+        ])
+        .opts
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs turn_listen"), "{e}");
     }
 
     #[test]

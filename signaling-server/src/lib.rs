@@ -210,6 +210,9 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     if let Some(turn) = server.turn_addr() {
         announce(&format!("turn listening on udp {turn}"));
     }
+    if let Some(a) = server.turn_udp6_addr {
+        announce(&format!("turn listening on udp {a}"));
+    }
     if let Some(a) = server.turn_tcp_addr {
         announce(&format!("turn listening on tcp {a}"));
     }
@@ -261,6 +264,8 @@ struct Running {
     local: SocketAddr,
     /// TURN over TCP, when on.
     turn_tcp_addr: Option<SocketAddr>,
+    /// The relay's IPv6 UDP port (`--turn-listen6`).
+    turn_udp6_addr: Option<SocketAddr>,
     /// TURN over TLS on its own port, when on.
     turns_addr: Option<SocketAddr>,
     /// TURN over TLS on the HTTPS port.
@@ -313,6 +318,7 @@ impl Running {
             None => None,
         };
         let mut turn_tcp_listener = None;
+        let mut turn_udp6_addr = None;
         let mut turns_listener = None;
         let mut turn_streams = None;
         let mut relay_urls = Vec::new();
@@ -342,6 +348,21 @@ impl Running {
                     Err(_) => relay_cfg.tls_host.clone(),
                 };
                 relay_urls.push(format!("turn:{host}:{}?transport=udp", udp_addr.port()));
+                if let Some((listen6, public6)) = relay_cfg.listen6 {
+                    let socket6 =
+                        turn_relay::bind_udp_v6_only(listen6).map_err(|source| BindError {
+                            addr: listen6,
+                            flag: "--turn-listen6",
+                            source,
+                        })?;
+                    let local6 = socket6
+                        .local_addr()
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    let port6 = local6.port();
+                    turn_udp6_addr = Some(local6);
+                    listeners.push(turn_relay::Listener::Udp(socket6));
+                    relay_urls.push(format!("turn:[{public6}]:{port6}?transport=udp"));
+                }
                 let new_mux = |transport, local| {
                     turn_stream::StreamMux::new(
                         transport,
@@ -588,6 +609,7 @@ impl Running {
             tls,
             local,
             turn_tcp_addr,
+            turn_udp6_addr,
             turns_addr,
             turns_on_listen,
             metrics_addr,

@@ -70,7 +70,7 @@ pub(crate) enum Listener {
     Streams(Arc<StreamMux>),
 }
 
-/// Starts the relay on `listeners` (the UDP one first; bound beforehand, so a busy port is
+/// Starts the relay on `listeners` (the `--turn-listen` UDP one first; bound beforehand, so a busy port is
 /// reported before anything starts).
 ///
 /// Each listener gets its own `turn` server, because the crate handles the requests of one
@@ -90,7 +90,8 @@ pub(crate) async fn start(
         let (conn, transport, mux): (Arc<dyn Conn + Send + Sync>, _, _) = match listener {
             Listener::Udp(socket) => {
                 let local_addr = socket.local_addr()?;
-                udp_addr = Some(local_addr);
+                // The first UDP listener (--turn-listen) is the relay's address.
+                udp_addr.get_or_insert(local_addr);
                 (
                     Arc::new(ListenConn { socket, local_addr }),
                     Transport::Udp,
@@ -169,6 +170,20 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocke
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer than asked is not an error.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
+/// Binds the IPv6 UDP socket (`--turn-listen6`) as [`bind_udp`] does, for IPv6 only: IPv4
+/// clients keep using the IPv4 socket, so none of them is seen (and answered in
+/// XOR-MAPPED-ADDRESS) as an IPv4-mapped IPv6 address.
+pub(crate) fn bind_udp_v6_only(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(true)?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     socket.set_nonblocking(true)?;

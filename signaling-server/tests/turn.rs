@@ -135,6 +135,68 @@ async fn allocation_with_rest_credentials_from_join_relays_data() {
     client.close().await.unwrap();
 }
 
+/// `--turn-listen6`: the join answer adds the IPv6 UDP URL, and a client that reaches the relay
+/// over IPv6 gets an allocation whose relayed address is the IPv4 public one (RFC 6156's
+/// default family), which relays to IPv4 peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_client_allocates_on_the_ipv6_port_and_relays_to_ipv4_peers() {
+    let srv = start(&["--turn-listen6", "[::1]:0"]);
+    let entry = turn_entry(&srv).await;
+    let url6 = entry
+        .urls
+        .iter()
+        .find(|u| u.starts_with("turn:[::1]:"))
+        .unwrap_or_else(|| panic!("no IPv6 TURN URL in {:?}", entry.urls));
+    let port6: u16 = url6
+        .trim_start_matches("turn:[::1]:")
+        .trim_end_matches("?transport=udp")
+        .parse()
+        .unwrap();
+    assert_ne!(port6, 0);
+    let server6: SocketAddr = format!("[::1]:{port6}").parse().unwrap();
+    let conn = UdpSocket::bind("[::1]:0").await.unwrap();
+    let client = TurnClient::new(ClientConfig {
+        stun_serv_addr: server6.to_string(),
+        turn_serv_addr: server6.to_string(),
+        username: entry.username.unwrap(),
+        password: entry.credential.unwrap(),
+        realm: "aparte".to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    // The IPv6 port answers STUN with the client's IPv6 address (its server-reflexive one).
+    let mapped = tokio::time::timeout(WAIT, client.send_binding_request())
+        .await
+        .expect("binding timed out")
+        .unwrap();
+    assert!(mapped.is_ipv6(), "{mapped}");
+    let relay = tokio::time::timeout(WAIT, client.allocate())
+        .await
+        .expect("allocate timed out")
+        .expect("allocation over IPv6");
+    let relay_addr = relay.local_addr().unwrap();
+    assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay
+        .send_to(b"from an IPv6 client", peer.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .expect("peer got nothing")
+        .unwrap();
+    assert_eq!(&buf[..n], b"from an IPv6 client");
+    assert_eq!(from, relay_addr);
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_or_expired_credentials_are_refused() {
     let srv = start(&[]);
