@@ -248,6 +248,9 @@ pub struct CallReport {
     pub local_candidate: Option<String>,
     /// The peer's candidate type on the selected ICE pair.
     pub remote_candidate: Option<String>,
+    /// 4 or 6: the IP version of the selected pair (for a relayed pair, of the relay's
+    /// addresses).
+    pub path_ip_version: Option<u8>,
     /// Frames encoded and sent.
     pub frames_sent: u64,
     /// Frames protected by the e2ee layer: the authenticated indices used (`0..this`). The
@@ -668,7 +671,7 @@ pub async fn run_call(
     audio
         .sending
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let pair = call.transport.selected_pair_types().await;
+    let pair = call.transport.selected_pair_summary().await;
     // Joining the audio thread and waiting for the caption pipelines to finish their last
     // utterance block: off the (single) runtime thread, so the Bye, the last caption and any
     // other call in this process (the demo runs two) keep moving meanwhile. The audio thread
@@ -1615,13 +1618,20 @@ impl Call {
         }
     }
 
-    fn report(&self, audio: AudioStats, pair: Option<(String, String)>, cpu: f64) -> CallReport {
+    fn report(
+        &self,
+        audio: AudioStats,
+        pair: Option<crate::transport::PairSummary>,
+        cpu: f64,
+    ) -> CallReport {
         let ending = self
             .ended
             .clone()
             .unwrap_or_else(|| Ending::normal("ended"));
         let (outcome, ended_by) = ending.resolve(&self.achieved());
-        let (local_candidate, remote_candidate) = pair.unzip();
+        let path_ip_version = pair.as_ref().map(|p| p.ip_version);
+        let (local_candidate, remote_candidate) =
+            pair.map(|p| (p.local_type, p.remote_type)).unzip();
         let relayed = [&local_candidate, &remote_candidate]
             .iter()
             .any(|t| t.as_deref() == Some("relay"));
@@ -1636,6 +1646,7 @@ impl Call {
             exit_code: outcome.exit_code(),
             local_candidate,
             remote_candidate,
+            path_ip_version,
             offerer: self.role == SdpRole::Offerer,
             security: self.last_security.clone(),
             verified: self.verified,

@@ -403,6 +403,18 @@ pub struct Transport {
     tunnels: StdMutex<Vec<aparte_turn_tunnel::Tunnel>>,
 }
 
+/// The selected ICE pair, as the call's report gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairSummary {
+    /// Our candidate type (`host`, `srflx`, `prflx`, `relay`).
+    pub local_type: String,
+    /// The peer's candidate type.
+    pub remote_type: String,
+    /// 4 or 6: the IP version of the pair's addresses (ICE pairs one family only; for a
+    /// relayed pair, the relay's addresses, whatever carries the traffic to the relay).
+    pub ip_version: u8,
+}
+
 /// A new self-signed ECDSA P-256 DTLS certificate, as webrtc-rs would make, with a random
 /// subject name: DTLS 1.2 sends the certificate in clear, so a fixed name would tell the
 /// network which application this is.
@@ -485,7 +497,11 @@ impl Transport {
         let registry = configure_rtcp_reports(Registry::new());
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        settings.set_network_types(vec![NetworkType::Udp4]);
+        // IPv4 and IPv6: a home on an IPv6-only network (or a dual-stack one whose IPv4 is
+        // behind carrier-grade NAT) gathers its IPv6 addresses as host candidates, and a
+        // STUN server reached over IPv6 gives IPv6 server-reflexive ones. ICE pairs only
+        // candidates of the same family, so the two families never mix within a pair.
+        settings.set_network_types(vec![NetworkType::Udp4, NetworkType::Udp6]);
         // webrtc-rs waits before nominating non-host pairs (srflx 500 ms, prflx 1 s, relay
         // 2 s). On a two-party call the first working pair is good enough; a peer-reflexive
         // pair (common when a candidate's check beats its signaling) otherwise costs a second
@@ -498,7 +514,12 @@ impl Transport {
         settings.set_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None);
         if config.loopback_only {
             settings.set_include_loopback_candidate(true);
-            settings.set_ip_filter(Box::new(|ip: std::net::IpAddr| ip.is_loopback()));
+            // 127.0.0.1 only: one candidate per side, as before IPv6 was gathered.
+            settings.set_ip_filter(Box::new(|ip: std::net::IpAddr| {
+                ip.is_loopback() && ip.is_ipv4()
+            }));
+        } else {
+            settings.set_ip_filter(Box::new(is_candidate_address));
         }
         let api = APIBuilder::new()
             .with_media_engine(media)
@@ -748,12 +769,20 @@ impl Transport {
         matches!(pair, Some(p) if p.local.typ == RTCIceCandidateType::Relay)
     }
 
-    /// The candidate types of the selected ICE pair, (local, remote): `host`, `srflx`,
-    /// `prflx` or `relay`. A call is relayed when either side is `relay`: with one peer
-    /// relay-only, the other's local candidate is a plain host address.
-    pub async fn selected_pair_types(&self) -> Option<(String, String)> {
+    /// The candidate types and IP version of the selected ICE pair. A call is relayed when
+    /// either side is `relay`: with one peer relay-only, the other's local candidate is a plain
+    /// host address.
+    pub async fn selected_pair_summary(&self) -> Option<PairSummary> {
         let pair = self.selected_candidate_pair().await?;
-        Some((pair.local.typ.to_string(), pair.remote.typ.to_string()))
+        let ip_version = match pair.local.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => 6,
+            _ => 4,
+        };
+        Some(PairSummary {
+            local_type: pair.local.typ.to_string(),
+            remote_type: pair.remote.typ.to_string(),
+            ip_version,
+        })
     }
 
     async fn selected_candidate_pair(&self) -> Option<RTCIceCandidatePair> {
@@ -801,10 +830,27 @@ impl Transport {
     }
 }
 
+/// Whether a local address may be offered as a host candidate. IPv6 link-local addresses
+/// (`fe80::/10`) are left out: every interface has one, they reach only the same link, and a
+/// socket on one needs the interface's scope id, which webrtc-rs 0.17 does not set, so each
+/// would only cost a failed bind and a useless candidate. IPv4-mapped IPv6 addresses are not
+/// interface addresses and are refused as well.
+fn is_candidate_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(_) => true,
+        std::net::IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !link_local && v6.to_ipv4_mapped().is_none()
+        }
+    }
+}
+
 /// The ICE servers to hand webrtc-rs. Its ICE agent speaks TURN over UDP only (docs/WEBRTC.md),
 /// so each `turn:…?transport=tcp` and `turns:` URL is replaced by a local UDP TURN address
 /// served by an in-process tunnel that carries the datagrams over TCP or TLS to that server
-/// (`aparte-turn-tunnel`, docs/DECISIONS.md D9), with the same credentials. UDP URLs stay as
+/// (`aparte-turn-tunnel`, docs/DECISIONS.md D9), with the same credentials. So is a UDP URL
+/// to an IPv6 address (`turn:[2001:db8::1]:3478`): webrtc-rs sends UDP TURN from an IPv4
+/// socket only, so the tunnel carries those datagrams over IPv6. Other UDP URLs stay as
 /// they are, so both kinds of relay candidate are gathered and ICE keeps whichever pair works
 /// first: over UDP where UDP passes, over TCP/TLS (port 443 too) where a firewall blocks it.
 /// A tunnel that cannot start is left out, with a warning.
@@ -816,7 +862,10 @@ async fn tunnel_stream_relays(
     for server in &config.ice_servers {
         let mut urls = Vec::new();
         for url in &server.urls {
-            let Some(upstream) = aparte_turn_tunnel::upstream_of(url) else {
+            // IPv6 TURN servers over UDP too: webrtc-rs sends UDP TURN from IPv4 sockets only.
+            let upstream = aparte_turn_tunnel::upstream_of(url)
+                .or_else(|| aparte_turn_tunnel::ipv6_udp_upstream_of(url));
+            let Some(upstream) = upstream else {
                 // STUN and UDP TURN URLs go to webrtc-rs as they are. A stream URL that does
                 // not parse is left out (webrtc-rs would only skip it).
                 if url.contains("transport=tcp") || url.starts_with("turns:") {
@@ -833,7 +882,7 @@ async fn tunnel_stream_relays(
                     urls.push(tunnel.turn_url());
                     tunnels.push(tunnel);
                 }
-                Err(e) => tracing::warn!("TURN over TCP/TLS to {url} is unavailable: {e}"),
+                Err(e) => tracing::warn!("TURN through a tunnel to {url} is unavailable: {e}"),
             }
         }
         if !urls.is_empty() {
@@ -1207,5 +1256,20 @@ mod tests {
             "seconds field {} vs {expect}",
             mid >> 16
         );
+    }
+
+    #[test]
+    fn host_candidates_skip_link_local_and_mapped_ipv6_only() {
+        let ok = |s: &str| is_candidate_address(s.parse().unwrap());
+        assert!(ok("192.168.1.2"));
+        assert!(ok("2001:db8:1::2"));
+        assert!(
+            ok("fd00::2"),
+            "unique-local addresses are routable within a site"
+        );
+        assert!(!ok("fe80::1"));
+        assert!(!ok("febf::1"), "all of fe80::/10 is link-local");
+        assert!(ok("fec0::1"), "outside fe80::/10");
+        assert!(!ok("::ffff:192.0.2.1"));
     }
 }
