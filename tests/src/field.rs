@@ -156,3 +156,88 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// A deployment in network namespaces: `aparte-signaling` on the VPS with TLS on 443 (the
+/// certificate from DEPLOY.md's own-CA recipe, §4), its TURN relay, and a room; the people
+/// call from the homes of [`Field::topo`].
+pub struct Field {
+    /// The namespaces.
+    pub topo: crate::netns::Topology,
+    /// Certificates, WAVs, recordings and stats.
+    pub dir: tempfile::TempDir,
+    /// The server process.
+    pub server: Running,
+    /// The room both join.
+    pub room: String,
+    /// The signaling URL the people use (`wss://…/ws`).
+    pub server_url: String,
+}
+
+impl Field {
+    /// Starts the server in `topo.vps` with `server_args` (listeners, TURN) besides TLS, the
+    /// TURN secret and metrics off; the people will reach it at `server_url`.
+    pub fn start(topo: crate::netns::Topology, server_url: &str, server_args: &[&str]) -> Field {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // DEPLOY.md §4 Option D: the CA and the VPS's certificate.
+        run_block("certificates", d, &[]);
+        let mut server = crate::netns::Topology::command(&topo.vps, binary("aparte-signaling"));
+        server
+            .current_dir(d)
+            .env("APARTE_TURN_SECRET", "0123456789abcdef0123456789abcdef")
+            .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+            .args(server_args)
+            .args(["--metrics-listen", "off"]);
+        let mut server = Running::start(server);
+        server.wait_for("listening on https://", crate::WAIT);
+        let out = Command::new(binary("aparte"))
+            .args(["room", "new"])
+            .output()
+            .unwrap();
+        let room = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Field {
+            topo,
+            dir,
+            server,
+            room,
+            server_url: server_url.to_owned(),
+        }
+    }
+
+    /// A file in the field's folder.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `name` calls `peer` from namespace `home`, saying `name.wav`, writing what it hears to
+    /// `name-heard.wav` and its stats to `name.json`.
+    pub fn person(&self, home: &str, name: &str, peer: &str) -> Running {
+        self.person_saying(home, name, peer, &format!("{name}.wav"), &[])
+    }
+
+    /// The same, with `input` (a WAV, or `silence`, which lasts until the peer hangs up) and
+    /// extra `aparte call` arguments.
+    pub fn person_saying(
+        &self,
+        home: &str,
+        name: &str,
+        peer: &str,
+        input: &str,
+        extra: &[&str],
+    ) -> Running {
+        let mut cmd = crate::netns::Topology::command(home, binary("aparte"));
+        cmd.current_dir(self.dir.path())
+            .env("APARTE_HOME", self.path(&format!("home-{name}")))
+            .args(["call", "--server", &self.server_url, "--ca-file", "ca.pem"])
+            .arg(format!("--room={}", self.room))
+            .args(["--peer", peer, "--tofu"])
+            .args(["--input", input])
+            .args(["--output", &format!("{name}-heard.wav")])
+            .args(["--stats-json", &format!("{name}.json")])
+            .args(extra);
+        if let Some(filter) = std::env::var_os("APARTE_TEST_LOG") {
+            cmd.env("APARTE_LOG", filter);
+        }
+        Running::start(cmd)
+    }
+}
