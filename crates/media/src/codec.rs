@@ -39,7 +39,7 @@ pub fn packet_frames(packet: &[u8]) -> Option<usize> {
         return None;
     }
     let samples = opus::packet::get_nb_samples(packet, SAMPLE_RATE).ok()?;
-    if samples % FRAME_SAMPLES != 0 {
+    if !samples.is_multiple_of(FRAME_SAMPLES) {
         return None;
     }
     Some(samples / FRAME_SAMPLES).filter(|n| FRAMES_PER_PACKET.contains(n))
@@ -247,7 +247,7 @@ impl Encoder {
 }
 
 fn check_frame(len: usize) -> Result<(), CodecError> {
-    if len % FRAME_SAMPLES == 0 && FRAMES_PER_PACKET.contains(&(len / FRAME_SAMPLES)) {
+    if len.is_multiple_of(FRAME_SAMPLES) && FRAMES_PER_PACKET.contains(&(len / FRAME_SAMPLES)) {
         Ok(())
     } else {
         Err(CodecError::WrongFrameLength { got: len })

@@ -249,7 +249,7 @@ impl FrameSender {
         }
         let out = self.protect(payload)?;
         // `protect` used one counter; the rest of the span is never used under this key.
-        self.counter = self.counter.saturating_add(span - 1);
+        self.counter = self.counter.saturating_add(span.saturating_sub(1));
         Ok(out)
     }
 
