@@ -80,7 +80,7 @@ impl CallPeer {
     /// Sends `payload` as one RTP packet, as is (no e2ee).
     pub async fn send_raw(&self, payload: Vec<u8>) {
         self.transport
-            .send_media(Bytes::from(payload))
+            .send_media(Bytes::from(payload), Duration::from_millis(20))
             .await
             .expect("send a media payload");
     }

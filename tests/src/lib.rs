@@ -189,6 +189,7 @@ pub fn assert_frames_add_up(me: &serde_json::Value, peer: &serde_json::Value) ->
         refused: n(me, "frames_refused"),
         rejected: frames_rejected_total(me),
         decrypted: n(me, "frames_decrypted"),
+        decrypted_packets: Some(n(me, "packets_decrypted")),
         dropped_before_buffer: n(me, "frames_dropped_before_buffer"),
         jitter,
     };

@@ -193,7 +193,10 @@ async fn encrypted_audio_flows_both_ways_over_real_webrtc_and_the_sas_verifies()
             payload.extend_from_slice(&i.to_be_bytes());
             payload.resize(60, 0);
             let frame = peer.security().protect_media(&payload).unwrap();
-            peer.transport.send_media(Bytes::from(frame)).await.unwrap();
+            peer.transport
+                .send_media(Bytes::from(frame), std::time::Duration::from_millis(20))
+                .await
+                .unwrap();
         }
     }
     pump_until(&mut alice, &mut bob, |a, b| {

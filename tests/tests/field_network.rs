@@ -247,9 +247,12 @@ fn after_an_address_change_the_call_is_back_within_3_s_when_the_moved_side_answe
 /// **A thin uplink.** Alice's home sends at most `kbit` kbit/s (`tc tbf` on her router). At
 /// 24 kbit/s Opus a call needs about 57 kbit/s each way (20 ms packets carry ~82 bytes of
 /// headers each: docs/CLIENT.md), so her stream loses packets until her bitrate ladder steps
-/// down; then the loss must stop. Prints where the ladder settled, the loss Bob reported over
+/// down (to longer packets at the low steps: 16 kbit/s in 40 ms, 12 and 8 kbit/s in 60 ms);
+/// then the loss must stop. Prints where the ladder settled, the loss Bob reported over
 /// the call and over its last reports, and what Whisper understands of what Bob heard.
-fn thin_uplink(kbit: u32) -> (f64, f64, u64) {
+/// Returns alice's loss over her last reports (percent), the extra WER of what Bob heard over
+/// her file's own (a fraction), her lowest bitrate (bit/s) and its packet time (ms).
+fn thin_uplink(kbit: u32) -> (f64, f64, u64, u64) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let field = Field::start();
     Topology::limit_uplink(&field.topo.a, kbit);
@@ -273,11 +276,17 @@ fn thin_uplink(kbit: u32) -> (f64, f64, u64) {
     aparte_e2e_tests::assert_frames_add_up(&sb, &sa);
     aparte_e2e_tests::assert_frames_add_up(&sa, &sb);
     // The signaling connection shares the thin link. Until the ladder has stepped down (a few
-    // seconds) the router's queue is full and drops, and in 1 of 4 runs at 48 kbit/s the
-    // server timed Alice's WebSocket out once (she rejoined with her resume token and the call
-    // went on). Printed, not asserted: keeping signaling alive there is still open (issue 16).
+    // seconds) the router's queue is full and drops. With 20 ms packets only, in 1 of 4 runs
+    // at 48 kbit/s the server timed Alice's WebSocket out once (she rejoined with her resume
+    // token and the call went on); with longer packets at the low steps, 0 rejoins in 4 runs
+    // at 32 kbit/s and 1 at 48 (the first report steps two down, to 12 kbit/s in 60 ms
+    // packets, within about a second). Printed, not asserted.
     println!("alice's signaling rejoins: {}", sa["signaling_rejoins"]);
-    for line in alice.seen.iter().filter(|l| l.starts_with("bitrate:")) {
+    for line in alice
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("bitrate:") || l.contains("signaling") || l.contains("rejoin"))
+    {
         println!("alice: {line}");
     }
     if std::env::var_os("APARTE_TEST_VERBOSE").is_some() {
@@ -293,11 +302,14 @@ fn thin_uplink(kbit: u32) -> (f64, f64, u64) {
     let heard =
         aparte_translate::wer::word_error_rate(script, &transcript(&field.path("bob-heard.wav")));
     println!(
-        "uplink {kbit} kbit/s: alice's bitrate {} → lowest {} ({} changes); bob received loss \
+        "uplink {kbit} kbit/s: alice's bitrate {} in {} ms packets → lowest {} in {} ms ({} \
+         changes); bob received loss \
          {:.1} % over the call, alice's last reports {recent:.1} %; WER of what bob heard \
          {:.1} % (of alice's own file {:.1} %); setup {} ms",
         sa["bitrate_bps"],
+        sa["packet_ms"],
         sa["bitrate_lowest_bps"],
+        sa["packet_lowest_ms"],
         sa["bitrate_changes"],
         sb["loss_percent"].as_f64().unwrap(),
         heard * 100.0,
@@ -308,6 +320,7 @@ fn thin_uplink(kbit: u32) -> (f64, f64, u64) {
         recent,
         heard - said,
         sa["bitrate_lowest_bps"].as_u64().unwrap(),
+        sa["packet_lowest_ms"].as_u64().unwrap(),
     )
 }
 
@@ -321,7 +334,7 @@ const MAX_EXTRA_WER: f64 = 0.25;
 /// The reference: at 64 kbit/s the starting step (24 kbit/s, ~57 kbit/s on the wire) fits.
 #[test]
 fn on_a_64_kbit_uplink_nothing_is_lost_and_the_speech_is_understood() {
-    let (recent_loss, extra_wer, _) = thin_uplink(64);
+    let (recent_loss, extra_wer, _, _) = thin_uplink(64);
     assert!(recent_loss <= 1.0, "loss {recent_loss:.1} %");
     assert!(
         extra_wer <= MAX_EXTRA_WER,
@@ -332,19 +345,50 @@ fn on_a_64_kbit_uplink_nothing_is_lost_and_the_speech_is_understood() {
 
 #[test]
 fn on_a_thin_uplink_the_bitrate_steps_down_until_the_loss_stops() {
-    let (recent_loss, extra_wer, lowest) = thin_uplink(48);
+    let (recent_loss, extra_wer, lowest, _) = thin_uplink(48);
     assert!(lowest < 24_000, "the bitrate never stepped down");
     assert!(
         recent_loss <= 5.0,
         "loss after adaptation {recent_loss:.1} %"
     );
-    // At 48 kbit/s the ladder ends at 8 kbit/s (narrowband SILK) and what Bob heard scored
-    // 39.7–56.9 % WER against 15.5 % for Alice's file (+24 to +41 points, 4 runs): the call
-    // stays up and the loss stops, but 8 kbit/s espeak-ng is hard for tiny.en. Printed, not
-    // asserted: better speech on a thin link (longer packets, so a higher bitrate fits) is
-    // still open (issue 16).
+    // With 20 ms packets only, the ladder ended at 8 kbit/s (narrowband SILK) and what Bob
+    // heard scored 39.7–56.9 % WER against 15.5 % for Alice's file (+24 to +41 points, 4
+    // runs). With 40 ms packets 16 kbit/s fits (32.4 kbit/s on the wire) and the ladder
+    // settles there: 29.3 % (+13.8 points, 1 run, 2026-12-07). Printed, not asserted.
     println!(
         "extra WER on the thin link: {:.1} points",
+        extra_wer * 100.0
+    );
+}
+
+/// Measured at 32 kbit/s (2026-12-07, 4 runs: the ladder ends at 12 or 8 kbit/s in 60 ms
+/// packets): what Bob heard scored 39.7, 36.2, 31.0 and 32.8 % WER against 15.5 % for Alice's
+/// file, +15.5 to +24.1 points, against +10.4 to +17.3 at 64 kbit/s (five runs, 24 kbit/s in 20 ms packets).
+/// 12 kbit/s SILK costs a few points more than 24 kbit/s and tiny.en swings by ±5 points from
+/// run to run on the same call, so the bar is the 64 kbit/s one plus 10 points. Garbled audio
+/// (frames out of order or at the wrong time, a fifth of it concealed) scores far worse.
+const MAX_EXTRA_WER_32K: f64 = MAX_EXTRA_WER + 0.10;
+
+/// **32 kbit/s**: no 20 ms step fits (the headers alone are 32.8 kbit/s); 16 kbit/s in 40 ms
+/// packets needs ~32.4 kbit/s, 12 kbit/s in 60 ms ~22.9. The ladder must get there, the call
+/// must stay up and the loss stop, and what Bob heard must still be understood.
+#[test]
+fn on_a_32_kbit_uplink_longer_packets_keep_the_call_up_and_the_loss_stops() {
+    let (recent_loss, extra_wer, lowest, packet_ms) = thin_uplink(32);
+    assert!(lowest <= 12_000, "the ladder stopped at {lowest} bit/s");
+    assert_eq!(packet_ms, 60, "the lowest step used sends 60 ms packets");
+    assert!(
+        recent_loss <= 5.0,
+        "loss after adaptation {recent_loss:.1} %"
+    );
+    println!(
+        "extra WER at 32 kbit/s: {:.1} points (bar {:.0})",
+        extra_wer * 100.0,
+        MAX_EXTRA_WER_32K * 100.0
+    );
+    assert!(
+        extra_wer <= MAX_EXTRA_WER_32K,
+        "WER {:.1} points over the file's",
         extra_wer * 100.0
     );
 }

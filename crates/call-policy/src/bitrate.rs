@@ -15,9 +15,24 @@
 //!   that only fits the lower step is not probed every few seconds;
 //! - never two changes within [`BitrateConfig::hold_ms`] (the reports must first show what the
 //!   last change did).
+//!
+//! ## Packet time
+//!
+//! Each step also says how much audio one packet carries ([`PACKET_MS`]). Every packet pays
+//! about 82 bytes of headers on the wire (IPv4, UDP, RTP, SRTP tag, e2ee header and tag, and
+//! the Ethernet header a `tc tbf` counts), 32.8 kbit/s at 20 ms per packet, more than the
+//! audio itself at the low steps. The top steps keep 20 ms (the least delay); 16 kbit/s sends
+//! 40 ms per packet (32.4 kbit/s on the wire instead of 48.8, so it fits a 48 kbit/s uplink
+//! with room to spare), and 12 and 8 kbit/s send 60 ms (22.9 and 18.9 kbit/s instead of 44.8
+//! and 40.8, so a 32 kbit/s uplink keeps about 9 kbit/s for signaling, RTCP and captions).
+//! 60 ms is Opus's longest single frame; longer packets would only add delay for a few
+//! kbit/s. Within a step every packet still has the same size and the same duration.
 
 /// The steps, highest first, in bit/s.
 pub const STEPS: [u32; 5] = [32_000, 24_000, 16_000, 12_000, 8_000];
+
+/// The packet time of each step of [`STEPS`], in ms: audio carried by one packet.
+pub const PACKET_MS: [u32; 5] = [20, 20, 40, 60, 60];
 
 /// Thresholds of the rules (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,12 +125,23 @@ impl BitrateLadder {
         STEPS[self.lowest]
     }
 
+    /// The packet time to send now, ms (20, 40 or 60; see the module doc).
+    pub fn packet_ms(&self) -> u32 {
+        PACKET_MS[self.current]
+    }
+
+    /// The packet time of the lowest step used so far, ms: the longest packet time used.
+    pub fn lowest_packet_ms(&self) -> u32 {
+        PACKET_MS[self.lowest]
+    }
+
     /// Changes made so far.
     pub fn changes(&self) -> u32 {
         self.changes
     }
 
-    /// Takes one report; returns the new bitrate when it changed. NaN or negative figures are
+    /// Takes one report; returns the new bitrate when it changed (the packet time that goes
+    /// with it is then [`Self::packet_ms`]). NaN or negative figures are
     /// read as clean, figures over 100 % as 100 %.
     pub fn on_report(&mut self, report: LinkReport, now_ms: u64) -> Option<u32> {
         let loss = if report.loss_percent.is_nan() {
@@ -232,6 +258,60 @@ mod tests {
     }
 
     #[test]
+    fn low_steps_send_longer_packets_and_the_top_stays_at_20_ms() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 32_000);
+        assert_eq!((l.bitrate(), l.packet_ms()), (32_000, 20));
+        let mut seen = vec![(l.bitrate(), l.packet_ms())];
+        let mut t = 0;
+        while l.bitrate() > 8_000 {
+            t += 3_000;
+            if l.on_report(lossy(8.0), t).is_some() {
+                seen.push((l.bitrate(), l.packet_ms()));
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (32_000, 20),
+                (24_000, 20),
+                (16_000, 40),
+                (12_000, 60),
+                (8_000, 60)
+            ]
+        );
+        assert_eq!((l.lowest(), l.lowest_packet_ms()), (8_000, 60));
+        // Back up after a clean spell: the packet time follows the step.
+        let mut up = None;
+        for k in 1..=20 {
+            if let Some(b) = l.on_report(clean(), t + k * 1000) {
+                up = Some((b, l.packet_ms()));
+                break;
+            }
+        }
+        assert_eq!(up, Some((12_000, 60)));
+        assert_eq!(l.lowest_packet_ms(), 60, "the longest packet time used");
+    }
+
+    /// The wire rate of every step, with the per-packet overhead the module doc counts
+    /// (82 bytes): the steps meant for thin links must fit them.
+    #[test]
+    fn each_step_fits_the_link_it_is_meant_for() {
+        let wire_kbps = |i: usize| {
+            let per_s = 1000.0 / f64::from(PACKET_MS[i]);
+            f64::from(STEPS[i]) / 1000.0 + per_s * 82.0 * 8.0 / 1000.0
+        };
+        let rates: Vec<f64> = (0..STEPS.len()).map(wire_kbps).collect();
+        println!("wire kbit/s per step: {rates:.1?}");
+        // 16 kbit/s fits a 48 kbit/s uplink with a third to spare; 12 and 8 kbit/s leave
+        // at least 9 kbit/s of a 32 kbit/s uplink for signaling and RTCP.
+        assert!(rates[2] < 48.0 * 0.7, "{rates:?}");
+        assert!(rates[3] <= 32.0 - 9.0, "{rates:?}");
+        assert!(rates[4] < rates[3]);
+        // The wire rate falls at every step down.
+        assert!(rates.windows(2).all(|w| w[1] < w[0]), "{rates:?}");
+    }
+
+    #[test]
     fn a_long_round_trip_steps_down_too() {
         let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
         let slow = LinkReport {
@@ -305,6 +385,8 @@ mod tests {
                 now += dt;
                 if let Some(b) = l.on_report(LinkReport { loss_percent: loss, rtt_ms: rtt }, now) {
                     proptest::prop_assert!(STEPS.contains(&b) && b <= top);
+                    proptest::prop_assert!([20, 40, 60].contains(&l.packet_ms()));
+                    proptest::prop_assert!(l.lowest_packet_ms() >= l.packet_ms());
                     if let Some(at) = last_change {
                         proptest::prop_assert!(now - at >= config.hold_ms);
                     }

@@ -7,7 +7,8 @@
 //!   signaling connection dead, the peer back on a new connection), checking the signaling
 //!   connection at once, restarting ICE as soon as signaling works, retrying, and giving up;
 //! - [`bitrate`]: the Opus bitrate step (32 → 24 → 16 → 12 → 8 kbit/s and back), following the
-//!   loss and round trip the peer reports, constant within a step.
+//!   loss and round trip the peer reports, constant within a step, with the packet time
+//!   (20, 40 or 60 ms of audio per packet) each step uses.
 //!
 //! Time is milliseconds on any monotonic clock the caller chooses (the call uses milliseconds
 //! since it started).
@@ -16,5 +17,5 @@
 pub mod bitrate;
 pub mod recovery;
 
-pub use bitrate::{BitrateConfig, BitrateLadder, LinkReport};
+pub use bitrate::{BitrateConfig, BitrateLadder, LinkReport, PACKET_MS, STEPS};
 pub use recovery::{Action, Recovery, RecoveryConfig};

@@ -1,6 +1,7 @@
 //! The audio thread: capture (microphone, WAV, tone, silence), Opus encoding, jitter buffer,
 //! decoding with concealment, and playout (speaker, WAV or nothing), paced every 20 ms by its
-//! own clock.
+//! own clock. Packets carry 20, 40 or 60 ms (the call's bitrate step decides); the thread
+//! still ticks every 20 ms on both sides ([`aparte_media::ptime`]).
 //!
 //! It talks to the network task only through non-blocking queues: a full queue drops a frame
 //! (counted) instead of stalling, so the audio never waits on the network. Sound devices sit
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use aparte_media::codec::{Decoder, Encoder, EncoderConfig};
 use aparte_media::fec::FecPolicy;
-use aparte_media::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use aparte_media::jitter::{JitterBuffer, JitterConfig, JitterStats};
+use aparte_media::ptime::{Depacketizer, Packetizer, Played};
 use aparte_media::source::{AudioSource, Frame, Produced, SilenceSource, ToneSource, WavSource};
 use aparte_media::wav::MonoWavWriter;
 use aparte_media::{FRAME_MS, FRAME_SAMPLES};
@@ -167,16 +169,17 @@ impl AudioSink for Speaker {
 /// Counters the audio thread keeps.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AudioStats {
-    /// Frames encoded and queued for sending.
+    /// 20 ms frames encoded and queued for sending.
     pub frames_encoded: u64,
-    /// Frames dropped because the network queue was full.
+    /// 20 ms frames dropped because the network queue was full (or the encoder failed).
     pub frames_dropped_send: u64,
     /// Input frames that went by while the link was down mid-call (not sent: the person
     /// kept talking, and that speech is lost, as on any call).
     pub frames_skipped_link_down: u64,
     /// Frames written to the output (decoded, FEC-rebuilt or concealed).
     pub frames_played: u64,
-    /// Packets that failed to decode (concealed instead).
+    /// Packets that failed to decode, of a duration other than 20, 40 or 60 ms among them
+    /// (concealed instead), counted once per 20 ms tick they should have filled.
     pub decode_errors: u64,
     /// Input level of the last frame, dBFS.
     pub input_dbfs: f32,
@@ -188,13 +191,14 @@ pub struct AudioStats {
     pub devices: DeviceStats,
 }
 
-/// A received frame for the audio thread: (its authenticated e2ee index, arrival ms since call
-/// start, Opus). The jitter buffer orders by the index, never by the unauthenticated RTP sequence.
+/// A received packet for the audio thread: (its authenticated e2ee index, arrival ms since call
+/// start, Opus). The jitter buffer orders by the index, never by the unauthenticated RTP
+/// sequence. The index counts 20 ms frames: a 60 ms packet at index `i` fills `i..i+3`.
 pub type Incoming = (u64, u64, Vec<u8>);
 
 /// The running audio thread and its queues.
 pub struct AudioPipeline {
-    /// Encoded Opus packets, ready to protect and send.
+    /// Encoded Opus packets (20, 40 or 60 ms each), ready to protect and send.
     pub outgoing: mpsc::Receiver<Vec<u8>>,
     /// Decrypted Opus packets from the peer.
     pub incoming: std_mpsc::SyncSender<Incoming>,
@@ -209,6 +213,9 @@ pub struct AudioPipeline {
     /// The Opus bitrate, bit/s; the call sets it from its bitrate ladder
     /// (`aparte_call_policy::bitrate`) and the thread applies it before the next frame.
     pub bitrate: Arc<AtomicU32>,
+    /// The packet time, ms (20, 40 or 60); the call sets it with the bitrate, from the same
+    /// ladder step, and the thread applies both together at the next packet boundary.
+    pub packet_ms: Arc<AtomicU32>,
     /// Counters (see [`Self::snapshot`] for a copy that includes the device counters).
     pub stats: Arc<Mutex<AudioStats>>,
     /// Counters the device callbacks keep, lock-free.
@@ -273,7 +280,9 @@ impl AudioPipeline {
         })?;
         let expected_loss = Arc::new(AtomicU8::new(fec.expected_loss_percent()));
         let bitrate = Arc::new(AtomicU32::new(encoder.config().bitrate));
-        let decoder = Decoder::new()?;
+        let packetizer = Packetizer::new(encoder);
+        let packet_ms = Arc::new(AtomicU32::new(packetizer.packet_ms()));
+        let depacketizer = Depacketizer::new(Decoder::new()?);
         let jitter = JitterBuffer::new(JitterConfig::default())?;
         let (out_tx, outgoing) = mpsc::channel(50);
         let (incoming, in_rx) = std_mpsc::sync_channel(100);
@@ -285,8 +294,8 @@ impl AudioPipeline {
         let worker = Worker {
             source,
             sink,
-            encoder,
-            decoder,
+            packetizer,
+            depacketizer,
             jitter,
             out_tx,
             in_rx,
@@ -294,6 +303,7 @@ impl AudioPipeline {
             input_ended: Arc::clone(&input_ended),
             expected_loss: Arc::clone(&expected_loss),
             bitrate: Arc::clone(&bitrate),
+            packet_ms: Arc::clone(&packet_ms),
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
             started,
@@ -315,6 +325,7 @@ impl AudioPipeline {
             input_ended,
             expected_loss,
             bitrate,
+            packet_ms,
             stats,
             device_counters,
             started,
@@ -368,8 +379,8 @@ impl Drop for AudioPipeline {
 struct Worker {
     source: Box<dyn AudioSource>,
     sink: Option<Box<dyn AudioSink>>,
-    encoder: Encoder,
-    decoder: Decoder,
+    packetizer: Packetizer,
+    depacketizer: Depacketizer,
     jitter: JitterBuffer,
     out_tx: mpsc::Sender<Vec<u8>>,
     in_rx: std_mpsc::Receiver<Incoming>,
@@ -377,6 +388,7 @@ struct Worker {
     input_ended: Arc<AtomicBool>,
     expected_loss: Arc<AtomicU8>,
     bitrate: Arc<AtomicU32>,
+    packet_ms: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<AudioStats>>,
     started: Instant,
@@ -410,9 +422,7 @@ impl Worker {
         }
         // Frames decrypted in the last moments still reach the buffer (and its counts: they
         // end as buffered, not as frames that vanished between decryption and playout).
-        while let Ok((index, arrival, packet)) = self.in_rx.try_recv() {
-            self.jitter.push_frame(index, arrival, packet);
-        }
+        self.take_incoming();
         // The call is over: concealment since the peer's last packet was the end of its
         // stream, not loss (see `JitterBuffer::end_of_stream`).
         self.jitter.end_of_stream();
@@ -421,6 +431,24 @@ impl Worker {
             sink.finish()?;
         }
         Ok(())
+    }
+
+    /// Hands what the network brought to the jitter buffer, one entry per 20 ms frame.
+    fn take_incoming(&mut self) {
+        while let Ok((index, arrival, packet)) = self.in_rx.try_recv() {
+            for (index, arrival, entry) in aparte_media::ptime::split(index, arrival, &packet) {
+                self.jitter.push_frame(index, arrival, entry);
+            }
+        }
+    }
+
+    /// Queues a packet of `frames` 20 ms frames for sending.
+    fn queue(&mut self, packet: Vec<u8>, frames: usize) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        match self.out_tx.try_send(packet) {
+            Ok(()) => stats.frames_encoded += frames as u64,
+            Err(_) => stats.frames_dropped_send += frames as u64,
+        }
     }
 
     fn send_tick(&mut self, frame: &mut Frame) {
@@ -433,6 +461,12 @@ impl Worker {
             return;
         }
         if !self.sending.load(Ordering::SeqCst) {
+            // Frames gathered towards a packet are stale by the time sending resumes.
+            let stale = self.packetizer.discard() as u64;
+            if stale > 0 {
+                let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                stats.frames_skipped_link_down += stale;
+            }
             // Before the call is set up a file waits (its start is not lost while connecting);
             // once under way it is a person talking, who goes on while the link is down. A
             // paused file would put everything after an outage out of step with the clock.
@@ -453,52 +487,62 @@ impl Worker {
             Ok(Produced::Frame) => {}
             Ok(Produced::End) | Err(_) => {
                 self.input_ended.store(true, Ordering::SeqCst);
+                // The last packet is completed with silence rather than dropped.
+                match self.packetizer.flush() {
+                    Ok(Some((packet, frames))) => self.queue(packet, frames),
+                    Ok(None) => {}
+                    Err(_) => {
+                        self.stats
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .frames_dropped_send += 1
+                    }
+                }
                 return;
             }
         }
         if let Some(tap) = &self.taps.outgoing {
             tap.push(frame);
         }
-        let expected_loss = self.expected_loss.load(Ordering::Relaxed);
-        if expected_loss != self.encoder.config().expected_loss_percent {
-            // Cannot fail for a value in 0..=100; on a failure the old setting stays.
-            let _ = self.encoder.set_expected_loss_percent(expected_loss);
-        }
-        let bitrate = self.bitrate.load(Ordering::Relaxed);
-        if bitrate != self.encoder.config().bitrate {
-            // The ladder's steps are all valid; on a failure the old bitrate stays.
-            let _ = self.encoder.set_bitrate(bitrate);
+        if self.packetizer.at_boundary() {
+            // Settings change between packets only: a packet is one bitrate, one length.
+            let encoder = self.packetizer.encoder_mut();
+            let expected_loss = self.expected_loss.load(Ordering::Relaxed);
+            if expected_loss != encoder.config().expected_loss_percent {
+                // Cannot fail for a value in 0..=100; on a failure the old setting stays.
+                let _ = encoder.set_expected_loss_percent(expected_loss);
+            }
+            let bitrate = self.bitrate.load(Ordering::Relaxed);
+            if bitrate != encoder.config().bitrate {
+                // The ladder's steps are all valid; on a failure the old bitrate stays.
+                let _ = encoder.set_bitrate(bitrate);
+            }
+            // 20, 40 or 60 from the ladder; on anything else the old packet time stays.
+            let _ = self
+                .packetizer
+                .set_packet_ms(self.packet_ms.load(Ordering::Relaxed));
         }
         let level = aparte_media::metrics::dbfs(frame);
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.input_dbfs = level as f32;
-        match self.encoder.encode_f32(frame) {
-            Ok(packet) => match self.out_tx.try_send(packet) {
-                Ok(()) => stats.frames_encoded += 1,
-                Err(_) => stats.frames_dropped_send += 1,
-            },
-            Err(_) => stats.frames_dropped_send += 1,
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .input_dbfs = level as f32;
+        match self.packetizer.push_frame(frame) {
+            Ok(Some((packet, frames))) => self.queue(packet, frames),
+            Ok(None) => {}
+            Err(_) => {
+                let frames = self.packetizer.packet_ms() / aparte_media::FRAME_MS;
+                let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                stats.frames_dropped_send += u64::from(frames);
+            }
         }
     }
 
     fn play_tick(&mut self) -> Result<(), AudioError> {
-        while let Ok((index, arrival, packet)) = self.in_rx.try_recv() {
-            self.jitter.push_frame(index, arrival, packet);
-        }
+        self.take_incoming();
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut decode_failed = false;
-        let decoded = match self.jitter.pop(now_ms) {
-            Playout::Packet(p) => self.decoder.decode_f32(&p),
-            Playout::FecFrom(p) => self.decoder.recover_fec_f32(&p),
-            Playout::Conceal => self.decoder.conceal_f32(),
-            Playout::Wait => Ok(vec![0.0; FRAME_SAMPLES]),
-        };
-        let samples = decoded.unwrap_or_else(|_| {
-            decode_failed = true;
-            self.decoder
-                .conceal_f32()
-                .unwrap_or_else(|_| vec![0.0; FRAME_SAMPLES])
-        });
+        let (samples, played) = self.depacketizer.play(self.jitter.pop(now_ms));
+        let decode_failed = played == Played::DecodeFailed;
         self.playing |= self.jitter.is_playing();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.jitter = self.jitter.stats();

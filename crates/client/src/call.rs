@@ -166,6 +166,8 @@ pub enum CallUpdate {
     Bitrate {
         /// The new Opus bitrate, bit/s.
         bps: u32,
+        /// The packet time that goes with it, ms.
+        packet_ms: u32,
         /// The loss that the peer's last report gave, percent.
         loss_percent: f64,
     },
@@ -251,22 +253,27 @@ pub struct CallReport {
     /// 4 or 6: the IP version of the selected pair (for a relayed pair, of the relay's
     /// addresses).
     pub path_ip_version: Option<u8>,
-    /// Frames encoded and sent.
+    /// 20 ms frames encoded and sent (a 60 ms packet is three).
     pub frames_sent: u64,
+    /// Packets sent (each holds 20, 40 or 60 ms).
+    pub packets_sent: u64,
     /// Frames protected by the e2ee layer: the authenticated indices used (`0..this`). The
     /// peer's frame accounting starts from this count (a protected frame that then failed to
     /// send still used its index).
     pub frames_protected: u64,
     /// RTP packets received.
     pub frames_received: u64,
-    /// Frames that authenticated and decrypted.
+    /// 20 ms frames in the packets that authenticated and decrypted (the frame accounting's
+    /// unit, the one the authenticated index counts).
     pub frames_decrypted: u64,
+    /// Packets that authenticated and decrypted.
+    pub packets_decrypted: u64,
     /// Frames rejected, by reason.
     pub frames_rejected: std::collections::BTreeMap<String, u64>,
     /// Media packets refused before decryption because the keys were not confirmed yet
     /// (media can outrun the last handshake message).
     pub frames_refused: u64,
-    /// Decrypted frames dropped before the jitter buffer (its queue was full).
+    /// Decrypted 20 ms frames dropped before the jitter buffer (its queue was full).
     pub frames_dropped_before_buffer: u64,
     /// Packets the jitter buffer dropped as copies of a frame it already had.
     pub frames_duplicate: u64,
@@ -337,6 +344,11 @@ pub struct CallReport {
     pub bitrate_bps: u32,
     /// The lowest Opus bitrate the call used, bit/s.
     pub bitrate_lowest_bps: u32,
+    /// The packet time at the end of the call, ms (20, 40 or 60: it goes with the bitrate
+    /// step).
+    pub packet_ms: u32,
+    /// The packet time of the lowest step the call used, ms (the longest it used).
+    pub packet_lowest_ms: u32,
     /// Times the bitrate changed.
     pub bitrate_changes: u32,
     /// Our packets the peer reported lost over its last few reports (up to 5, about 5 s),
@@ -490,6 +502,8 @@ pub async fn run_call(
         data_open: false,
         connected: false,
         frames_sent: 0,
+        packets_sent: 0,
+        frames_decrypted: 0,
         frames_received: 0,
         overhead_bytes: 0,
         bytes_sent: 0,
@@ -767,7 +781,11 @@ struct Call {
     pending_data: VecDeque<Vec<u8>>,
     data_open: bool,
     connected: bool,
+    /// 20 ms frames sent.
     frames_sent: u64,
+    packets_sent: u64,
+    /// 20 ms frames in the packets decrypted.
+    frames_decrypted: u64,
     frames_received: u64,
     overhead_bytes: u64,
     bytes_sent: u64,
@@ -1231,11 +1249,17 @@ impl Call {
         }
         self.recent_peer_loss.push_back(report.loss_percent);
         if let Some(bps) = self.bitrate.on_report(report, self.now_ms()) {
+            // The audio thread applies both at its next packet boundary.
+            let packet_ms = self.bitrate.packet_ms();
+            audio
+                .packet_ms
+                .store(packet_ms, std::sync::atomic::Ordering::Relaxed);
             audio
                 .bitrate
                 .store(bps, std::sync::atomic::Ordering::Relaxed);
             let _ = self.updates.try_send(CallUpdate::Bitrate {
                 bps,
+                packet_ms,
                 loss_percent: report.loss_percent,
             });
         }
@@ -1534,12 +1558,15 @@ impl Call {
             }
             // Never block: a full queue drops the frame (counted), which the jitter buffer
             // conceals.
+            // A packet of another duration counts as one frame: the audio thread refuses it.
+            let frames = aparte_media::codec::packet_frames(&frame.payload).unwrap_or(1) as u64;
+            self.frames_decrypted += frames;
             if audio
                 .incoming
                 .try_send((frame.index, arrival_ms, frame.payload))
                 .is_err()
             {
-                self.frames_dropped_before_buffer += 1;
+                self.frames_dropped_before_buffer += frames;
             }
         }
     }
@@ -1548,12 +1575,22 @@ impl Call {
         let Some(security) = self.security.as_mut() else {
             return;
         };
-        if let Ok(frame) = security.protect_media(&opus) {
+        // The packet takes one index per 20 ms frame, and the RTP timestamp advances by its
+        // duration (our audio thread only makes 20, 40 and 60 ms packets).
+        let frames = aparte_media::codec::packet_frames(&opus).unwrap_or(1);
+        if let Ok(frame) = security.protect_media_frames(&opus, frames as u64) {
             let (len, overhead) = (frame.len() as u64, (frame.len() - opus.len()) as u64);
-            if self.transport.send_media(Bytes::from(frame)).await.is_ok() {
+            let duration = Duration::from_millis(u64::from(aparte_media::FRAME_MS) * frames as u64);
+            if self
+                .transport
+                .send_media(Bytes::from(frame), duration)
+                .await
+                .is_ok()
+            {
                 self.overhead_bytes += overhead;
                 self.bytes_sent += len;
-                self.frames_sent += 1;
+                self.frames_sent += frames as u64;
+                self.packets_sent += 1;
                 self.media_since.get_or_insert_with(Instant::now);
             }
         }
@@ -1591,11 +1628,7 @@ impl Call {
 
     fn live(&self, audio: &AudioPipeline) -> LiveStats {
         let stats = audio.snapshot();
-        let decrypted = self
-            .security
-            .as_ref()
-            .and_then(|s| s.media_stats())
-            .map_or(0, |m| m.accepted);
+        let decrypted = self.frames_decrypted;
         let elapsed = self.both_joined.elapsed().as_secs_f64();
         let sent_bits = self.bytes_sent as f64 * 8.0;
         let link = self.transport.link_stats();
@@ -1652,12 +1685,14 @@ impl Call {
             verified: self.verified,
             relayed,
             frames_sent: self.frames_sent,
+            packets_sent: self.packets_sent,
             frames_protected: self
                 .security
                 .as_ref()
                 .map_or(0, |s| s.media_frames_protected()),
             frames_received: self.frames_received,
-            frames_decrypted: media.map_or(0, |m| m.accepted),
+            frames_decrypted: self.frames_decrypted,
+            packets_decrypted: media.map_or(0, |m| m.accepted),
             frames_rejected,
             frames_refused: self.frames_refused_before_session
                 + self.security.as_ref().map_or(0, |s| s.media_refused()),
@@ -1680,10 +1715,10 @@ impl Call {
             frames_dropped_for_latency: audio.jitter.dropped_for_latency,
             frames_played: audio.frames_played,
             frames_skipped_link_down: audio.frames_skipped_link_down,
-            e2ee_overhead_bytes_per_frame: if self.frames_sent == 0 {
+            e2ee_overhead_bytes_per_frame: if self.packets_sent == 0 {
                 0.0
             } else {
-                self.overhead_bytes as f64 / self.frames_sent as f64
+                self.overhead_bytes as f64 / self.packets_sent as f64
             },
             setup_ms: self.setup_ms,
             playout_delay_ms: audio.jitter.current_delay_ms,
@@ -1697,6 +1732,8 @@ impl Call {
             fec_peak_expected_loss_percent: self.fec_peak.max(self.fec.expected_loss_percent()),
             bitrate_bps: self.bitrate.bitrate(),
             bitrate_lowest_bps: self.bitrate.lowest(),
+            packet_ms: self.bitrate.packet_ms(),
+            packet_lowest_ms: self.bitrate.lowest_packet_ms(),
             bitrate_changes: self.bitrate.changes(),
             peer_loss_percent_recent: (!self.recent_peer_loss.is_empty()).then(|| {
                 self.recent_peer_loss.iter().sum::<f64>() / self.recent_peer_loss.len() as f64

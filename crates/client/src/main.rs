@@ -952,10 +952,14 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                  recover from a network change"
             );
         }
-        CallUpdate::Bitrate { bps, loss_percent } => {
+        CallUpdate::Bitrate {
+            bps,
+            packet_ms,
+            loss_percent,
+        } => {
             let _ = writeln!(
                 err,
-                "{clear}bitrate: now {} kbit/s (the peer reports {loss_percent:.0} % loss); constant within the step",
+                "{clear}bitrate: now {} kbit/s in {packet_ms} ms packets (the peer reports {loss_percent:.0} % loss); constant within the step",
                 bps / 1000
             );
         }

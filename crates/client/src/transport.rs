@@ -728,8 +728,13 @@ impl Transport {
         }
     }
 
-    /// Sends one audio payload (one 20 ms frame) as one RTP packet.
-    pub async fn send_media(&self, payload: Bytes) -> Result<(), TransportError> {
+    /// Sends one audio payload holding `duration` of audio (20, 40 or 60 ms) as one RTP
+    /// packet; the RTP timestamp advances by that duration.
+    pub async fn send_media(
+        &self,
+        payload: Bytes,
+        duration: Duration,
+    ) -> Result<(), TransportError> {
         if payload.is_empty() {
             // webrtc-rs would drop an empty sample silently.
             return Err(TransportError::EmptyPayload);
@@ -743,7 +748,7 @@ impl Transport {
         self.track
             .write_sample(&Sample {
                 data: payload,
-                duration: Duration::from_millis(20),
+                duration,
                 ..Default::default()
             })
             .await?;

@@ -282,6 +282,56 @@ fn positions_number_the_stream_across_rekeys() {
     }
 }
 
+/// Packets of 20, 40 and 60 ms take 1, 2 and 3 positions: the index stays a count of 20 ms
+/// frames, no two packets share an index, and a span never crosses an epoch boundary (the
+/// sender moves on early, leaving the old epoch's last counters unused).
+#[test]
+fn spans_number_frames_not_packets_and_never_straddle_an_epoch() {
+    let epoch_frames = 10;
+    let sender = SenderConfig {
+        rekey_after_frames: Some(epoch_frames),
+        ..SenderConfig::default()
+    };
+    let receiver = ReceiverConfig {
+        epoch_frames: Some(epoch_frames),
+        ..ReceiverConfig::default()
+    };
+    let (mut alice, mut bob) = channels(sender, receiver);
+    // 1, 3, 3, 2 → indices 0, 1, 4, 7 (9 of epoch 0 is free); then 3 does not fit in
+    // 9..10: it starts epoch 1 at index 10; 0 counts as 1.
+    let spans = [1u64, 3, 3, 2, 3, 3, 0, 2, 3];
+    let expected = [0u64, 1, 4, 7, 10, 13, 16, 17, 20];
+    let mut covered = std::collections::BTreeSet::new();
+    for (span, want) in spans.into_iter().zip(expected) {
+        let frame = alice.media_sender.protect_span(b"x", span).unwrap();
+        let (_, position) = bob
+            .media_receiver
+            .unprotect_with_position(&frame, 0)
+            .unwrap();
+        let index = position.index(epoch_frames).unwrap();
+        assert_eq!(index, want, "span {span}");
+        for k in index..index + span.max(1) {
+            assert!(covered.insert(k), "index {k} used twice");
+            assert_eq!(k / epoch_frames, position.epoch, "span crosses an epoch");
+        }
+    }
+    assert_eq!(
+        alice.media_sender.next_position().index(epoch_frames),
+        Some(23)
+    );
+    // A span longer than an epoch never fits, and a counter limit is respected.
+    let sender = SenderConfig {
+        rekey_after_frames: None,
+        counter_limit: 4,
+    };
+    let (mut alice, _) = channels(sender, ReceiverConfig::default());
+    alice.media_sender.protect_span(b"x", 3).unwrap();
+    assert!(matches!(
+        alice.media_sender.protect_span(b"x", 3),
+        Err(FrameError::CounterExhausted)
+    ));
+}
+
 #[test]
 fn a_counter_beyond_the_epoch_length_is_rejected_before_decryption() {
     let sender = SenderConfig {

@@ -17,6 +17,14 @@
 //! tail of the index sequence, not inferred from the other counters). Whatever does not add
 //! up is returned as an unexplained remainder, which an end-to-end test asserts is zero.
 //!
+//! The unit is the 20 ms frame, the one the authenticated index counts: a 60 ms packet is
+//! three frames at three consecutive indices ([`crate::ptime`]). Only arrivals are counted in
+//! packets ([`FrameCounts::arrived`] against [`FrameCounts::decrypted_packets`]): a packet that
+//! was rejected or refused was never opened, so its length is unknown and it counts as one
+//! frame in `lost` below. A sender that moves to a new epoch early, because a packet would not
+//! fit in the old one, leaves up to two indices unused; they count as lost too (at most two
+//! frames per epoch of 16,384).
+//!
 //! Rejections are the one term that cannot be matched to sent frames one by one: a forged or
 //! replayed packet injected by an attacker is rejected without being a frame the peer sent.
 //! So `lost` is the frames whose index never reached the buffer minus the rejected and
@@ -37,8 +45,11 @@ pub struct FrameCounts {
     pub refused: u64,
     /// Receiver: packets the e2ee layer rejected, all reasons together.
     pub rejected: u64,
-    /// Receiver: frames that authenticated.
+    /// Receiver: 20 ms frames in the packets that authenticated.
     pub decrypted: u64,
+    /// Receiver: packets that authenticated, when packets may hold several frames; `arrived`
+    /// is checked against it (`None`: one frame per packet, `decrypted` is used).
+    pub decrypted_packets: Option<u64>,
     /// Receiver: decrypted frames dropped before reaching the jitter buffer (a full queue).
     pub dropped_before_buffer: u64,
     /// Receiver: the jitter buffer's counters at the end of the call.
@@ -124,9 +135,11 @@ impl FrameCounts {
                 - w(self.dropped_before_buffer)
                 - w(j.pushed()),
             unexplained_buffered: w(j.received) - w(kept),
-            unexplained_arrived: self
-                .arrived
-                .map(|a| w(a) - w(self.decrypted) - w(self.rejected) - w(self.refused)),
+            unexplained_arrived: self.arrived.map(|a| {
+                w(a) - w(self.decrypted_packets.unwrap_or(self.decrypted))
+                    - w(self.rejected)
+                    - w(self.refused)
+            }),
         }
     }
 }
@@ -183,6 +196,7 @@ mod tests {
             refused: 2,
             rejected: 1,
             decrypted,
+            decrypted_packets: None,
             dropped_before_buffer: 1,
             jitter,
         };
@@ -191,6 +205,33 @@ mod tests {
         assert_eq!(r.not_decrypted, 2 + 1 + 3 + 2);
         assert_eq!((r.lost, r.excess_rejected), (5, 0));
         assert_eq!(jitter.missing, 1 + 3 + 1, "the gaps between 2 and 97");
+    }
+
+    /// 60 ms packets: each fills three indices; the sender's count, the buffer's indices and
+    /// the decrypted frames are 20 ms frames, the arrivals packets.
+    #[test]
+    fn multi_frame_packets_balance_in_20_ms_frames() {
+        // 20 packets of three frames (0..60), the 8th (21..24) lost.
+        let received: Vec<u64> = (0..60).filter(|i| !(21..24).contains(i)).collect();
+        let jitter = jitter_after(&received);
+        let counts = FrameCounts {
+            sent: 60,
+            arrived: Some(19),
+            decrypted: 57,
+            decrypted_packets: Some(19),
+            jitter,
+            ..FrameCounts::default()
+        };
+        let r = counts.reconcile();
+        assert!(r.is_balanced(), "{r:?}");
+        assert_eq!((r.not_decrypted, r.lost), (3, 3));
+        // Counting arrivals against frames would not add up.
+        let r = FrameCounts {
+            decrypted_packets: None,
+            ..counts
+        }
+        .reconcile();
+        assert!(!r.is_balanced(), "{r:?}");
     }
 
     #[test]
@@ -286,6 +327,7 @@ mod tests {
                 refused: u64::MAX,
                 rejected: u64::MAX,
                 decrypted: u64::MAX,
+                decrypted_packets: Some(u64::MAX),
                 dropped_before_buffer: u64::MAX,
                 jitter,
             };

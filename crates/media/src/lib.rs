@@ -47,6 +47,7 @@ pub mod codec;
 pub mod fec;
 pub mod jitter;
 pub mod metrics;
+pub mod ptime;
 pub mod source;
 pub mod wav;
 

@@ -482,6 +482,22 @@ impl CallSecurity {
         }
     }
 
+    /// Protects an outgoing audio packet of `frames` 20 ms frames (1 for a 20 ms packet, 3
+    /// for 60 ms): it takes that many positions, so the peer's [`MediaFrame::index`] counts
+    /// 20 ms frames whatever the packet time (see `FrameSender::protect_span`). Refused unless
+    /// media is allowed.
+    pub fn protect_media_frames(
+        &mut self,
+        payload: &[u8],
+        frames: u64,
+    ) -> Result<Vec<u8>, SessionError> {
+        let state = self.status.label();
+        match (self.media_allowed(), self.channels.as_mut()) {
+            (true, Some(c)) => Ok(c.media_sender.protect_span(payload, frames)?),
+            _ => Err(SessionError::NotAllowed(state)),
+        }
+    }
+
     /// Verifies and decrypts an incoming audio frame; refused unless media is allowed.
     /// Prefer [`unprotect_media_frame`](Self::unprotect_media_frame), which also gives the
     /// frame's authenticated index.

@@ -548,6 +548,28 @@ fn media_frames_carry_their_authenticated_index_across_rekeys() {
     assert_eq!(b.sec.media_refused(), 0);
 }
 
+/// Packets of 20, 40 and 60 ms take one index per 20 ms: the receiver's index is the
+/// packet's first frame, and the sender's count is in 20 ms frames.
+#[test]
+fn multi_frame_packets_take_one_index_per_20_ms() {
+    let (mut a, mut b) = pair(
+        Policy::TrustOnFirstUse,
+        None,
+        None,
+        KnownPeers::new(),
+        KnownPeers::new(),
+    );
+    pump(&mut a, &mut b);
+    let mut indices = Vec::new();
+    for frames in [1, 3, 3, 2, 1] {
+        let f = a.sec.protect_media_frames(b"opus", frames).unwrap();
+        indices.push(b.sec.unprotect_media_frame(&f, 0).unwrap().index);
+    }
+    assert_eq!(indices, vec![0, 1, 4, 7, 9]);
+    assert_eq!(a.sec.media_frames_protected(), 10);
+    assert_eq!(b.sec.media_stats().unwrap().accepted, 5);
+}
+
 /// The responder has keys one message before the initiator, so its first frames can reach
 /// the initiator before the Confirm does: they are refused, and counted as such.
 #[test]

@@ -232,6 +232,27 @@ impl FrameSender {
         Ok(())
     }
 
+    /// Protects `payload` as `span` consecutive positions (a packet of `span` 20 ms audio
+    /// frames): the frame carries the first counter and the next frame starts after the last,
+    /// so a receiver's [`FramePosition::index`] keeps counting 20 ms frames whatever the packet
+    /// time. A span never straddles two epochs: if it would not fit in this one, the sender
+    /// moves to the next epoch first, leaving this one's last counters unused. A `span` of 0
+    /// is taken as 1.
+    pub fn protect_span(&mut self, payload: &[u8], span: u64) -> Result<Vec<u8>, FrameError> {
+        let span = span.max(1);
+        if matches!(self.config.rekey_after_frames, Some(n) if self.counter > 0 && self.counter.saturating_add(span) > n)
+        {
+            self.rekey()?;
+        }
+        if self.counter.saturating_add(span) > self.config.counter_limit {
+            return Err(FrameError::CounterExhausted);
+        }
+        let out = self.protect(payload)?;
+        // `protect` used one counter; the rest of the span is never used under this key.
+        self.counter = self.counter.saturating_add(span.saturating_sub(1));
+        Ok(out)
+    }
+
     /// Moves to the next epoch now (the ratchet): a new key id, key and salt, and the
     /// counter back to 0. The old chain secret is wiped.
     pub fn rekey(&mut self) -> Result<(), FrameError> {
