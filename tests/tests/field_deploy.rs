@@ -93,7 +93,8 @@ fn call_between_homes(nat: Nat) {
         read_stats(&d.join("bob.json")),
     );
     println!(
-        "{nat:?}: alice {} -> {} ({}), bob {} -> {} ({}), setup {} / {} ms",
+        "{nat:?}: alice {} -> {} ({}), bob {} -> {} ({}), setup {} / {} ms, TCP/TLS relays \
+         opened at {} / {} ms",
         sa["local_candidate"],
         sa["remote_candidate"],
         sa["relayed"],
@@ -101,7 +102,9 @@ fn call_between_homes(nat: Nat) {
         sb["remote_candidate"],
         sb["relayed"],
         sa["setup_ms"],
-        sb["setup_ms"]
+        sb["setup_ms"],
+        sa["stream_relays_opened_ms"],
+        sb["stream_relays_opened_ms"]
     );
     for (me, other) in [(&sa, &sb), (&sb, &sa)] {
         assert_eq!(me["outcome"], "completed", "{me}");
@@ -274,9 +277,16 @@ fn assert_relayed_over_tcp_only(blocked: Blocked, ports: &[u16]) {
         let s = read_stats(&dir.path().join(format!("{name}.json")));
         assert_eq!(s["relayed"], true, "{s}");
         assert!(s["frames_decrypted"].as_u64().unwrap() > 100, "{s}");
+        // UDP first: the relays over TCP/TLS were held, then opened for lack of a UDP path.
+        assert!(s["stream_relays_opened_ms"].is_u64(), "{s}");
         println!(
-            "{name}: {} -> {}, setup {} ms, decrypted {} of the peer's frames",
-            s["local_candidate"], s["remote_candidate"], s["setup_ms"], s["frames_decrypted"]
+            "{name}: {} -> {}, setup {} ms (TCP/TLS relays opened at {} ms), decrypted {} of the \
+             peer's frames",
+            s["local_candidate"],
+            s["remote_candidate"],
+            s["setup_ms"],
+            s["stream_relays_opened_ms"],
+            s["frames_decrypted"]
         );
     }
     let (sa, sb) = (

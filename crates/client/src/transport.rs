@@ -787,6 +787,28 @@ impl Transport {
         }
     }
 
+    /// Whether this peer connection has TURN relays over TCP/TLS (in-process tunnels).
+    pub fn has_stream_relays(&self) -> bool {
+        !self
+            .tunnels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Sets the gate of every TURN-over-TCP/TLS tunnel of this peer connection (issue 16's
+    /// "UDP first": see [`crate::relay_fallback`]).
+    pub fn set_stream_relay_gate(&self, gate: aparte_turn_tunnel::Gate) {
+        for tunnel in self
+            .tunnels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            tunnel.set_gate(gate);
+        }
+    }
+
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
         let closed = tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.pc.close())
