@@ -14,7 +14,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use aparte_e2e_tests::field::{run_block, Running};
+use aparte_e2e_tests::field::{deploy_block, run_block, Running};
 use aparte_e2e_tests::netns::{Nat, Topology, VPS_IP};
 use aparte_e2e_tests::{binary, frames_rejected_total, read_stats, speak, WAIT};
 
@@ -93,7 +93,8 @@ fn call_between_homes(nat: Nat) {
         read_stats(&d.join("bob.json")),
     );
     println!(
-        "{nat:?}: alice {} -> {} ({}), bob {} -> {} ({}), setup {} / {} ms",
+        "{nat:?}: alice {} -> {} ({}), bob {} -> {} ({}), setup {} / {} ms, TCP/TLS relays \
+         opened at {} / {} ms",
         sa["local_candidate"],
         sa["remote_candidate"],
         sa["relayed"],
@@ -101,7 +102,9 @@ fn call_between_homes(nat: Nat) {
         sb["remote_candidate"],
         sb["relayed"],
         sa["setup_ms"],
-        sb["setup_ms"]
+        sb["setup_ms"],
+        sa["stream_relays_opened_ms"],
+        sb["stream_relays_opened_ms"]
     );
     for (me, other) in [(&sa, &sb), (&sb, &sa)] {
         assert_eq!(me["outcome"], "completed", "{me}");
@@ -159,20 +162,37 @@ fn a_tls_call_between_two_homes_behind_symmetric_nat_is_relayed_on_both_sides() 
     call_between_homes(Nat::Symmetric);
 }
 
-/// Both homes behind an office firewall that forwards no UDP but DNS, and a server started
-/// for the 443-only setup of DEPLOY.md (TURN over TLS on the HTTPS port). `tcp_relay: false`
-/// leaves out TURN over TCP/TLS entirely.
-fn udp_blocked_call(tcp_relay: bool) -> (Vec<Running>, tempfile::TempDir, Vec<String>) {
+/// The TURN relay of the UDP-blocked calls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Relay {
+    /// The embedded relay over UDP only (no TURN over TCP/TLS at all).
+    UdpOnly,
+    /// The embedded relay, with TURN over TLS on the HTTPS port (DEPLOY.md's 443-only setup).
+    EmbeddedOn443,
+    /// coturn beside the signaling server, TURN over TLS on 5349, started by DEPLOY.md's own
+    /// blocks ("coturn as the TURN server"); the signaling server runs no relay and hands out
+    /// coturn's URLs with credentials under the shared secret.
+    Coturn,
+}
+
+/// What a UDP-blocked call left behind: the two finished calls (alice, bob), their folder
+/// (stats files) and one line per packet the VPS saw from the homes.
+type Blocked = (Vec<Running>, tempfile::TempDir, Vec<String>);
+
+/// Both homes behind an office firewall that forwards no UDP but DNS, the signaling server on
+/// 443 with TLS, and the TURN relay `relay`.
+fn udp_blocked_call(relay: Relay) -> Blocked {
     let topo = Topology::build(Nat::Masquerade);
     Topology::block_udp(&topo.a);
     Topology::block_udp(&topo.b);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     run_block("certificates", d, &[]);
+    let turn_secret = "0123456789abcdef0123456789abcdef";
     let mut server = Topology::command(&topo.vps, binary("aparte-signaling"));
     server
         .current_dir(d)
-        .env("APARTE_TURN_SECRET", "0123456789abcdef0123456789abcdef")
+        .env("APARTE_TURN_SECRET", turn_secret)
         .args([
             "--listen",
             "0.0.0.0:443",
@@ -181,11 +201,30 @@ fn udp_blocked_call(tcp_relay: bool) -> (Vec<Running>, tempfile::TempDir, Vec<St
             "--tls-key",
             "key.pem",
         ])
-        .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
-        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")])
-        .args(["--turn-tcp-listen", "off"]);
-    if tcp_relay {
-        server.arg("--turns-on-listen");
+        .args(["--stun-url", &format!("stun:{VPS_IP}:3478")]);
+    let mut coturn = None;
+    match relay {
+        Relay::UdpOnly | Relay::EmbeddedOn443 => {
+            server
+                .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
+                .args(["--turn-tcp-listen", "off"]);
+            if relay == Relay::EmbeddedOn443 {
+                server.arg("--turns-on-listen");
+            }
+        }
+        Relay::Coturn => {
+            // DEPLOY.md's configuration block, then its foreground command, as written.
+            run_block("coturn-config", d, &[("APARTE_TURN_SECRET", turn_secret)]);
+            let mut run = Topology::command(&topo.vps, "sh");
+            run.current_dir(d)
+                .args(["-e", "-c", &deploy_block("coturn-run")]);
+            let mut running = Running::start(run);
+            running.wait_for("Total General servers", WAIT);
+            coturn = Some(running);
+            server
+                .args(["--turn-url", &format!("turn:{VPS_IP}:3478?transport=udp")])
+                .args(["--turn-url", &format!("turns:{VPS_IP}:5349?transport=tcp")]);
+        }
     }
     let mut server = Running::start(server);
     server.wait_for("listening on https://", WAIT);
@@ -222,24 +261,32 @@ fn udp_blocked_call(tcp_relay: bool) -> (Vec<Running>, tempfile::TempDir, Vec<St
     capture.finish(WAIT);
     let seen = capture.seen.clone();
     drop(server);
+    drop(coturn);
     drop(topo);
     (calls, dir, seen)
 }
 
-/// UDP blocked at both homes, TURN over TLS on 443: the call connects through the in-process
-/// tunnel (webrtc-rs's relay candidates over TLS), and the VPS sees the homes use TCP 443 only.
-#[test]
-fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
-    let (mut calls, dir, seen) = udp_blocked_call(true);
+/// The assertions of a UDP-blocked call that must go through a stream relay: both calls exit
+/// 0 relayed, decrypt the peer's frames, every frame is accounted for, and the VPS saw from the
+/// homes only TCP to `ports` (with each of `ports` used).
+fn assert_relayed_over_tcp_only(blocked: Blocked, ports: &[u16]) {
+    let (mut calls, dir, seen) = blocked;
     for (name, p) in ["alice", "bob"].iter().zip(&mut calls) {
         let status = p.child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "{name}:\n{}", p.seen.join("\n"));
         let s = read_stats(&dir.path().join(format!("{name}.json")));
         assert_eq!(s["relayed"], true, "{s}");
         assert!(s["frames_decrypted"].as_u64().unwrap() > 100, "{s}");
+        // UDP first: the relays over TCP/TLS were held, then opened for lack of a UDP path.
+        assert!(s["stream_relays_opened_ms"].is_u64(), "{s}");
         println!(
-            "{name}: {} -> {}, setup {} ms, decrypted {} of the peer's frames",
-            s["local_candidate"], s["remote_candidate"], s["setup_ms"], s["frames_decrypted"]
+            "{name}: {} -> {}, setup {} ms (TCP/TLS relays opened at {} ms), decrypted {} of the \
+             peer's frames",
+            s["local_candidate"],
+            s["remote_candidate"],
+            s["setup_ms"],
+            s["stream_relays_opened_ms"],
+            s["frames_decrypted"]
         );
     }
     let (sa, sb) = (
@@ -255,15 +302,21 @@ fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
         .filter(|l| l.contains(" > ") && !l.contains(": ICMP "))
         .collect();
     let icmp = seen.iter().filter(|l| l.contains(": ICMP ")).count();
-    let off_443: Vec<&&String> = packets
+    let to_port =
+        |l: &str, port: u16| l.contains(" tcp ") && l.contains(&format!("{VPS_IP}.{port}:"));
+    let off: Vec<&&String> = packets
         .iter()
-        .filter(|l| !l.contains(&format!("{VPS_IP}.443:")) || !l.contains(" tcp "))
+        .filter(|l| !ports.iter().any(|&p| to_port(l, p)))
+        .collect();
+    let per_port: Vec<(u16, usize)> = ports
+        .iter()
+        .map(|&p| (p, packets.iter().filter(|l| to_port(l, p)).count()))
         .collect();
     println!(
-        "the VPS saw {} packets from the peers, {} of them not TCP to port 443 (and {icmp} \
-         ICMP errors from the home routers)",
+        "the VPS saw {} packets from the peers, TCP per port {per_port:?}, {} others (and \
+         {icmp} ICMP errors from the home routers)",
         packets.len(),
-        off_443.len()
+        off.len()
     );
     assert!(
         packets.len() > 200,
@@ -271,10 +324,28 @@ fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
         packets.len()
     );
     assert!(
-        off_443.is_empty(),
-        "only TCP 443 from the homes: {:?}",
-        &off_443[..off_443.len().min(5)]
+        off.is_empty(),
+        "only TCP to {ports:?} from the homes: {:?}",
+        &off[..off.len().min(5)]
     );
+    for (port, n) in &per_port {
+        assert!(*n > 0, "nothing to TCP port {port}: {per_port:?}");
+    }
+}
+
+/// UDP blocked at both homes, TURN over TLS on 443: the call connects through the in-process
+/// tunnel (webrtc-rs's relay candidates over TLS), and the VPS sees the homes use TCP 443 only.
+#[test]
+fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
+    assert_relayed_over_tcp_only(udp_blocked_call(Relay::EmbeddedOn443), &[443]);
+}
+
+/// The same against coturn (Debian's `turnserver`) as the TURN server, deployed as DEPLOY.md
+/// says: TURN over TLS on 5349 beside the signaling server on 443. The homes reach the VPS
+/// over TCP only, to 443 (signaling) and 5349 (coturn), and the call is relayed by coturn.
+#[test]
+fn with_udp_blocked_a_call_goes_through_coturn_over_tls_on_5349() {
+    assert_relayed_over_tcp_only(udp_blocked_call(Relay::Coturn), &[443, 5349]);
 }
 
 /// UDP blocked at both homes and no TURN over TCP/TLS: no path exists. The call must fail
@@ -282,7 +353,7 @@ fn with_udp_blocked_a_call_goes_through_turn_over_tls_on_443() {
 /// relay gave no candidate and UDP is probably blocked, and the stats written.
 #[test]
 fn with_udp_blocked_and_no_stream_relay_a_call_fails_with_exit_4_and_says_why() {
-    let (mut calls, dir, _) = udp_blocked_call(false);
+    let (mut calls, dir, _) = udp_blocked_call(Relay::UdpOnly);
     for (name, p) in ["alice", "bob"].iter().zip(&mut calls) {
         let status = p.child.wait().unwrap();
         let all = p.seen.join("\n");

@@ -8,7 +8,9 @@
 //!   connection at once, restarting ICE as soon as signaling works, retrying, and giving up;
 //! - [`bitrate`]: the Opus bitrate step (32 → 24 → 16 → 12 → 8 kbit/s and back), following the
 //!   loss and round trip the peer reports, constant within a step, with the packet time
-//!   (20, 40 or 60 ms of audio per packet) each step uses.
+//!   (20, 40 or 60 ms of audio per packet) each step uses;
+//! - [`relay_fallback`]: UDP first, the relays over TCP/TLS only when no UDP pair worked within
+//!   about 2 s (issue 16).
 //!
 //! Time is milliseconds on any monotonic clock the caller chooses (the call uses milliseconds
 //! since it started).
@@ -16,6 +18,8 @@
 
 pub mod bitrate;
 pub mod recovery;
+pub mod relay_fallback;
 
 pub use bitrate::{BitrateConfig, BitrateLadder, LinkReport, PACKET_MS, STEPS};
 pub use recovery::{Action, Recovery, RecoveryConfig};
+pub use relay_fallback::{FallbackAction, FallbackConfig, RelayFallback};

@@ -33,6 +33,7 @@ use crate::captions::{CaptionReport, CaptionSource, Captions, Direction, Transla
 use crate::devices::DeviceStats;
 use crate::outcome::{explain_no_path, Achieved, Ending, Outcome, PathFacts, TamperWatch};
 use crate::rejoin::Rejoined;
+use crate::relay_fallback::RelayFallbackDriver;
 use crate::signaling::{Joined, PeerMessage, Signaling, SignalingError, SignalingEvent};
 use crate::transport::{
     IceServer, LinkState, SdpRole, Signal, Transport, TransportConfig, TransportError,
@@ -361,6 +362,9 @@ pub struct CallReport {
     /// Times the peer connection was rebuilt during set-up because the DTLS handshake was
     /// stuck (webrtc-rs's DTLS last-flight deadlock; either side may ask for it).
     pub transport_rebuilds: u32,
+    /// When the TURN relays over TCP/TLS were last opened, ms after both joined: no UDP path
+    /// within about 2 s (`None`: UDP did, or none was offered).
+    pub stream_relays_opened_ms: Option<u64>,
     /// Times the link went down after set-up and came back.
     pub link_recoveries: u32,
     /// Total time the link was down after set-up, ms: for each outage, from the last packet
@@ -547,7 +551,12 @@ pub async fn run_call(
         frames_refused_before_session: 0,
         early_media: VecDeque::new(),
         frames_dropped_before_buffer: 0,
+        relay_fallback: RelayFallbackDriver::new(),
     };
+    // Before anything is gathered: the relays over TCP/TLS wait for UDP to fail (issue 16).
+    let now = call.now_ms();
+    call.relay_fallback
+        .path_started(&call.transport, &call.transport_config, now);
     if role == SdpRole::Offerer {
         if let Signal::Offer(sdp) = call.transport.create_offer().await? {
             call.relay(PeerMessage::Offer { sdp }).await;
@@ -615,6 +624,8 @@ pub async fn run_call(
                     call.end(Ending::failure(Outcome::NoPath, why));
                 }
                 call.check_dtls_stall().await;
+                let now = call.now_ms();
+                call.relay_fallback.poll(&call.transport, now);
                 call.follow_recovery().await;
                 call.check_peer_away().await;
                 call.follow_loss(&audio);
@@ -836,6 +847,8 @@ struct Call {
     rebuilds: u32,
     /// A rebuilt transport's events, for the call loop to switch to.
     new_transport_events: Option<mpsc::Receiver<TransportEvent>>,
+    /// UDP first, the relays over TCP/TLS after about 2 s without a link.
+    relay_fallback: RelayFallbackDriver,
     /// The signaling connection is up (needed to restart ICE).
     signaling_open: bool,
     /// The key exchange completed (a SAS exists).
@@ -1123,6 +1136,9 @@ impl Call {
             }
         };
         let old = std::mem::replace(&mut self.transport, transport);
+        let now = self.now_ms();
+        self.relay_fallback
+            .path_started(&self.transport, &self.transport_config, now);
         // Closing may wait on webrtc-rs (bounded by its own timeout); the call goes on.
         tokio::spawn(async move {
             let _ = old.close().await;
@@ -1270,6 +1286,8 @@ impl Call {
         self.connected = state == LinkState::Connected;
         self.ever_connected |= self.connected;
         let now = self.now_ms();
+        self.relay_fallback
+            .link(&self.transport, self.connected, now);
         if self.connected {
             if let Some(outage_ms) = self.recovery.link(true, now) {
                 let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
@@ -1741,6 +1759,7 @@ impl Call {
             signaling_rejoins: self.rejoins,
             ice_restarts: self.ice_restarts,
             transport_rebuilds: self.rebuilds,
+            stream_relays_opened_ms: self.relay_fallback.opened_at_ms(),
             link_recoveries: self.recovery.recoveries(),
             link_down_ms: self.recovery.down_total_ms(self.now_ms()),
             cpu_seconds: cpu,

@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod output_file;
 pub mod playback;
 pub mod rejoin;
+pub mod relay_fallback;
 pub mod resample;
 pub mod sdp;
 pub mod signaling;

@@ -821,6 +821,30 @@ impl Transport {
         }
     }
 
+    /// Whether this peer connection has TURN relays over TCP/TLS (in-process tunnels; the
+    /// UDP tunnels to IPv6 TURN servers are UDP relays, tried first like any other).
+    pub fn has_stream_relays(&self) -> bool {
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(is_stream_tunnel)
+    }
+
+    /// Sets the gate of every TURN-over-TCP/TLS tunnel of this peer connection (issue 16's
+    /// "UDP first": see [`crate::relay_fallback`]).
+    pub fn set_stream_relay_gate(&self, gate: aparte_turn_tunnel::Gate) {
+        for tunnel in self
+            .tunnels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|t| is_stream_tunnel(t))
+        {
+            tunnel.set_gate(gate);
+        }
+    }
+
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
         let closed = tokio::time::timeout(WEBRTC_OP_TIMEOUT, self.pc.close())
@@ -833,6 +857,11 @@ impl Transport {
         closed??;
         Ok(())
     }
+}
+
+/// Whether `tunnel` carries TURN over TCP or TLS (not UDP to an IPv6 server).
+fn is_stream_tunnel(tunnel: &aparte_turn_tunnel::Tunnel) -> bool {
+    !matches!(tunnel.upstream(), aparte_turn_tunnel::Upstream::Udp { .. })
 }
 
 /// Whether a local address may be offered as a host candidate. IPv6 link-local addresses

@@ -32,9 +32,11 @@
 //! tunnel, one UDP socket towards the server per local TURN client, datagrams passed as they
 //! are.
 //!
-//! The tunnel is only the transport: the caller decides when to use it (issue 16: when no UDP
-//! candidate pair works within about 2 s) and passes webrtc-rs the same username and credential
-//! it would have used for the stream URL. Its tests run the `turn` 0.17 client (the code
+//! The tunnel is only the transport: the caller decides when to use it and passes webrtc-rs the
+//! same username and credential it would have used for the stream URL. Its [`Gate`] lets the
+//! caller hold new clients' requests without connecting, then open (connect and forward the
+//! newest held request) or decline (answer with a STUN 403 so the client stops waiting): the
+//! client's "UDP first, TCP/TLS after about 2 s" (issue 16) is built on it. Its tests run the `turn` 0.17 client (the code
 //! webrtc-rs's ICE agent uses) through it to a real coturn over TCP and over TLS; they need
 //! `turnserver` on PATH (`apt-get install coturn`).
 #![forbid(unsafe_code)]
@@ -195,6 +197,54 @@ pub enum CloseReason {
     Idle,
     /// The tunnel was closed.
     Shutdown,
+    /// The stream was never opened: the gate was [`Gate::Decline`], and the held request was
+    /// answered with an error.
+    Declined,
+    /// The stream was never opened: when the gate opened, the held request was older than
+    /// [`HELD_STALE_AFTER`] (its TURN client had given up on it).
+    Abandoned,
+}
+
+/// What the tunnel does with a local TURN client's datagrams before a stream carries them
+/// (set with [`Tunnel::set_gate`]; the caller's policy decides, e.g. issue 16's "UDP first").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Connect upstream on a client's first datagram (the default).
+    Open,
+    /// Do not connect yet: keep each new client's newest datagram (its TURN client retransmits
+    /// a request every 1.6 s at most, so the newest is the one still awaited) until the gate
+    /// moves. Clients whose stream is already up are not affected.
+    Hold,
+    /// Do not connect: answer each new client's STUN request at once with a 403 error
+    /// response, so its TURN client fails fast instead of retransmitting for seconds.
+    Decline,
+}
+
+/// A held datagram older than this when the gate opens is dropped: webrtc-rs's TURN client
+/// (turn 0.17) retransmits an unanswered request at least every 1.6 s, so an older one
+/// belongs to a transaction it has abandoned.
+pub const HELD_STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// A STUN error response (403) to the STUN request `request`, or `None` if it is not one.
+fn decline_response(request: &[u8]) -> Option<Vec<u8>> {
+    use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
+    use stun::message::{Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST};
+    let mut req = Message::new();
+    req.unmarshal_binary(request).ok()?;
+    if req.typ.class != CLASS_REQUEST {
+        return None;
+    }
+    let mut res = Message::new();
+    let setters: [Box<dyn Setter>; 3] = [
+        Box::new(req.transaction_id),
+        Box::new(MessageType::new(req.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: CODE_FORBIDDEN,
+            reason: b"relay over TCP/TLS not used".to_vec(),
+        }),
+    ];
+    res.build(&setters).ok()?;
+    Some(res.raw)
 }
 
 /// Something that happened to a stream, for logs, metrics and fallback policy.
@@ -243,6 +293,8 @@ pub struct TunnelStats {
     pub dropped_stream_limit: u64,
     /// Local datagrams from a foreign (non-loopback) address, dropped.
     pub dropped_foreign: u64,
+    /// STUN requests answered with an error because the gate was [`Gate::Decline`].
+    pub declined: u64,
     /// Streams closed, by reason.
     pub closed: Vec<(CloseReason, u64)>,
 }
@@ -257,7 +309,7 @@ impl TunnelStats {
     }
 }
 
-const REASONS: [CloseReason; 10] = [
+const REASONS: [CloseReason; 12] = [
     CloseReason::ConnectFailed,
     CloseReason::ConnectTimeout,
     CloseReason::TlsHandshake,
@@ -268,6 +320,8 @@ const REASONS: [CloseReason; 10] = [
     CloseReason::Garbage,
     CloseReason::Idle,
     CloseReason::Shutdown,
+    CloseReason::Declined,
+    CloseReason::Abandoned,
 ];
 
 #[derive(Default)]
@@ -285,6 +339,7 @@ struct Counters {
     dropped_queue_full: AtomicU64,
     dropped_stream_limit: AtomicU64,
     dropped_foreign: AtomicU64,
+    declined: AtomicU64,
     closed: [AtomicU64; REASONS.len()],
 }
 
@@ -308,9 +363,19 @@ struct Shared {
     counters: Counters,
     events: broadcast::Sender<TunnelEvent>,
     shutdown: watch::Receiver<bool>,
+    gate: watch::Receiver<Gate>,
 }
 
 impl Shared {
+    /// Answers `request` from `client` with a 403 if it is a STUN request (else drops it).
+    async fn decline(&self, client: SocketAddr, request: &[u8]) {
+        if let Some(response) = decline_response(request) {
+            bump(&self.counters.declined, 1);
+            // A lost answer is a lost datagram: the client retransmits and is answered again.
+            let _ = self.udp.send_to(&response, client).await;
+        }
+    }
+
     fn close(&self, client: SocketAddr, reason: CloseReason) {
         if let Some(i) = REASONS.iter().position(|r| *r == reason) {
             bump(&self.counters.closed[i], 1);
@@ -328,6 +393,7 @@ pub struct Tunnel {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    gate: watch::Sender<Gate>,
     /// Taken by [`Tunnel::close`] to wait for it (a `Drop` type cannot be destructured).
     task: Option<JoinHandle<()>>,
 }
@@ -387,6 +453,7 @@ impl Tunnel {
         let local_addr = udp.local_addr().map_err(TunnelError::Bind)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(64);
+        let (gate, gate_rx) = watch::channel(Gate::Open);
         let shared = Arc::new(Shared {
             udp: Arc::new(udp),
             upstream: config.upstream,
@@ -395,6 +462,7 @@ impl Tunnel {
             counters: Counters::default(),
             events,
             shutdown: shutdown_rx,
+            gate: gate_rx,
         });
         let task = tokio::spawn(serve(Arc::clone(&shared)));
         tracing::debug!(%local_addr, "TURN tunnel started");
@@ -402,6 +470,7 @@ impl Tunnel {
             local_addr,
             shared,
             shutdown,
+            gate,
             task: Some(task),
         })
     }
@@ -420,6 +489,17 @@ impl Tunnel {
     /// The TURN server the tunnel carries traffic to.
     pub fn upstream(&self) -> &Upstream {
         &self.shared.upstream
+    }
+
+    /// Sets what happens to new clients' datagrams before a stream carries them (see
+    /// [`Gate`]). Takes effect at once, also for clients held so far.
+    pub fn set_gate(&self, gate: Gate) {
+        self.gate.send_replace(gate);
+    }
+
+    /// The current [`Gate`].
+    pub fn gate(&self) -> Gate {
+        *self.gate.borrow()
     }
 
     /// A receiver of stream events from now on (a lagging receiver loses the oldest ones).
@@ -445,6 +525,7 @@ impl Tunnel {
             dropped_queue_full: get(&c.dropped_queue_full),
             dropped_stream_limit: get(&c.dropped_stream_limit),
             dropped_foreign: get(&c.dropped_foreign),
+            declined: get(&c.declined),
             closed: REASONS
                 .iter()
                 .zip(&c.closed)
@@ -512,6 +593,10 @@ async fn serve(shared: Arc<Shared>) {
         // datagram: the TURN client will see an allocation mismatch and allocate again.
         if streams.get(&from).is_some_and(|tx| tx.is_closed()) {
             streams.remove(&from);
+        }
+        if !streams.contains_key(&from) && *shared.gate.borrow() == Gate::Decline {
+            shared.decline(from, message.1.as_slice()).await;
+            continue;
         }
         if !streams.contains_key(&from) {
             if streams.len() >= shared.limits.max_streams {
@@ -684,10 +769,67 @@ async fn run_datagrams(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Re
     shared.close(client, reason);
 }
 
+/// While the gate is [`Gate::Hold`], keeps `client`'s newest datagram. Returns the datagram to
+/// send first once the stream is up (`None`: nothing was held), or why the stream is not to
+/// be opened.
+async fn held(
+    shared: &Shared,
+    client: SocketAddr,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, CloseReason> {
+    let mut gate = shared.gate.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let mut kept: Option<(Instant, Vec<u8>)> = None;
+    loop {
+        let now = *gate.borrow_and_update();
+        match now {
+            Gate::Open => {
+                return match kept {
+                    Some((at, _)) if at.elapsed() > HELD_STALE_AFTER => Err(CloseReason::Abandoned),
+                    Some((_, m)) => Ok(Some(m)),
+                    None => Ok(None),
+                }
+            }
+            Gate::Decline => {
+                // What the serve loop queued but this task has not taken yet counts too.
+                while let Ok(m) = rx.try_recv() {
+                    kept = Some((Instant::now(), m));
+                }
+                if let Some((_, m)) = kept.take() {
+                    shared.decline(client, &m).await;
+                }
+                return Err(CloseReason::Declined);
+            }
+            Gate::Hold => {}
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|&s| s) => return Err(CloseReason::Shutdown),
+            changed = gate.changed() => {
+                if changed.is_err() {
+                    // The tunnel is gone.
+                    return Err(CloseReason::Shutdown);
+                }
+            }
+            m = rx.recv() => match m {
+                Some(m) => kept = Some((Instant::now(), m)),
+                None => return Err(CloseReason::Shutdown),
+            },
+        }
+    }
+}
+
 /// One local TURN client's stream, from connect to close.
 async fn run_stream(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut shutdown = shared.shutdown.clone();
     let limits = &shared.limits;
+    let first = match held(&shared, client, &mut rx).await {
+        Ok(first) => first,
+        Err(reason) => {
+            rx.close();
+            shared.close(client, reason);
+            return;
+        }
+    };
     let connected = tokio::select! {
         _ = shutdown.wait_for(|&s| s) => Err(CloseReason::Shutdown),
         r = tokio::time::timeout(limits.connect_timeout, connect(&shared)) => {
@@ -717,7 +859,15 @@ async fn run_stream(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Recei
     };
 
     let up = async {
-        while let Some(message) = rx.recv().await {
+        let mut first = first;
+        loop {
+            let message = match first.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
             match tokio::time::timeout(limits.write_timeout, writer.write_all(&message)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return CloseReason::Io,
