@@ -241,3 +241,28 @@ impl Field {
         Running::start(cmd)
     }
 }
+
+/// What Whisper (tiny.en, through `aparte translate`) hears in `wav`, as one line of text.
+pub fn transcript(wav: &Path) -> String {
+    let out = Command::new(binary("aparte"))
+        .args(["translate", "--lang", "en"])
+        .arg(wav)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aparte translate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split_once("] ")
+                .map_or(l, |(_, text)| text)
+                .trim()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -279,6 +279,7 @@ fn assert_relayed_over_tcp_only(blocked: Blocked, ports: &[u16]) {
         assert!(s["frames_decrypted"].as_u64().unwrap() > 100, "{s}");
         // UDP first: the relays over TCP/TLS were held, then opened for lack of a UDP path.
         assert!(s["stream_relays_opened_ms"].is_u64(), "{s}");
+        assert_eq!(s["relay_transport"], "tls", "{s}");
         println!(
             "{name}: {} -> {}, setup {} ms (TCP/TLS relays opened at {} ms), decrypted {} of the \
              peer's frames",

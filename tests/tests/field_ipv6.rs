@@ -96,12 +96,13 @@ fn ipv6_call(path: Path) {
     );
     for (name, me, other) in [("alice", &sa, &sb), ("bob", &sb, &sa)] {
         println!(
-            "IPv6-only homes, {path:?}: {name} set-up {} ms, pair {} -> {} over IPv{}, \
-             decrypted {} of {} sent",
+            "IPv6-only homes, {path:?}: {name} set-up {} ms, pair {} -> {} over IPv{} \
+             (our relay over {}), decrypted {} of {} sent",
             me["setup_ms"],
             me["local_candidate"],
             me["remote_candidate"],
             me["path_ip_version"],
+            me["relay_transport"],
             me["frames_decrypted"],
             other["frames_sent"],
         );
@@ -111,6 +112,12 @@ fn ipv6_call(path: Path) {
         if path != Path::Direct {
             assert_eq!(me["relayed"], true, "{name}: {me}");
             assert_eq!(me["local_candidate"], "relay", "{name}: {me}");
+            let way = if path == Path::RelayedTls {
+                "tls"
+            } else {
+                "udp"
+            };
+            assert_eq!(me["relay_transport"], way, "{name}: {me}");
         } else {
             assert_eq!(me["relayed"], false, "{name}: {me}");
             assert_eq!(me["local_candidate"], "host", "{name}: {me}");

@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use aparte_e2e_tests::field::{run_block, Running};
+use aparte_e2e_tests::field::{transcript, Field, Running};
 use aparte_e2e_tests::netns::{Nat, Topology, VPS_IP};
-use aparte_e2e_tests::{binary, frames_rejected_total, read_stats, speak, WAIT};
+use aparte_e2e_tests::{frames_rejected_total, read_stats, speak, WAIT};
 
 /// The calls run one after the other: each is two calls' (and Whisper's) worth of CPU on a
 /// small machine, and their timing is what is checked.
@@ -38,106 +38,26 @@ fn gap_ms(peer: &Running) -> u64 {
 
 /// The VPS (TLS on 443 with a certificate from DEPLOY.md's own-CA recipe, TURN on 3478) and
 /// two homes behind NAT, with a room.
-struct Field {
-    topo: Topology,
-    dir: tempfile::TempDir,
-    server: Running,
-    room: String,
-}
-
-impl Field {
-    fn start() -> Field {
-        let topo = Topology::build(Nat::Masquerade);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        // DEPLOY.md §4 Option D: the CA and the VPS's certificate.
-        run_block("certificates", d, &[]);
-        let mut server = Topology::command(&topo.vps, binary("aparte-signaling"));
-        server
-            .current_dir(d)
-            .env("APARTE_TURN_SECRET", "0123456789abcdef0123456789abcdef")
-            .args(["--listen", "0.0.0.0:443"])
-            .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
-            .args(["--turn-listen", "0.0.0.0:3478", "--turn-public-ip", VPS_IP])
-            .args(["--stun-url", &format!("stun:{VPS_IP}:3478")])
-            .args(["--metrics-listen", "off"]);
-        let mut server = Running::start(server);
-        server.wait_for("listening on https://", WAIT);
-        let out = std::process::Command::new(binary("aparte"))
-            .args(["room", "new"])
-            .output()
-            .unwrap();
-        let room = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Field {
-            topo,
-            dir,
-            server,
-            room,
-        }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `name` calls `peer` from namespace `home`, saying `name.wav`, writing what it hears to
-    /// `name-heard.wav` and its stats to `name.json`.
-    fn person(&self, home: &str, name: &str, peer: &str) -> Running {
-        self.person_saying(home, name, peer, &format!("{name}.wav"))
-    }
-
-    /// The same, with `input` (a WAV, or `silence`, which lasts until the peer hangs up).
-    fn person_saying(&self, home: &str, name: &str, peer: &str, input: &str) -> Running {
-        let mut cmd = Topology::command(home, binary("aparte"));
-        cmd.current_dir(self.dir.path())
-            .env("APARTE_HOME", self.path(&format!("home-{name}")))
-            .args([
-                "call",
-                "--server",
-                &format!("wss://{VPS_IP}/ws"),
-                "--ca-file",
-                "ca.pem",
-            ])
-            .arg(format!("--room={}", self.room))
-            .args(["--peer", peer, "--tofu"])
-            .args(["--input", input])
-            .args(["--output", &format!("{name}-heard.wav")])
-            .args(["--stats-json", &format!("{name}.json")]);
-        if let Some(filter) = std::env::var_os("APARTE_TEST_LOG") {
-            cmd.env("APARTE_LOG", filter);
-        }
-        Running::start(cmd)
-    }
-}
-
-/// What Whisper (tiny.en, through `aparte translate`) hears in `wav`.
-fn transcript(wav: &std::path::Path) -> String {
-    let out = std::process::Command::new(binary("aparte"))
-        .args(["translate", "--lang", "en"])
-        .arg(wav)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aparte translate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            l.split_once("] ")
-                .map_or(l, |(_, text)| text)
-                .trim()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+fn start_field() -> Field {
+    Field::start(
+        Topology::build(Nat::Masquerade),
+        &format!("wss://{VPS_IP}/ws"),
+        &[
+            "--listen",
+            "0.0.0.0:443",
+            "--turn-listen",
+            "0.0.0.0:3478",
+            "--turn-public-ip",
+            VPS_IP,
+            "--stun-url",
+            &format!("stun:{VPS_IP}:3478"),
+        ],
+    )
 }
 
 fn address_change(changed_side_offers: bool) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut field = Field::start();
+    let mut field = start_field();
     let words = "We keep talking while the network under one of us changes. The call should \
                  notice within a second, find the signaling server again, and pick a new \
                  path, with the same keys and the same code on both screens. Then we go on \
@@ -254,7 +174,7 @@ fn after_an_address_change_the_call_is_back_within_3_s_when_the_moved_side_answe
 /// her file's own (a fraction), her lowest bitrate (bit/s) and its packet time (ms).
 fn thin_uplink(kbit: u32) -> (f64, f64, u64, u64) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let field = Field::start();
+    let field = start_field();
     Topology::limit_uplink(&field.topo.a, kbit);
     let script = "The line from my home is thin today, so the call must send less. It should \
                   notice the loss within a few seconds and step down to a lower bitrate. After \
@@ -264,7 +184,7 @@ fn thin_uplink(kbit: u32) -> (f64, f64, u64, u64) {
     let mut alice = field.person(&field.topo.a.host, "alice", "bob");
     alice.wait_for("waiting for the peer", WAIT);
     // Bob listens (his silence still goes up his own link) until Alice hangs up.
-    let mut bob = field.person_saying(&field.topo.b.host, "bob", "alice", "silence");
+    let mut bob = field.person_saying(&field.topo.b.host, "bob", "alice", "silence", &[]);
     for p in [&mut alice, &mut bob] {
         let status = p.finish(Duration::from_secs(120));
         assert_eq!(status.code(), Some(0), "{}", p.seen.join("\n"));

@@ -254,6 +254,9 @@ pub struct CallReport {
     /// 4 or 6: the IP version of the selected pair (for a relayed pair, of the relay's
     /// addresses).
     pub path_ip_version: Option<u8>,
+    /// When our selected candidate is a relay: how we reach the TURN server (`udp`, `tcp` or
+    /// `tls`; a TCP/TLS relay goes through the in-process tunnel).
+    pub relay_transport: Option<String>,
     /// 20 ms frames encoded and sent (a 60 ms packet is three).
     pub frames_sent: u64,
     /// Packets sent (each holds 20, 40 or 60 ms).
@@ -1681,6 +1684,10 @@ impl Call {
             .unwrap_or_else(|| Ending::normal("ended"));
         let (outcome, ended_by) = ending.resolve(&self.achieved());
         let path_ip_version = pair.as_ref().map(|p| p.ip_version);
+        let relay_transport = pair
+            .as_ref()
+            .and_then(|p| p.relay_transport)
+            .map(str::to_owned);
         let (local_candidate, remote_candidate) =
             pair.map(|p| (p.local_type, p.remote_type)).unzip();
         let relayed = [&local_candidate, &remote_candidate]
@@ -1698,6 +1705,7 @@ impl Call {
             local_candidate,
             remote_candidate,
             path_ip_version,
+            relay_transport,
             offerer: self.role == SdpRole::Offerer,
             security: self.last_security.clone(),
             verified: self.verified,

@@ -413,6 +413,8 @@ pub struct PairSummary {
     /// 4 or 6: the IP version of the pair's addresses (ICE pairs one family only; for a
     /// relayed pair, the relay's addresses, whatever carries the traffic to the relay).
     pub ip_version: u8,
+    /// When our candidate is a relay: how we reach the TURN server, `udp`, `tcp` or `tls`.
+    pub relay_transport: Option<&'static str>,
 }
 
 /// A new self-signed ECDSA P-256 DTLS certificate, as webrtc-rs would make, with a random
@@ -783,11 +785,31 @@ impl Transport {
             Ok(std::net::IpAddr::V6(_)) => 6,
             _ => 4,
         };
+        let local_type = pair.local.typ.to_string();
+        let relay_transport = (local_type == "relay").then(|| self.relay_transport());
         Some(PairSummary {
-            local_type: pair.local.typ.to_string(),
+            local_type,
             remote_type: pair.remote.typ.to_string(),
             ip_version,
+            relay_transport,
         })
+    }
+
+    /// How we reach our TURN server when our selected candidate is a relay: through the tunnel
+    /// that carried the most ChannelData (media goes in ChannelData once bound), else
+    /// webrtc-rs's own UDP.
+    fn relay_transport(&self) -> &'static str {
+        let tunnels = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        tunnels
+            .iter()
+            .map(|t| (t.stats().channel_data_up, t.upstream()))
+            .filter(|(sent, _)| *sent > 0)
+            .max_by_key(|(sent, _)| *sent)
+            .map_or("udp", |(_, upstream)| match upstream {
+                aparte_turn_tunnel::Upstream::Tcp { .. } => "tcp",
+                aparte_turn_tunnel::Upstream::Tls { .. } => "tls",
+                aparte_turn_tunnel::Upstream::Udp { .. } => "udp",
+            })
     }
 
     async fn selected_candidate_pair(&self) -> Option<RTCIceCandidatePair> {
