@@ -51,6 +51,10 @@ pub struct BitrateConfig {
     pub up_after_ms: u64,
     /// The longest clean time a step up may need after failed ones.
     pub up_after_max_ms: u64,
+    /// After the path was interrupted (an outage, a new path), reports are not counted for
+    /// this long: the first ones cover the gap, whose loss says nothing about congestion.
+    /// The peer reports about once a second, so this skips one or two.
+    pub ignore_after_interruption_ms: u64,
 }
 
 impl Default for BitrateConfig {
@@ -63,6 +67,7 @@ impl Default for BitrateConfig {
             hold_ms: 3_000,
             up_after_ms: 10_000,
             up_after_max_ms: 80_000,
+            ignore_after_interruption_ms: 2_500,
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct BitrateLadder {
     rtt_high_run: u32,
     changes: u32,
     lowest: usize,
+    /// Reports before this time are not counted (see [`BitrateLadder::path_interrupted`]).
+    ignore_until_ms: Option<u64>,
 }
 
 impl BitrateLadder {
@@ -112,6 +119,7 @@ impl BitrateLadder {
             rtt_high_run: 0,
             changes: 0,
             lowest: top,
+            ignore_until_ms: None,
         }
     }
 
@@ -144,6 +152,9 @@ impl BitrateLadder {
     /// with it is then [`Self::packet_ms`]). NaN or negative figures are
     /// read as clean, figures over 100 % as 100 %.
     pub fn on_report(&mut self, report: LinkReport, now_ms: u64) -> Option<u32> {
+        if self.ignore_until_ms.is_some_and(|until| now_ms < until) {
+            return None;
+        }
         let loss = if report.loss_percent.is_nan() {
             0.0
         } else {
@@ -197,6 +208,17 @@ impl BitrateLadder {
         None
     }
 
+    /// The path was interrupted at `now_ms` (the link went down, or came back after an
+    /// outage): the loss in the reports of the next [`BitrateConfig::ignore_after_interruption_ms`]
+    /// is the gap's, not congestion's, so they are not counted (neither as lossy nor as clean).
+    /// Call it when the outage starts and again when the link is back.
+    pub fn path_interrupted(&mut self, now_ms: u64) {
+        self.ignore_until_ms =
+            Some(now_ms.saturating_add(self.config.ignore_after_interruption_ms));
+        self.rtt_high_run = 0;
+        self.clean_since_ms = None;
+    }
+
     fn change_to(&mut self, step: usize, now_ms: u64) -> Option<u32> {
         if step == self.current {
             return None;
@@ -244,6 +266,22 @@ mod tests {
             BitrateLadder::new(BitrateConfig::default(), 1_000).bitrate(),
             8_000
         );
+    }
+
+    #[test]
+    fn the_loss_of_an_outage_is_not_taken_for_congestion() {
+        let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
+        // The link goes down at 10 s and is back at 12 s; the peer's first reports after it
+        // cover the gap (everything sent meanwhile was lost).
+        l.path_interrupted(10_000);
+        assert_eq!(l.on_report(lossy(100.0), 11_000), None);
+        l.path_interrupted(12_000);
+        assert_eq!(l.on_report(lossy(60.0), 12_900), None);
+        assert_eq!(l.on_report(lossy(35.0), 14_000), None);
+        assert_eq!(l.bitrate(), 24_000);
+        assert_eq!(l.changes(), 0);
+        // Loss after the grace is congestion again.
+        assert_eq!(l.on_report(lossy(8.0), 14_600), Some(16_000));
     }
 
     #[test]

@@ -1267,7 +1267,12 @@ impl Call {
             self.recent_peer_loss.pop_front();
         }
         self.recent_peer_loss.push_back(report.loss_percent);
-        if let Some(bps) = self.bitrate.on_report(report, self.now_ms()) {
+        let now = self.now_ms();
+        if self.recovery.outage().is_some() {
+            // The path is down: the loss is the outage's, not congestion's.
+            self.bitrate.path_interrupted(now);
+        }
+        if let Some(bps) = self.bitrate.on_report(report, now) {
             // The audio thread applies both at its next packet boundary.
             let packet_ms = self.bitrate.packet_ms();
             audio
@@ -1293,6 +1298,7 @@ impl Call {
             .link(&self.transport, self.connected, now);
         if self.connected {
             if let Some(outage_ms) = self.recovery.link(true, now) {
+                self.bitrate.path_interrupted(now);
                 let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
             }
         } else if matches!(
@@ -1522,6 +1528,8 @@ impl Call {
                 self.frames_received += 1;
                 let now_ms = self.now_ms();
                 if let Some(outage_ms) = self.recovery.packet(now_ms) {
+                    // The peer's next reports cover the gap: not congestion.
+                    self.bitrate.path_interrupted(now_ms);
                     let _ = self.updates.try_send(CallUpdate::Reconnected { outage_ms });
                 }
                 let arrival_ms = audio.now_ms();
