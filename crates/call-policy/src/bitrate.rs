@@ -10,9 +10,10 @@
 //!   two reports in a row (one slow report may describe a queue already drained): one step
 //!   down; loss ≥ [`BitrateConfig::loss_severe_percent`]: two steps;
 //! - loss < [`BitrateConfig::loss_clean_percent`] and RTT below [`BitrateConfig::rtt_down_ms`]
-//!   for [`BitrateConfig::up_after_ms`]: one step up; a step up that brings loss back doubles
-//!   the clean spell the next one needs (up to [`BitrateConfig::up_after_max_ms`]), so a link
-//!   that only fits the lower step is not probed every few seconds;
+//!   for [`BitrateConfig::up_after_ms`]: one step up; after a step down the first try back
+//!   needs twice that (the step just left did not fit), and a step up that brings loss back
+//!   doubles the clean spell the next one needs (up to [`BitrateConfig::up_after_max_ms`]), so
+//!   a link that only fits the lower step is not probed every few seconds;
 //! - never two changes within [`BitrateConfig::hold_ms`] (the reports must first show what the
 //!   last change did).
 //!
@@ -182,6 +183,12 @@ impl BitrateLadder {
                 self.up_after_ms = (self.up_after_ms * 2).min(self.config.up_after_max_ms);
                 self.probing_up = false;
             }
+            // The step we leave did not fit: the first try back waits at least twice the
+            // clean spell (a try that fails doubles it again, above).
+            self.up_after_ms = self
+                .up_after_ms
+                .max(self.config.up_after_ms * 2)
+                .min(self.config.up_after_max_ms);
             let steps = if loss >= self.config.loss_severe_percent {
                 2
             } else {
@@ -318,9 +325,10 @@ mod tests {
             ]
         );
         assert_eq!((l.lowest(), l.lowest_packet_ms()), (8_000, 60));
-        // Back up after a clean spell: the packet time follows the step.
+        // Back up after a clean spell (20 s after a step down): the packet time follows the
+        // step.
         let mut up = None;
-        for k in 1..=20 {
+        for k in 1..=30 {
             if let Some(b) = l.on_report(clean(), t + k * 1000) {
                 up = Some((b, l.packet_ms()));
                 break;
@@ -370,27 +378,28 @@ mod tests {
     fn steps_back_up_after_a_clean_spell_and_backs_off_when_that_fails() {
         let mut l = BitrateLadder::new(BitrateConfig::default(), 24_000);
         assert_eq!(l.on_report(lossy(10.0), 0), Some(16_000));
-        // Clean from 1 s: up after 10 s clean (and past the hold).
+        // Clean from 1 s: the step just left did not fit, so the first try back needs 20 s
+        // clean (twice `up_after_ms`).
         let mut ups = Vec::new();
-        for t in 1..=11 {
+        for t in 1..=21 {
             if let Some(b) = l.on_report(clean(), t * 1000) {
                 ups.push((t, b));
             }
         }
-        assert_eq!(ups, vec![(11, 24_000)]);
-        // 24k does not fit: loss again after the hold, down, and the next try waits 20 s.
-        assert_eq!(l.on_report(lossy(10.0), 12_000), None, "held");
-        assert_eq!(l.on_report(lossy(10.0), 14_000), Some(16_000));
+        assert_eq!(ups, vec![(21, 24_000)]);
+        // 24k still does not fit: loss again after the hold, down, and the next try waits 40 s.
+        assert_eq!(l.on_report(lossy(10.0), 22_000), None, "held");
+        assert_eq!(l.on_report(lossy(10.0), 24_000), Some(16_000));
         let mut next_up = None;
-        for t in 15..=60 {
+        for t in 25..=90 {
             if let Some(b) = l.on_report(clean(), t * 1000) {
                 next_up.get_or_insert((t, b));
             }
         }
         assert_eq!(
             next_up,
-            Some((35, 24_000)),
-            "20 s of clean reports from 15 s"
+            Some((65, 24_000)),
+            "40 s of clean reports from 25 s"
         );
     }
 
