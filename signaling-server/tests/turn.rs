@@ -22,8 +22,14 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// A `turn` client on loopback of `server`'s family, listening.
 async fn turn_client(server: SocketAddr, username: &str, password: &str) -> TurnClient {
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let conn = UdpSocket::bind(local).await.unwrap();
     let client = TurnClient::new(ClientConfig {
         stun_serv_addr: server.to_string(),
         turn_serv_addr: server.to_string(),
@@ -154,21 +160,12 @@ async fn an_ipv6_client_allocates_on_the_ipv6_port_and_relays_to_ipv4_peers() {
         .unwrap();
     assert_ne!(port6, 0);
     let server6: SocketAddr = format!("[::1]:{port6}").parse().unwrap();
-    let conn = UdpSocket::bind("[::1]:0").await.unwrap();
-    let client = TurnClient::new(ClientConfig {
-        stun_serv_addr: server6.to_string(),
-        turn_serv_addr: server6.to_string(),
-        username: entry.username.unwrap(),
-        password: entry.credential.unwrap(),
-        realm: "aparte".to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = turn_client(
+        server6,
+        &entry.username.unwrap(),
+        &entry.credential.unwrap(),
+    )
+    .await;
     // The IPv6 port answers STUN with the client's IPv6 address (its server-reflexive one).
     let mapped = tokio::time::timeout(WAIT, client.send_binding_request())
         .await

@@ -129,16 +129,18 @@ fn add_addr(ns: &str, dev: &str, addr: &str) {
 }
 
 impl Topology {
-    /// The namespaces (loopback up) and the "internet" bridge, with no addresses yet.
-    fn skeleton(a: Home, b: Home) -> (Self, String, Wiring) {
+    /// The namespaces (loopback up) and the "internet" bridge, with no addresses yet; each
+    /// home is given as (router's public address, host's LAN address).
+    fn skeleton(a: (&str, &str), b: (&str, &str)) -> (Self, String, Wiring) {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         // Short and unique per test process: interface names are at most 15 bytes.
         let tag = format!("{}{n}", std::process::id() % 100_000);
         let name = |role: &str| format!("ap{tag}-{role}");
-        let named = |home: Home, side: &str| Home {
+        let named = |(public_ip, lan_ip): (&str, &str), side: &str| Home {
             host: name(side),
             router: name(&format!("r{side}")),
-            ..home
+            public_ip: public_ip.into(),
+            lan_ip: lan_ip.into(),
         };
         let mut topo = Topology {
             vps: name("vps"),
@@ -167,15 +169,9 @@ impl Topology {
 
     /// Builds the VPS and two homes behind `nat`.
     pub fn build(nat: Nat) -> Self {
-        let home = |public_ip: &str, lan_ip: &str| Home {
-            host: String::new(),
-            router: String::new(),
-            public_ip: public_ip.into(),
-            lan_ip: lan_ip.into(),
-        };
         let (topo, inet, mut w) = Self::skeleton(
-            home("203.0.113.21", "192.168.1.2"),
-            home("203.0.113.22", "192.168.2.2"),
+            ("203.0.113.21", "192.168.1.2"),
+            ("203.0.113.22", "192.168.2.2"),
         );
         w.wire(&topo.vps, "eth0", &format!("{VPS_IP}/24"), &inet, "p-vps");
         in_ns(&inet, "ip", &["link", "set", "p-vps", "master", "br0"]);
@@ -241,15 +237,9 @@ impl Topology {
     /// both sides send (ICE's connectivity checks do). No home has any IPv4 address but
     /// loopback, and no IPv4 route.
     pub fn build_ipv6_only() -> Self {
-        let home = |public_ip: &str, lan_ip: &str| Home {
-            host: String::new(),
-            router: String::new(),
-            public_ip: public_ip.into(),
-            lan_ip: lan_ip.into(),
-        };
         let (topo, inet, mut w) = Self::skeleton(
-            home("2001:db8::21", "2001:db8:1::2"),
-            home("2001:db8::22", "2001:db8:2::2"),
+            ("2001:db8::21", "2001:db8:1::2"),
+            ("2001:db8::22", "2001:db8:2::2"),
         );
         w.wire(&topo.vps, "eth0", &format!("{VPS_IP6}/64"), &inet, "p-vps");
         add_addr(&topo.vps, "eth0", &format!("{VPS_IP}/24"));

@@ -343,6 +343,26 @@ struct Counters {
     closed: [AtomicU64; REASONS.len()],
 }
 
+impl Counters {
+    /// A message written to the TURN server (ChannelData starts with bits `01`).
+    fn sent_up(&self, message: &[u8]) {
+        bump(&self.messages_up, 1);
+        bump(&self.bytes_up, len_u64(message.len()));
+        if message.first().is_some_and(|b| b >> 6 == 0b01) {
+            bump(&self.channel_data_up, 1);
+        }
+    }
+
+    /// A message of `len` bytes from the TURN server, sent to the local client.
+    fn sent_down(&self, kind: FrameKind, len: usize) {
+        bump(&self.messages_down, 1);
+        bump(&self.bytes_down, len_u64(len));
+        if kind == FrameKind::ChannelData {
+            bump(&self.channel_data_down, 1);
+        }
+    }
+}
+
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -740,11 +760,7 @@ async fn run_datagrams(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Re
                 // UDP would; the TURN client's retransmissions and timers decide.
                 if socket.send(&message).await.is_ok() {
                     last_activity = Instant::now();
-                    bump(&c.messages_up, 1);
-                    bump(&c.bytes_up, len_u64(message.len()));
-                    if message.first().is_some_and(|b| b >> 6 == 0b01) {
-                        bump(&c.channel_data_up, 1);
-                    }
+                    c.sent_up(&message);
                 }
             }
             Wake::Down(n) => {
@@ -756,11 +772,7 @@ async fn run_datagrams(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Re
                 };
                 last_activity = Instant::now();
                 let _ = shared.udp.send_to(&buf[..n], client).await;
-                bump(&c.messages_down, 1);
-                bump(&c.bytes_down, len_u64(n));
-                if kind == FrameKind::ChannelData {
-                    bump(&c.channel_data_down, 1);
-                }
+                c.sent_down(kind, n);
             }
         }
     };
@@ -874,11 +886,7 @@ async fn run_stream(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Recei
                 Err(_) => return CloseReason::WriteTimeout,
             }
             touch();
-            bump(&c.messages_up, 1);
-            bump(&c.bytes_up, len_u64(message.len()));
-            if message.first().is_some_and(|b| b >> 6 == 0b01) {
-                bump(&c.channel_data_up, 1);
-            }
+            c.sent_up(&message);
         }
         // The tunnel dropped its sender: it is shutting down.
         CloseReason::Shutdown
@@ -901,11 +909,7 @@ async fn run_stream(shared: Arc<Shared>, client: SocketAddr, mut rx: mpsc::Recei
                         // A send error (the client's socket is gone) loses this datagram
                         // only; the client's own timers decide what happens next.
                         let _ = shared.udp.send_to(message, client).await;
-                        bump(&c.messages_down, 1);
-                        bump(&c.bytes_down, len_u64(message.len()));
-                        if kind == FrameKind::ChannelData {
-                            bump(&c.channel_data_down, 1);
-                        }
+                        c.sent_down(kind, message.len());
                     }
                     Ok(None) => break,
                     Err(framer::FrameError::Oversize { .. }) => return CloseReason::Oversize,
