@@ -31,6 +31,9 @@ use crate::devices::{DeviceCounters, DeviceError, DeviceStats};
 use crate::output_file::PendingFile;
 use crate::playback::Speaker;
 
+/// Longest stretch of spoken translation played after a call ends.
+pub const SPEECH_TAIL: Duration = Duration::from_secs(20);
+
 /// Where the audio to send comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -96,6 +99,11 @@ pub trait AudioSink: Send {
     fn write_frame(&mut self, samples: &[f32]) -> Result<(), AudioError>;
     /// Ends playout (a WAV file gets its final header here).
     fn finish(self: Box<Self>) -> Result<(), AudioError>;
+    /// True for a device that plays in real time (it must be fed at 20 ms a frame); a file
+    /// can take frames as fast as they come.
+    fn plays_in_real_time(&self) -> bool {
+        false
+    }
 }
 
 impl AudioSink for MonoWavWriter {
@@ -163,6 +171,10 @@ impl AudioSink for Speaker {
     fn finish(self: Box<Self>) -> Result<(), AudioError> {
         // Dropping the stream stops the device; what is still queued (under 100 ms) is cut off.
         Ok(())
+    }
+
+    fn plays_in_real_time(&self) -> bool {
+        true
     }
 }
 
@@ -427,8 +439,43 @@ impl Worker {
         // stream, not loss (see `JitterBuffer::end_of_stream`).
         self.jitter.end_of_stream();
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).jitter = self.jitter.stats();
+        self.play_out_speech()?;
         if let Some(sink) = self.sink.take() {
             sink.finish()?;
+        }
+        Ok(())
+    }
+
+    /// After the call: plays the spoken translations still queued (the last caption often
+    /// arrives just before the peer hangs up), over silence, at most [`SPEECH_TAIL`]. A file
+    /// gets them at once; a speaker at its own pace.
+    fn play_out_speech(&mut self) -> Result<(), AudioError> {
+        let (Some(feed), Some(sink)) = (self.taps.speech.as_mut(), self.sink.as_mut()) else {
+            return Ok(());
+        };
+        if !self.playing {
+            return Ok(());
+        }
+        let real_time = sink.plays_in_real_time();
+        let period = Duration::from_millis(u64::from(FRAME_MS));
+        let max_frames = (SPEECH_TAIL.as_millis() / period.as_millis()) as usize;
+        let mut deadline = Instant::now();
+        for _ in 0..max_frames {
+            if feed.pending_frames() == 0 {
+                break;
+            }
+            let mut samples = [0.0_f32; FRAME_SAMPLES];
+            feed.mix(&mut samples);
+            match sink.write_frame(&samples) {
+                Err(AudioError::Playback(_)) => break,
+                other => other?,
+            }
+            if real_time {
+                deadline += period;
+                if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
         }
         Ok(())
     }
@@ -541,7 +588,7 @@ impl Worker {
     fn play_tick(&mut self) -> Result<(), AudioError> {
         self.take_incoming();
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let (samples, played) = self.depacketizer.play(self.jitter.pop(now_ms));
+        let (mut samples, played) = self.depacketizer.play(self.jitter.pop(now_ms));
         let decode_failed = played == Played::DecodeFailed;
         self.playing |= self.jitter.is_playing();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -553,6 +600,9 @@ impl Worker {
             drop(stats);
             if let Some(tap) = &self.taps.incoming {
                 tap.push(&samples);
+            }
+            if let Some(feed) = self.taps.speech.as_mut() {
+                feed.mix(&mut samples);
             }
             if let Some(sink) = self.sink.as_mut() {
                 match sink.write_frame(&samples) {

@@ -47,6 +47,10 @@ const MAX_EARLY_HANDSHAKE: usize = 8;
 /// A call whose keys are not confirmed on a connected link this long after both peers joined
 /// is given up (ICE or the handshake is stuck).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the end of a call waits for the last received translations to be synthesized
+/// (`--speak-translation`).
+const SPEECH_SETTLE: Duration = Duration::from_secs(5);
+
 /// How long an interactive call waits for the person to decide about a changed identity
 /// before refusing it (nobody may be at the terminal).
 const DECISION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -705,6 +709,9 @@ pub async fn run_call(
     // other call in this process (the demo runs two) keep moving meanwhile. The audio thread
     // holds the pipelines' taps, so it stops first.
     let (audio_stats, caption_report) = tokio::task::spawn_blocking(move || {
+        // Translations received in the last moments are synthesized first, so the audio
+        // thread plays them out before it stops.
+        captions.settle_speech(SPEECH_SETTLE);
         let stats = audio.stop();
         (stats, captions.finish())
     })

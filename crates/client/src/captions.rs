@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::output_file::PendingFile;
+use crate::speak::{SpeakOptions, Speaking, SpeechFeed, SpeechReport};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -38,12 +39,17 @@ pub struct TranslationOptions {
     pub incoming: Option<EngineChoice>,
     /// Write the captions of what the peer said as WebVTT.
     pub captions_file: Option<PathBuf>,
+    /// Speak the translations of what the peer said (`--speak-translation`).
+    pub speak: Option<SpeakOptions>,
 }
 
 impl TranslationOptions {
     /// True when any pipeline or a captions file is asked for.
     pub fn enabled(&self) -> bool {
-        self.outgoing.is_some() || self.incoming.is_some() || self.captions_file.is_some()
+        self.outgoing.is_some()
+            || self.incoming.is_some()
+            || self.captions_file.is_some()
+            || self.speak.is_some()
     }
 }
 
@@ -67,13 +73,15 @@ pub enum CaptionSource {
     PeerRecognizedHere,
 }
 
-/// Taps for the audio thread.
-#[derive(Debug, Clone, Default)]
+/// What the audio thread exchanges with the caption machinery.
+#[derive(Debug, Default)]
 pub struct AudioTaps {
     /// Our captured audio, as sent.
     pub outgoing: Option<AudioTap>,
-    /// The peer's audio, as played.
+    /// The peer's audio, as decoded (before any spoken translation is mixed in).
     pub incoming: Option<AudioTap>,
+    /// Spoken translations to mix into what is played.
+    pub speech: Option<SpeechFeed>,
 }
 
 /// Caption figures for `--stats-json` (no text).
@@ -102,6 +110,8 @@ pub struct CaptionReport {
     pub incoming: Option<PipelineStats>,
     /// Why a pipeline could not start, if one could not.
     pub errors: Vec<String>,
+    /// Spoken translations (`--speak-translation`).
+    pub speech: Option<SpeechReport>,
 }
 
 struct Running {
@@ -116,6 +126,8 @@ pub struct Captions {
     incoming: Option<Running>,
     events: mpsc::Receiver<(Direction, PipelineEvent)>,
     vtt: Option<(WebVttWriter<File>, PendingFile)>,
+    /// Speaks received translations.
+    speaking: Option<Speaking>,
     /// Captions written to the file.
     vtt_cues: u64,
     /// Figures so far.
@@ -169,6 +181,14 @@ impl Captions {
             *tap = pipeline.audio_tap();
             Ok(Some(forward(pipeline, direction, tx.clone())))
         };
+        let speaking = match options.speak.clone() {
+            Some(speak) => {
+                let (speaking, feed) = Speaking::start(speak)?;
+                taps.speech = Some(feed);
+                Some(speaking)
+            }
+            None => None,
+        };
         let outgoing = start(&options.outgoing, Direction::Outgoing, &mut taps.outgoing)?;
         let incoming = start(&options.incoming, Direction::Incoming, &mut taps.incoming)?;
         Ok((
@@ -177,6 +197,7 @@ impl Captions {
                 incoming,
                 events,
                 vtt,
+                speaking,
                 vtt_cues: 0,
                 report: CaptionReport::default(),
             },
@@ -202,10 +223,14 @@ impl Captions {
         self.outgoing.is_some()
     }
 
-    /// Records a caption shown to the user: final ones of the peer's speech go to the file.
+    /// Records a caption shown to the user: final ones of the peer's speech go to the file,
+    /// and their translation is spoken when asked for.
     pub fn shown(&mut self, source: CaptionSource, caption: &Caption) {
         if source == CaptionSource::Mine || !caption.is_final {
             return;
+        }
+        if let Some(speaking) = &self.speaking {
+            speaking.caption(caption);
         }
         if let Some((vtt, _)) = self.vtt.as_mut() {
             if vtt.write(caption).is_err() {
@@ -219,9 +244,20 @@ impl Captions {
         }
     }
 
+    /// Waits (at most `limit`) until the translations already received are synthesized and
+    /// handed to the audio thread, which plays them out before it stops.
+    pub fn settle_speech(&self, limit: Duration) {
+        if let Some(speaking) = &self.speaking {
+            speaking.settle(limit);
+        }
+    }
+
     /// Stops the pipelines (after the audio thread, which holds their taps, has stopped) and
     /// returns the figures.
     pub fn finish(&mut self) -> CaptionReport {
+        if let Some(mut speaking) = self.speaking.take() {
+            self.report.speech = Some(speaking.finish());
+        }
         for (running, slot) in [
             (self.outgoing.take(), &mut self.report.outgoing),
             (self.incoming.take(), &mut self.report.incoming),

@@ -46,6 +46,7 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         outgoing: Some(EngineChoice::new(Language::English, Language::Spanish)),
         incoming: None,
         captions_file: Some(file(captions)),
+        speak: None,
     };
     translation("-")
         .outgoing

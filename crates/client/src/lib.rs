@@ -23,5 +23,6 @@ pub mod relay_fallback;
 pub mod resample;
 pub mod sdp;
 pub mod signaling;
+pub mod speak;
 pub mod tls;
 pub mod transport;

@@ -14,6 +14,7 @@ use aparte_client::devices::DeviceStats;
 use aparte_client::offline;
 use aparte_client::outcome::Outcome;
 use aparte_client::output_file::PendingFile;
+use aparte_client::speak::SpeakOptions;
 use aparte_e2ee::identity::{KnownPeers, PeerName};
 use aparte_e2ee::store;
 use aparte_session::{Policy, SecurityStatus};
@@ -22,6 +23,7 @@ use aparte_translate::apertium::DEFAULT_MODES_DIR;
 use aparte_translate::engines::EngineChoice;
 use aparte_translate::models::ModelDir;
 use aparte_translate::Language;
+use aparte_tts::MixMode;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -239,6 +241,17 @@ struct CallArgs {
     /// Write the captions of what the peer says as WebVTT to this file.
     #[arg(long)]
     captions: Option<PathBuf>,
+    /// Speak the translations of what the peer says aloud, here, in your language (--lang),
+    /// with the peer's own voice lowered under them (espeak-ng, on this machine).
+    #[arg(long)]
+    speak_translation: bool,
+    /// Like --speak-translation, but the peer's own voice is not played at all.
+    #[arg(long)]
+    speak_only: bool,
+    /// Speaking rate of the spoken translations, in words per minute.
+    #[arg(long, default_value_t = aparte_tts::DEFAULT_WORDS_PER_MINUTE,
+          value_parser = clap::value_parser!(u16).range(80..=450))]
+    speak_rate: u16,
     /// Where the speech models are [default: $APARTE_MODEL_DIR or ~/.local/share/aparte/models].
     #[arg(long, env = "APARTE_MODEL_DIR")]
     model_dir: Option<PathBuf>,
@@ -293,10 +306,28 @@ fn translation_options(args: &CallArgs, settings: &Settings) -> Result<Translati
         }
         _ => None,
     };
+    let speak = match (args.speak_translation || args.speak_only, lang) {
+        (false, _) => None,
+        (true, Some(mine)) => Some(SpeakOptions {
+            language: mine.code().to_owned(),
+            mode: if args.speak_only {
+                MixMode::Replace
+            } else {
+                MixMode::Duck
+            },
+            words_per_minute: args.speak_rate,
+        }),
+        (true, None) => {
+            return Err(
+                "--speak-translation and --speak-only need --lang (the language you listen in), as a flag or in the config file".into(),
+            )
+        }
+    };
     Ok(TranslationOptions {
         outgoing,
         incoming,
         captions_file: args.captions.clone(),
+        speak,
     })
 }
 
