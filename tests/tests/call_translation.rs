@@ -33,14 +33,26 @@ const SCRIPT: [&str; 4] = [
     "Do you know where I can buy a new phone?",
 ];
 
+/// Spanish sentences for the spoken-translation test.
+const SPANISH_SCRIPT: [&str; 3] = [
+    "Mi casa es muy grande.",
+    "Vamos a la playa con mis amigos.",
+    "El tren sale mañana por la mañana.",
+];
+
 /// The script as one WAV: espeak-ng English, one second of silence after each sentence.
 fn speech(path: &Path) {
+    speech_in(path, "en", &SCRIPT);
+}
+
+/// `script` spoken by espeak-ng's `voice`, one second of silence after each sentence.
+fn speech_in(path: &Path, voice: &str, script: &[&str]) {
     let dir = path.parent().unwrap();
     let mut all = Vec::new();
-    for (i, sentence) in SCRIPT.iter().enumerate() {
+    for (i, sentence) in script.iter().enumerate() {
         let part = dir.join(format!("part{i}.wav"));
         let status = Command::new("espeak-ng")
-            .args(["-v", "en", "-s", "160", "-w"])
+            .args(["-v", voice, "-s", "160", "-w"])
             .arg(&part)
             .arg(sentence)
             .status()
@@ -385,4 +397,112 @@ fn a_listener_can_translate_the_peers_audio_itself() {
         stats["captions"]["incoming"]["frames_dropped"], 0,
         "{stats}"
     );
+}
+
+/// Speech to speech on the listener's endpoint: Alice speaks Spanish and sends English
+/// captions (recognized and translated on her machine); Bob's endpoint speaks each one in
+/// English (espeak-ng, in-process) instead of Alice's voice (`--speak-only`). Whisper then
+/// recognizes Bob's recording, and what it hears must be the captions Bob received.
+#[test]
+fn the_listener_hears_the_translation_spoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    speech_in(&p("alice.wav"), "es", &SPANISH_SCRIPT);
+    let server = SignalingServer::start(&["--turn-listen", "127.0.0.1:0"]);
+    let room = new_room();
+    let alice = call(
+        &server,
+        &room,
+        &p("home-a"),
+        &[
+            "--input",
+            p("alice.wav").to_str().unwrap(),
+            "--lang",
+            "es",
+            "--peer-lang",
+            "en",
+        ],
+    );
+    let bob = call(
+        &server,
+        &room,
+        &p("home-b"),
+        &[
+            "--input",
+            "silence",
+            "--lang",
+            "en",
+            "--speak-only",
+            "--speak-rate",
+            "160",
+            "--output",
+            p("bob-heard.wav").to_str().unwrap(),
+            "--captions",
+            p("bob.vtt").to_str().unwrap(),
+            "--stats-json",
+            p("bob.json").to_str().unwrap(),
+        ],
+    );
+    let (alice, bob) = both_succeed(alice, bob);
+    let vtt = std::fs::read_to_string(p("bob.vtt")).unwrap();
+    let cues = cues(&vtt);
+    assert_eq!(
+        cues.len(),
+        SPANISH_SCRIPT.len(),
+        "{vtt}\nalice:\n{}",
+        log(&alice)
+    );
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bob.json")).unwrap()).unwrap();
+    let speech = &stats["captions"]["speech"];
+    println!("spoken translation at Bob: {speech}");
+    let n = cues.len() as u64;
+    assert_eq!(speech["requested"], n, "{speech}\n{}", log(&bob));
+    assert_eq!(speech["synthesized"], n, "{speech}");
+    assert_eq!(speech["mixer_finished"], n, "{speech}");
+    for counter in ["dropped_busy", "failed", "mixer_dropped_full"] {
+        assert_eq!(speech[counter], 0, "{counter}: {speech}");
+    }
+
+    // What Bob heard, recognized by Whisper (tiny.en) on this machine: with --speak-only,
+    // the English captions spoken, and nothing of Alice's Spanish. The reference beside it:
+    // the same captions spoken by the espeak-ng program at the same rate, recognized the
+    // same way (the captions come from recognizing synthetic Spanish, so some are odd
+    // English that Whisper mishears however it is spoken).
+    let said: Vec<&str> = cues.iter().map(|(t, _)| t.as_str()).collect();
+    speech_in(&p("reference.wav"), "en", &said);
+    let heard = transcribe_english(&p("bob-heard.wav"));
+    let reference = transcribe_english(&p("reference.wav"));
+    let wer = word_error_rate(&said.join(" "), &heard.join(" "));
+    let reference_wer = word_error_rate(&said.join(" "), &reference.join(" "));
+    println!(
+        "spoken translation recognized by Whisper tiny.en: WER {:.1}% (espeak-ng program, \
+         same captions: {:.1}%) over {} words; captions {said:?}, heard {heard:?}, \
+         reference {reference:?}",
+        wer * 100.0,
+        reference_wer * 100.0,
+        normalize_words(&said.join(" ")).len()
+    );
+    assert!(
+        wer <= reference_wer + 0.10,
+        "WER {wer} against {reference_wer} for the reference: captions {said:?}, heard {heard:?}"
+    );
+}
+
+/// What Whisper tiny.en recognizes in an English recording (`aparte translate`).
+fn transcribe_english(wav: &Path) -> Vec<String> {
+    let out = Command::new(binary("aparte"))
+        .args(["translate", "--lang", "en", "--json"])
+        .arg(wav)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", log(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let c: serde_json::Value = serde_json::from_str(l).unwrap();
+            c["text"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
