@@ -2,7 +2,7 @@
 // headless Debian Chromium through playwright-core, speech WAVs, and WAV reading.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -26,11 +26,22 @@ export function binary(name) {
 /** The Chromium to drive. */
 export const CHROMIUM = process.env.APARTE_CHROMIUM ?? '/usr/bin/chromium';
 
-/** Starts `aparte-signaling` on loopback with `args`; resolves `{ url, wsUrl, addr, stop }`. */
-export async function startServer(args = []) {
-  const child = spawn(binary('aparte-signaling'), [
-    '--listen', '127.0.0.1:0', '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
-  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * `[program, args]` that run `bin args` inside network namespace `netns` (`ip netns exec`,
+ * which execs it: the pid is the program's), or as is without one.
+ */
+export function inNetns(netns, bin, args) {
+  return netns ? ['ip', ['netns', 'exec', netns, bin, ...args]] : [bin, args];
+}
+
+/**
+ * Starts `aparte-signaling` on loopback (or `listen`, in `netns`) with `args`; resolves
+ * `{ url, wsUrl, addr, turnPort, stop }`.
+ */
+export async function startServer(args = [], { netns = null, listen = '127.0.0.1:0' } = {}) {
+  const child = spawn(...inNetns(netns, binary('aparte-signaling'), [
+    '--listen', listen, '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
+  ]), { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout });
   let turnPort = null;
   const addr = await new Promise((resolve, reject) => {
@@ -71,12 +82,21 @@ export function speak(text, file) {
   assert.equal(out.status, 0, 'espeak-ng is required (scripts/install-deps installs it)');
 }
 
-/** Launches headless Chromium with a fake microphone playing `wav` (looped). */
-export async function launchChromium(wav) {
+/**
+ * Launches headless Chromium with a fake microphone playing `wav` (looped); with `netns`, inside
+ * that network namespace (through a wrapper script written to `dir`).
+ */
+export async function launchChromium(wav, { netns = null, dir = null } = {}) {
   const { chromium } = await import('playwright-core');
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium; scripts/install-deps)`);
+  let executablePath = CHROMIUM;
+  if (netns) {
+    executablePath = path.join(dir, 'chromium-in-netns');
+    writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec '${netns}' '${CHROMIUM}' "$@"\n`);
+    chmodSync(executablePath, 0o755);
+  }
   return chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
     headless: true,
     args: [
       '--no-sandbox',
@@ -197,4 +217,43 @@ export function relayedOpusSizes(pcap, turnPort) {
     packets.sort((a, b) => ((a.seq - first + 65536) % 65536) - ((b.seq - first + 65536) % 65536));
   }
   return streams;
+}
+
+/** Runs `ip ARGS` (or another program in a namespace); fails loudly. */
+export function sh(program, args) {
+  const out = spawnSync(program, args, { encoding: 'utf8' });
+  assert.equal(out.status, 0, `${program} ${args.join(' ')}: ${out.stderr}`);
+  return out.stdout;
+}
+
+/**
+ * Two hosts on one link: network namespaces `a` and `b` (names unique to this process), joined
+ * by a veth pair (`a` has 10.249.0.1/24, `b` 10.249.0.2/24, each device named `eth0`), each with
+ * loopback up. `remove()` deletes both. Needs root.
+ */
+export function twoHosts(tag) {
+  const a = `aparte-web-${tag}-${process.pid}-a`;
+  const b = `aparte-web-${tag}-${process.pid}-b`;
+  const remove = () => {
+    for (const ns of [a, b]) spawnSync('ip', ['netns', 'del', ns]);
+  };
+  remove();
+  try {
+    sh('ip', ['netns', 'add', a]);
+    sh('ip', ['netns', 'add', b]);
+    const va = `vwa${process.pid % 100000}`, vb = `vwb${process.pid % 100000}`;
+    sh('ip', ['link', 'add', va, 'type', 'veth', 'peer', 'name', vb]);
+    sh('ip', ['link', 'set', va, 'netns', a]);
+    sh('ip', ['link', 'set', vb, 'netns', b]);
+    for (const [ns, dev, addr] of [[a, va, '10.249.0.1/24'], [b, vb, '10.249.0.2/24']]) {
+      sh('ip', ['-n', ns, 'link', 'set', dev, 'name', 'eth0']);
+      sh('ip', ['-n', ns, 'addr', 'add', addr, 'dev', 'eth0']);
+      sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+      sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+  } catch (e) {
+    remove();
+    throw e;
+  }
+  return { a, b, aAddr: '10.249.0.1', bAddr: '10.249.0.2', remove };
 }

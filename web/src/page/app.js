@@ -33,6 +33,9 @@ const pub = {
   candidates: { local: [], remote: [] },
   setupMs: null,
   ended: null,
+  // The browser's own receive statistics of the peer's audio (RTCInboundRtpStreamStats:
+  // packets, decoded and concealed samples, energy), refreshed with the worker's counts.
+  inbound: null,
 };
 window.aparte = pub;
 
@@ -153,6 +156,7 @@ async function startPeer(role) {
       if (pub.setupMs === null && pub.media.decrypted > 0) {
         pub.setupMs = Math.round(performance.now() - call.bothJoinedAt);
       }
+      refreshInbound(pc);
       render();
     }
   };
@@ -192,6 +196,27 @@ async function startPeer(role) {
     await pc.setLocalDescription(await pc.createOffer());
     relay({ kind: 'offer', sdp: pc.localDescription.sdp });
   }
+}
+
+let inboundPending = false;
+function refreshInbound(pc) {
+  if (inboundPending || pc.connectionState === 'closed') return;
+  inboundPending = true;
+  pc.getStats().then((report) => {
+    for (const r of report.values()) {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        pub.inbound = {
+          packetsReceived: r.packetsReceived ?? 0,
+          packetsLost: r.packetsLost ?? 0,
+          totalSamplesReceived: r.totalSamplesReceived ?? 0,
+          concealedSamples: r.concealedSamples ?? 0,
+          totalAudioEnergy: r.totalAudioEnergy ?? 0,
+        };
+      }
+    }
+  }).catch(() => {}).finally(() => {
+    inboundPending = false;
+  });
 }
 
 function pinRemoteFingerprint(sdp) {
