@@ -23,6 +23,29 @@ export function binary(name) {
   return found;
 }
 
+/** A workspace example binary (debug build); fails with how to build it (`crate`: its package). */
+export function example(name, crate) {
+  const dirs = [
+    process.env.APARTE_BIN_DIR && path.join(process.env.APARTE_BIN_DIR, 'examples'),
+    process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/examples'),
+    path.join(root, 'target/debug/examples'),
+  ].filter(Boolean);
+  const found = dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
+  assert.ok(found, `the example ${name} is not built (looked in ${dirs.join(', ')}): run cargo build -p ${crate} --example ${name}`);
+  return found;
+}
+
+/**
+ * Per-segment NCC of the recording `heard` against the looping source `said` (the CLI tests'
+ * `segment_nccs`, through the `heard_ncc` example of the tests crate): `{ lag, global_ncc,
+ * nccs, mean, median }`.
+ */
+export function heardNcc(said, heard) {
+  const out = spawnSync(example('heard_ncc', 'aparte-e2e-tests'), [said, heard], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `heard_ncc failed: ${out.stderr}`);
+  return JSON.parse(out.stdout);
+}
+
 /** The Chromium to drive. */
 export const CHROMIUM = process.env.APARTE_CHROMIUM ?? '/usr/bin/chromium';
 
@@ -110,11 +133,25 @@ export async function launchChromium(wav, { netns = null, dir = null } = {}) {
 
 /**
  * Opens the page in a new browser context (its own IndexedDB), records every request and
- * console error, and returns `{ page, requests, errors }`.
+ * console error, and returns `{ page, context, requests, errors }`. `rawMicrophone`: see below.
  */
-export async function openPage(browser, url, contextOptions = {}) {
+export async function openPage(browser, url, contextOptions = {}, { rawMicrophone = false, tapPlaintext = false } = {}) {
   const context = await browser.newContext({ acceptDownloads: true, ...contextOptions });
   const page = await context.newPage();
+  if (tapPlaintext) await context.route('**/worker.js', tapWorker);
+  if (rawMicrophone) {
+    // Test only: the page's own getUserMedia call, with Chromium's capture processing (echo
+    // cancellation, noise suppression, gain control) off, so the waveform the peer records
+    // can be compared with the fake microphone's file sample by sample.
+    await page.addInitScript(() => {
+      const md = navigator.mediaDevices;
+      const gum = md.getUserMedia.bind(md);
+      md.getUserMedia = (c) => gum({
+        ...c,
+        audio: { ...(typeof c.audio === 'object' ? c.audio : {}), echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+    });
+  }
   const requests = [];
   const errors = [];
   page.on('request', (r) => requests.push(r.url()));
@@ -122,6 +159,58 @@ export async function openPage(browser, url, contextOptions = {}) {
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(url);
   return { page, context, requests, errors };
+}
+
+// Test only, never in the product: a prologue for the page's media worker that keeps a copy of
+// every Opus frame the encoder hands to the send transform, before the worker seals it, in
+// `self.__aparteTestPlaintext` (read with `plaintextFrames`). It takes the worker's
+// `onrtctransform` handler and gives it the same transformer with the send side's readable
+// piped through the tap; the worker's own code runs unchanged after it.
+const TAP_PROLOGUE = `(() => {
+  const frames = [];
+  self.__aparteTestPlaintext = frames;
+  let handler = null;
+  Object.defineProperty(self, 'onrtctransform', { configurable: true, get: () => handler, set: (fn) => { handler = fn; } });
+  self.addEventListener('rtctransform', (event) => {
+    const t = event.transformer;
+    let readable = t.readable;
+    if (t.options.side === 'send') {
+      readable = readable.pipeThrough(new TransformStream({
+        transform(frame, controller) {
+          if (frames.length < 10000) frames.push(new Uint8Array(frame.data).slice());
+          controller.enqueue(frame);
+        },
+      }));
+    }
+    handler({ transformer: { readable, writable: t.writable, options: t.options } });
+  });
+})();
+`;
+
+async function tapWorker(route) {
+  const response = await route.fetch();
+  await route.fulfill({ response, body: TAP_PROLOGUE + (await response.text()) });
+}
+
+/** The plaintext Opus frames the tapped worker saw (`tapPlaintext`), in hex. */
+export async function plaintextFrames(page) {
+  const workers = page.workers();
+  assert.equal(workers.length, 1, 'one media worker');
+  const frames = await workers[0].evaluate(() => (self.__aparteTestPlaintext ?? null)
+    ?.map((f) => Array.from(f, (b) => b.toString(16).padStart(2, '0')).join('')));
+  assert.ok(frames, 'the worker was not tapped');
+  return frames;
+}
+
+/**
+ * Scans `capture` for the `frames` (hex) with the CLI tests' PlaintextScanner (the
+ * `plaintext_scan` example): `{ frames, scannable, found }`.
+ */
+export function scanForPlaintext(frames, framesFile, capture) {
+  writeFileSync(framesFile, `${frames.join('\n')}\n`);
+  const out = spawnSync(example('plaintext_scan', 'aparte-e2e-tests'), [framesFile, capture], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `plaintext_scan failed: ${out.stderr}`);
+  return JSON.parse(out.stdout);
 }
 
 /** Joins the room shown in the form; `relayOnly` ticks the box. */
