@@ -107,9 +107,9 @@ export function speak(text, file) {
 
 /**
  * Launches headless Chromium with a fake microphone playing `wav` (looped); with `netns`, inside
- * that network namespace (through a wrapper script written to `dir`).
+ * that network namespace (through a wrapper script written to `dir`); `args`: more switches.
  */
-export async function launchChromium(wav, { netns = null, dir = null } = {}) {
+export async function launchChromium(wav, { netns = null, dir = null, args = [] } = {}) {
   const { chromium } = await import('playwright-core');
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium; scripts/install-deps)`);
   let executablePath = CHROMIUM;
@@ -127,6 +127,7 @@ export async function launchChromium(wav, { netns = null, dir = null } = {}) {
       '--use-fake-device-for-media-stream',
       ...(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []),
       '--autoplay-policy=no-user-gesture-required',
+      ...args,
     ],
   });
 }
