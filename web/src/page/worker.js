@@ -21,6 +21,8 @@ const state = {
     // Opus payload size → count (bounded), to check that the browser sends CBR Opus. Sizes
     // are no secret: each is visible on the wire as the sealed size minus 17-19 bytes.
     payloadSizes: {},
+    // The sizes of the first 100 Opus payloads sent, in order (when a size differs, where).
+    firstPayloadSizes: [],
     // Gap between the e2ee indices of consecutive incoming frames → count (bounded): 1 for
     // 20 ms packets, 2 and 3 for the CLI's 40 and 60 ms packets (its counter advances by the
     // packet's 20 ms frames, DECISIONS D12). Counters are in the clear on the wire anyway.
@@ -67,6 +69,7 @@ function seal(frame, controller) {
   s.sent += 1;
   s.sentBytes += sealed.length;
   s.overheadBytes += sealed.length - payload.length;
+  if (s.firstPayloadSizes.length < 100) s.firstPayloadSizes.push(payload.length);
   if (s.payloadSizes[payload.length] !== undefined || Object.keys(s.payloadSizes).length < 64) {
     s.payloadSizes[payload.length] = (s.payloadSizes[payload.length] ?? 0) + 1;
   }
