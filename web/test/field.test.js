@@ -7,7 +7,7 @@
 // (`--ignore-certificate-errors-spki-list`), as a person would add the CA. Both show the same
 // SAS; each decrypts at least 95 % of the other's frames; nothing rejected; the CLI's recording
 // holds the browser's speech. Needs root.
-import { test, after, before } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -16,45 +16,57 @@ import os from 'node:os';
 import path from 'node:path';
 import { WAIT_MS, binary, example, heardNcc, inNetns, launchChromium, openPage, speak } from './harness.js';
 
-const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-field-'));
-const p = (name) => path.join(dir, name);
-let field;
-let holder;
-let browser;
-
-before(async () => {
-  holder = spawn(example('field_vps', 'aparte-e2e-tests'), [dir], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: holder.stdout });
-  field = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('field_vps did not start')), 60000);
-    lines.once('line', (line) => {
-      clearTimeout(timer);
-      resolve(JSON.parse(line));
-    });
-    holder.on('exit', (code) => reject(new Error(`field_vps exited with ${code}`)));
-  });
-  // The server certificate's SPKI hash (what --ignore-certificate-errors-spki-list takes).
-  const spki = spawnSync('sh', ['-c',
-    'openssl x509 -in cert.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64'],
-  { cwd: dir, encoding: 'utf8' });
-  assert.equal(spki.status, 0, spki.stderr);
-  speak('Hello from the browser at home. Can you hear me through two routers?', p('browser.wav'));
-  speak('Hi, the command line here, in the other home.', p('cli.wav'));
-  browser = await launchChromium(p('browser.wav'), {
-    netns: field.home_a, dir, args: [`--ignore-certificate-errors-spki-list=${spki.stdout.trim()}`],
-  });
-});
-after(async () => {
-  await browser?.close();
-  if (holder) {
-    const exited = new Promise((resolve) => (holder.exitCode !== null ? resolve() : holder.on('exit', resolve)));
+/** The deployment (`field_vps`, with `nat`) and Chromium in home A; `stop()` tears both down. */
+async function startField(dir, nat) {
+  const p = (name) => path.join(dir, name);
+  const holder = spawn(example('field_vps', 'aparte-e2e-tests'), [dir, ...(nat === 'symmetric' ? ['symmetric'] : [])],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve) => holder.on('exit', resolve));
+  const stop = async (browser) => {
+    await browser?.close();
     holder.stdin.end();
     await exited;
+  };
+  try {
+    const lines = createInterface({ input: holder.stdout });
+    const field = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('field_vps did not start')), 60000);
+      lines.once('line', (line) => {
+        clearTimeout(timer);
+        resolve(JSON.parse(line));
+      });
+      exited.then((code) => reject(new Error(`field_vps exited with ${code}`)));
+    });
+    // The server certificate's SPKI hash (what --ignore-certificate-errors-spki-list takes).
+    const spki = spawnSync('sh', ['-c',
+      'openssl x509 -in cert.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64'],
+    { cwd: dir, encoding: 'utf8' });
+    assert.equal(spki.status, 0, spki.stderr);
+    speak('Hello from the browser at home. Can you hear me through two routers?', p('browser.wav'));
+    speak('Hi, the command line here, in the other home.', p('cli.wav'));
+    const browser = await launchChromium(p('browser.wav'), {
+      netns: field.home_a, dir, args: [`--ignore-certificate-errors-spki-list=${spki.stdout.trim()}`],
+    });
+    return { field, browser, stop: () => stop(browser) };
+  } catch (e) {
+    await stop(null);
+    throw e;
   }
-  if (process.env.APARTE_KEEP_TEST_FILES !== '1') rmSync(dir, { recursive: true, force: true });
-});
+}
 
-test('two homes behind NAT and a VPS with TLS: Chromium in one home, the CLI in the other', { timeout: 180000 }, async () => {
+async function fieldCall(nat) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), `aparte-field-${nat}-`));
+  const p = (name) => path.join(dir, name);
+  const { field, browser, stop } = await startField(dir, nat);
+  try {
+    await callFromHomes({ field, browser, dir, p, nat });
+  } finally {
+    await stop();
+    if (process.env.APARTE_KEEP_TEST_FILES !== '1') rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function callFromHomes({ field, browser, dir, p, nat }) {
   const { page, context, requests } = await openPage(browser, `https://${field.vps_ip}/r/${field.room}`);
   await page.fill('#token', field.tokens[0]);
   await page.click('#join-btn');
@@ -83,6 +95,7 @@ test('two homes behind NAT and a VPS with TLS: Chromium in one home, the CLI in 
   assert.ok(requests.every((u) => u.startsWith(`https://${field.vps_ip}/`)), `requests elsewhere: ${requests}`);
   const ncc = heardNcc(p('browser.wav'), p('heard.wav'));
   console.log(JSON.stringify({
+    nat,
     setup_ms_page: pub.setupMs,
     cli_setup_ms: report.setup_ms,
     relayed: report.relayed,
@@ -99,5 +112,14 @@ test('two homes behind NAT and a VPS with TLS: Chromium in one home, the CLI in 
   }));
   // The page's default capture processing is on here: the bar of the CLI-offers loopback call.
   assert.ok(ncc.median >= 0.5 && ncc.mean >= 0.4, `NCC per segment ${ncc.nccs}`);
+  if (nat === 'symmetric') assert.equal(report.relayed, true, 'symmetric NAT needs the relay');
   await context.close();
+}
+
+test('two homes behind NAT (masquerade) and a VPS with TLS: Chromium in one home, the CLI in the other', { timeout: 180000 }, async () => {
+  await fieldCall('masquerade');
+});
+
+test('two homes behind symmetric NAT and a VPS with TLS: Chromium in one home, the CLI in the other, through the relay', { timeout: 180000 }, async () => {
+  await fieldCall('symmetric');
 });
