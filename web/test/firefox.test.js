@@ -57,22 +57,37 @@ function dominantHz(samples, rate) {
   return best.hz;
 }
 
-test('Firefox ↔ CLI through the TURN relay: same SAS, frames both ways, the tone arrives', { timeout: 120000 }, async () => {
+async function firefoxCall({ pageOffers }) {
   const room = newRoom();
+  const tag = pageOffers ? 'page-offers' : 'cli-offers';
   const page = await browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(`${server.url}/r/${room}`);
-  // The page waits; the CLI finds it and offers.
-  await page.click('#relay-only');
-  await page.click('#join-btn');
-  await page.waitForFunction(() => window.aparte.signaling === 'joined', { timeout: WAIT_MS });
-  const cli = spawn(binary('aparte'), [
+  const runCli = () => spawn(binary('aparte'), [
     'call', '--server', server.wsUrl, `--room=${room}`, '--loopback-only', '--tofu', '--relay-only',
-    '--input', 'tone', '--duration', '6', '--output', p('heard.wav'), '--stats-json', p('cli.json'),
-  ], { env: { ...process.env, APARTE_HOME: p('home') }, stdio: ['ignore', 'ignore', 'pipe'] });
+    '--input', 'tone', '--duration', '6', '--output', p(`${tag}-heard.wav`), '--stats-json', p(`${tag}.json`),
+  ], { env: { ...process.env, APARTE_HOME: p(`${tag}-home`) }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let cli;
   let log = '';
-  cli.stderr.on('data', (d) => (log += d));
+  const joinPage = async () => {
+    await page.click('#relay-only');
+    await page.click('#join-btn');
+  };
+  if (pageOffers) {
+    // The CLI waits in the room; the page finds it and offers.
+    cli = runCli();
+    cli.stderr.on('data', (d) => (log += d));
+    const deadline = Date.now() + WAIT_MS;
+    while (!/waiting/i.test(log) && Date.now() < deadline) await new Promise((resolve) => cli.stderr.once('data', resolve));
+    await joinPage();
+  } else {
+    // The page waits; the CLI finds it and offers.
+    await joinPage();
+    await page.waitForFunction(() => window.aparte.signaling === 'joined', { timeout: WAIT_MS });
+    cli = runCli();
+    cli.stderr.on('data', (d) => (log += d));
+  }
   const code = await new Promise((resolve) => cli.on('exit', resolve));
   assert.equal(code, 0, `aparte call failed:\n${log}\npage errors: ${errors}`);
   await page.waitForFunction(() => window.aparte.ended !== null, { timeout: WAIT_MS });
@@ -82,7 +97,7 @@ test('Firefox ↔ CLI through the TURN relay: same SAS, frames both ways, the to
   assert.ok(sasLine, `the CLI showed no SAS:\n${log}`);
   assert.equal(sasLine[2], digits, 'the same SAS on both sides');
   assert.equal(pub.ended, 'the peer hung up');
-  const report = JSON.parse(readFileSync(p('cli.json'), 'utf8'));
+  const report = JSON.parse(readFileSync(p(`${tag}.json`), 'utf8'));
   assert.equal(report.relayed, true, 'relayed through TURN');
   const rejected = (r) => Object.values(r).reduce((a, b) => a + b, 0);
   assert.equal(rejected(report.frames_rejected), 0, 'the CLI rejected none of the Firefox frames');
@@ -90,12 +105,13 @@ test('Firefox ↔ CLI through the TURN relay: same SAS, frames both ways, the to
   assert.ok(report.frames_decrypted >= 0.95 * pub.media.sent, `CLI decrypted ${report.frames_decrypted} of ${pub.media.sent}`);
   assert.ok(pub.media.decrypted >= 0.95 * report.frames_protected, `page decrypted ${pub.media.decrypted} of ${report.frames_protected}`);
   // What the CLI heard is Firefox's tone.
-  const heard = readWav(p('heard.wav'));
+  const heard = readWav(p(`${tag}-heard.wav`));
   const middle = heard.samples.subarray(heard.rate, heard.rate * 2);
   const hz = dominantHz(middle, heard.rate);
   assert.ok(dbfs(middle) > -40, `the recording is silent (${dbfs(middle).toFixed(1)} dBFS)`);
   console.log(JSON.stringify({
     browser: await browser.version(),
+    offerer: pageOffers ? 'page' : 'cli',
     setup_ms_page: pub.setupMs,
     page_sent: pub.media.sent,
     cli_decrypted: report.frames_decrypted,
@@ -116,4 +132,12 @@ test('Firefox ↔ CLI through the TURN relay: same SAS, frames both ways, the to
   const settled = first[99];
   assert.ok(pub.media.payloadSizes[settled] >= pub.media.sent - 40, `Opus payload sizes: ${JSON.stringify(pub.media.payloadSizes)}`);
   await page.close();
+}
+
+test('Firefox ↔ CLI through the TURN relay (the CLI offers): same SAS, frames both ways, the tone arrives', { timeout: 120000 }, async () => {
+  await firefoxCall({ pageOffers: false });
+});
+
+test('Firefox ↔ CLI through the TURN relay (the page offers): same SAS, frames both ways, the tone arrives', { timeout: 120000 }, async () => {
+  await firefoxCall({ pageOffers: true });
 });
