@@ -27,7 +27,10 @@ fn main() {
     let nat = match args.get(1).map(String::as_str) {
         None => Nat::Masquerade,
         Some("symmetric") => Nat::Symmetric,
-        Some(other) => panic!("unknown NAT {other}"),
+        Some(other) => {
+            eprintln!("unknown NAT {other} (symmetric, or nothing for masquerade)");
+            std::process::exit(2);
+        }
     };
     let topo = Topology::build(nat);
     // DEPLOY.md §4 Option D, §3 and §6, §5: as tests/tests/field_deploy.rs does.
