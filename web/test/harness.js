@@ -2,7 +2,7 @@
 // headless Debian Chromium through playwright-core, speech WAVs, and WAV reading.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -23,14 +23,48 @@ export function binary(name) {
   return found;
 }
 
+/** A workspace example binary (debug build); fails with how to build it (`crate`: its package). */
+export function example(name, crate) {
+  const dirs = [
+    process.env.APARTE_BIN_DIR && path.join(process.env.APARTE_BIN_DIR, 'examples'),
+    process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/examples'),
+    path.join(root, 'target/debug/examples'),
+  ].filter(Boolean);
+  const found = dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
+  assert.ok(found, `the example ${name} is not built (looked in ${dirs.join(', ')}): run cargo build -p ${crate} --example ${name}`);
+  return found;
+}
+
+/**
+ * Per-segment NCC of the recording `heard` against the looping source `said` (the CLI tests'
+ * `segment_nccs`, through the `heard_ncc` example of the tests crate): `{ lag, global_ncc,
+ * nccs, mean, median }`.
+ */
+export function heardNcc(said, heard) {
+  const out = spawnSync(example('heard_ncc', 'aparte-e2e-tests'), [said, heard], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `heard_ncc failed: ${out.stderr}`);
+  return JSON.parse(out.stdout);
+}
+
 /** The Chromium to drive. */
 export const CHROMIUM = process.env.APARTE_CHROMIUM ?? '/usr/bin/chromium';
 
-/** Starts `aparte-signaling` on loopback with `args`; resolves `{ url, wsUrl, addr, stop }`. */
-export async function startServer(args = []) {
-  const child = spawn(binary('aparte-signaling'), [
-    '--listen', '127.0.0.1:0', '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
-  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * `[program, args]` that run `bin args` inside network namespace `netns` (`ip netns exec`,
+ * which execs it: the pid is the program's), or as is without one.
+ */
+export function inNetns(netns, bin, args) {
+  return netns ? ['ip', ['netns', 'exec', netns, bin, ...args]] : [bin, args];
+}
+
+/**
+ * Starts `aparte-signaling` on loopback (or `listen`, in `netns`) with `args`; resolves
+ * `{ url, wsUrl, addr, turnPort, stop }`.
+ */
+export async function startServer(args = [], { netns = null, listen = '127.0.0.1:0' } = {}) {
+  const child = spawn(...inNetns(netns, binary('aparte-signaling'), [
+    '--listen', listen, '--metrics-listen', 'off', '--log', 'warn,turn=off', ...args,
+  ]), { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout });
   let turnPort = null;
   const addr = await new Promise((resolve, reject) => {
@@ -71,12 +105,21 @@ export function speak(text, file) {
   assert.equal(out.status, 0, 'espeak-ng is required (scripts/install-deps installs it)');
 }
 
-/** Launches headless Chromium with a fake microphone playing `wav` (looped). */
-export async function launchChromium(wav) {
+/**
+ * Launches headless Chromium with a fake microphone playing `wav` (looped); with `netns`, inside
+ * that network namespace (through a wrapper script written to `dir`); `args`: more switches.
+ */
+export async function launchChromium(wav, { netns = null, dir = null, args = [] } = {}) {
   const { chromium } = await import('playwright-core');
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium; scripts/install-deps)`);
+  let executablePath = CHROMIUM;
+  if (netns) {
+    executablePath = path.join(dir, 'chromium-in-netns');
+    writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec '${netns}' '${CHROMIUM}' "$@"\n`);
+    chmodSync(executablePath, 0o755);
+  }
   return chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
     headless: true,
     args: [
       '--no-sandbox',
@@ -84,17 +127,32 @@ export async function launchChromium(wav) {
       '--use-fake-device-for-media-stream',
       ...(wav ? [`--use-file-for-fake-audio-capture=${wav}`] : []),
       '--autoplay-policy=no-user-gesture-required',
+      ...args,
     ],
   });
 }
 
 /**
  * Opens the page in a new browser context (its own IndexedDB), records every request and
- * console error, and returns `{ page, requests, errors }`.
+ * console error, and returns `{ page, context, requests, errors }`. `rawMicrophone`: see below.
  */
-export async function openPage(browser, url, contextOptions = {}) {
+export async function openPage(browser, url, contextOptions = {}, { rawMicrophone = false, tapPlaintext = false } = {}) {
   const context = await browser.newContext({ acceptDownloads: true, ...contextOptions });
   const page = await context.newPage();
+  if (tapPlaintext) await context.route('**/worker.js', tapWorker);
+  if (rawMicrophone) {
+    // Test only: the page's own getUserMedia call, with Chromium's capture processing (echo
+    // cancellation, noise suppression, gain control) off, so the waveform the peer records
+    // can be compared with the fake microphone's file sample by sample.
+    await page.addInitScript(() => {
+      const md = navigator.mediaDevices;
+      const gum = md.getUserMedia.bind(md);
+      md.getUserMedia = (c) => gum({
+        ...c,
+        audio: { ...(typeof c.audio === 'object' ? c.audio : {}), echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+    });
+  }
   const requests = [];
   const errors = [];
   page.on('request', (r) => requests.push(r.url()));
@@ -102,6 +160,58 @@ export async function openPage(browser, url, contextOptions = {}) {
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(url);
   return { page, context, requests, errors };
+}
+
+// Test only, never in the product: a prologue for the page's media worker that keeps a copy of
+// every Opus frame the encoder hands to the send transform, before the worker seals it, in
+// `self.__aparteTestPlaintext` (read with `plaintextFrames`). It takes the worker's
+// `onrtctransform` handler and gives it the same transformer with the send side's readable
+// piped through the tap; the worker's own code runs unchanged after it.
+const TAP_PROLOGUE = `(() => {
+  const frames = [];
+  self.__aparteTestPlaintext = frames;
+  let handler = null;
+  Object.defineProperty(self, 'onrtctransform', { configurable: true, get: () => handler, set: (fn) => { handler = fn; } });
+  self.addEventListener('rtctransform', (event) => {
+    const t = event.transformer;
+    let readable = t.readable;
+    if (t.options.side === 'send') {
+      readable = readable.pipeThrough(new TransformStream({
+        transform(frame, controller) {
+          if (frames.length < 10000) frames.push(new Uint8Array(frame.data).slice());
+          controller.enqueue(frame);
+        },
+      }));
+    }
+    handler({ transformer: { readable, writable: t.writable, options: t.options } });
+  });
+})();
+`;
+
+async function tapWorker(route) {
+  const response = await route.fetch();
+  await route.fulfill({ response, body: TAP_PROLOGUE + (await response.text()) });
+}
+
+/** The plaintext Opus frames the tapped worker saw (`tapPlaintext`), in hex. */
+export async function plaintextFrames(page) {
+  const workers = page.workers();
+  assert.equal(workers.length, 1, 'one media worker');
+  const frames = await workers[0].evaluate(() => (self.__aparteTestPlaintext ?? null)
+    ?.map((f) => Array.from(f, (b) => b.toString(16).padStart(2, '0')).join('')));
+  assert.ok(frames, 'the worker was not tapped');
+  return frames;
+}
+
+/**
+ * Scans `capture` for the `frames` (hex) with the CLI tests' PlaintextScanner (the
+ * `plaintext_scan` example): `{ frames, scannable, found }`.
+ */
+export function scanForPlaintext(frames, framesFile, capture) {
+  writeFileSync(framesFile, `${frames.join('\n')}\n`);
+  const out = spawnSync(example('plaintext_scan', 'aparte-e2e-tests'), [framesFile, capture], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `plaintext_scan failed: ${out.stderr}`);
+  return JSON.parse(out.stdout);
 }
 
 /** Joins the room shown in the form; `relayOnly` ticks the box. */
@@ -197,4 +307,43 @@ export function relayedOpusSizes(pcap, turnPort) {
     packets.sort((a, b) => ((a.seq - first + 65536) % 65536) - ((b.seq - first + 65536) % 65536));
   }
   return streams;
+}
+
+/** Runs `ip ARGS` (or another program in a namespace); fails loudly. */
+export function sh(program, args) {
+  const out = spawnSync(program, args, { encoding: 'utf8' });
+  assert.equal(out.status, 0, `${program} ${args.join(' ')}: ${out.stderr}`);
+  return out.stdout;
+}
+
+/**
+ * Two hosts on one link: network namespaces `a` and `b` (names unique to this process), joined
+ * by a veth pair (`a` has 10.249.0.1/24, `b` 10.249.0.2/24, each device named `eth0`), each with
+ * loopback up. `remove()` deletes both. Needs root.
+ */
+export function twoHosts(tag) {
+  const a = `aparte-web-${tag}-${process.pid}-a`;
+  const b = `aparte-web-${tag}-${process.pid}-b`;
+  const remove = () => {
+    for (const ns of [a, b]) spawnSync('ip', ['netns', 'del', ns]);
+  };
+  remove();
+  try {
+    sh('ip', ['netns', 'add', a]);
+    sh('ip', ['netns', 'add', b]);
+    const va = `vwa${process.pid % 100000}`, vb = `vwb${process.pid % 100000}`;
+    sh('ip', ['link', 'add', va, 'type', 'veth', 'peer', 'name', vb]);
+    sh('ip', ['link', 'set', va, 'netns', a]);
+    sh('ip', ['link', 'set', vb, 'netns', b]);
+    for (const [ns, dev, addr] of [[a, va, '10.249.0.1/24'], [b, vb, '10.249.0.2/24']]) {
+      sh('ip', ['-n', ns, 'link', 'set', dev, 'name', 'eth0']);
+      sh('ip', ['-n', ns, 'addr', 'add', addr, 'dev', 'eth0']);
+      sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+      sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+  } catch (e) {
+    remove();
+    throw e;
+  }
+  return { a, b, aAddr: '10.249.0.1', bAddr: '10.249.0.2', remove };
 }

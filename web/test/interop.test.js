@@ -188,3 +188,73 @@ test('across a rekey: 16,400 media frames each way, epoch 0 then 1, by the proto
     await rust.close();
   }
 });
+
+// The CLI's 40 and 60 ms packets (its low bitrate steps, DECISIONS D12): the Rust sender
+// advances the counter by the packet's 20 ms frames (`FrameSender::protect_span`), so the
+// counters the page receives have gaps of 2 and 3, and near the end of an epoch the sender
+// leaves the last counters unused and rekeys early. The JS receiver must take all of that
+// (its replay window counts counters, not packets), keep rejecting replays, and give the
+// index the sender meant: the 20 ms clock.
+test('the CLI\'s long packets: spans of 1, 2 and 3 frames across a rekey, reordered within the window, replays rejected', async () => {
+  const room = utf8('interop-spans-0123456789abcdef');
+  const fpJs = utf8('sha-256 AA:BB'), fpRust = utf8('sha-256 CC:DD');
+  const params = callParams(room, fpJs, fpRust);
+  const rust = startRust(['responder', toHex(room), toHex(fpRust), toHex(fpJs)]);
+  try {
+    await rust.first;
+    const { handshake, commit } = Handshake.initiator(params);
+    const reveal = handshake.receive(fromHex(field(await rust.ask(`hs ${toHex(commit)}`), 'hs')));
+    handshake.receive(fromHex(field(await rust.ask(`hs ${toHex(reveal)}`), 'hs')));
+    const js = channels(handshake.finish());
+    // The ladder's packet times in turn: 20 ms, then 40, then 60, then back (each a run of
+    // packets), enough packets to cross the first epoch (16,384 counters).
+    const spans = [];
+    for (let total = 0; total < 16384 + 600;) {
+      for (const span of [1, 2, 3, 3, 2, 1]) {
+        for (let k = 0; k < 50; k++) {
+          spans.push(span);
+          total += span;
+        }
+      }
+    }
+    const payload = (i) => Uint8Array.of(i & 255, (i >> 8) & 255, i >> 16, 0x60);
+    const frames = (await Promise.all(spans.map((span, i) => rust.ask(`span ${span} ${toHex(payload(i))}`))))
+      .map((a) => fromHex(field(a, 'frame')));
+    // Where each packet starts, on the 20 ms clock, as the Rust sender places it: a span that
+    // would cross the epoch's end starts the next epoch instead.
+    const expected = [];
+    let epoch = 0, counter = 0;
+    for (const span of spans) {
+      if (counter > 0 && counter + span > 16384) {
+        epoch += 1;
+        counter = 0;
+      }
+      expected.push({ epoch, counter, index: epoch * 16384 + counter });
+      counter += span;
+    }
+    assert.ok(expected.at(-1).epoch === 1, 'the run crosses the first rekey');
+    assert.ok(expected.some((e, i) => i > 0 && e.epoch === 1 && expected[i - 1].counter + spans[i - 1] < 16384),
+      'the sender left counters of epoch 0 unused');
+    // Delivered with neighbours swapped (jitter), each once.
+    const order = frames.map((_, i) => i);
+    for (let i = 0; i + 1 < order.length; i += 7) [order[i], order[i + 1]] = [order[i + 1], order[i]];
+    for (const i of order) {
+      const out = js.mediaReceiver.open(frames[i], i);
+      assert.equal(toHex(out.payload), toHex(payload(i)), `packet ${i}`);
+      assert.deepEqual({ epoch: out.epoch, counter: out.counter, index: out.index }, expected[i], `packet ${i} (span ${spans[i]})`);
+    }
+    assert.equal(js.mediaReceiver.accepted, frames.length);
+    assert.equal(js.mediaReceiver.rekeys, 1);
+    // Replays are still refused, whatever the gaps between counters.
+    const last = frames.length - 1;
+    assert.throws(() => js.mediaReceiver.open(frames[last], 0), { reason: 'replayed' });
+    assert.throws(() => js.mediaReceiver.open(frames[last - 40], 0), { reason: 'replayed' });
+    // A 60 ms packet from more than 512 counters back (171 such packets) is too old.
+    const late = fromHex(field(await rust.ask(`span 3 ${toHex(payload(0))}`), 'frame'));
+    for (let i = 0; i < 171; i++) js.mediaReceiver.open(fromHex(field(await rust.ask(`span 3 ${toHex(payload(i))}`), 'frame')), 0);
+    assert.throws(() => js.mediaReceiver.open(late, 0), { reason: 'too_old' });
+    assert.equal(js.mediaReceiver.rejected.forged, 0);
+  } finally {
+    await rust.close();
+  }
+});

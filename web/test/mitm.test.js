@@ -9,7 +9,11 @@ import http from 'node:http';
 import crypto from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { WAIT_MS, launchChromium, openPage, join } from './harness.js';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { WAIT_MS, binary, launchChromium, newRoom, openPage, join } from './harness.js';
 import { Handshake, callParams } from '../src/protocol/handshake.js';
 import { fromHex, toHex, utf8 } from '../src/protocol/bytes.js';
 import { dtlsFingerprint } from '../src/page/sdp.js';
@@ -45,6 +49,8 @@ function readFrames(socket, onText) {
       const opcode = buf[0] & 15;
       buf = buf.subarray(at + 4 + len);
       if (opcode === 8) return socket.end();
+      // A WebSocket ping (the CLI's keepalive) gets its pong.
+      if (opcode === 9 && len < 126) socket.write(Buffer.concat([Buffer.from([0x8a, len]), payload]));
       if (opcode === 1) onText(JSON.parse(payload.toString()));
     }
   });
@@ -58,15 +64,17 @@ function hostileServer() {
     for (const p of peers) if (p !== from) sendText(p.socket, { type: 'relay', from: from.id, payload });
   };
   const params = () => callParams(utf8(mitm.room), mitm.fpI, mitm.fpR);
+  // Messages Mallory writes herself claim to come from the other peer, as relayed ones do.
+  const other = (me) => peers.find((p) => p !== me)?.id ?? 0;
   const onHandshake = (from, bytes) => {
     if (from.role === 'initiator') {
       // We are the responder the initiator thinks it talks to.
       mitm.toInitiator ??= Handshake.responder(params());
       const reply = mitm.toInitiator.receive(bytes);
-      if (reply) sendText(from.socket, { type: 'relay', from: 0, payload: { kind: 'handshake', data: toHex(reply) } });
+      if (reply) sendText(from.socket, { type: 'relay', from: other(from), payload: { kind: 'handshake', data: toHex(reply) } });
     } else {
       const reply = mitm.toResponder.receive(bytes);
-      if (reply) sendText(from.socket, { type: 'relay', from: 0, payload: { kind: 'handshake', data: toHex(reply) } });
+      if (reply) sendText(from.socket, { type: 'relay', from: other(from), payload: { kind: 'handshake', data: toHex(reply) } });
     }
   };
   const server = http.createServer((req, res) => {
@@ -85,6 +93,7 @@ function hostileServer() {
     socket.on('error', () => {});
     readFrames(socket, (msg) => {
       if (msg.type === 'hello') sendText(socket, { type: 'welcome', version: 1, server: 'hostile', max_message_bytes: 65536, ping_interval_ms: 2000 });
+      if (msg.type === 'ping') sendText(socket, { type: 'pong' });
       if (msg.type === 'join') {
         mitm.room = msg.room;
         me.role = peers.length ? 'initiator' : 'responder';
@@ -101,7 +110,7 @@ function hostileServer() {
         // The responder is ready: we open our own handshake with it, as its initiator.
         const started = Handshake.initiator(params());
         mitm.toResponder = started.handshake;
-        sendText(me.socket, { type: 'relay', from: 0, payload: { kind: 'handshake', data: toHex(started.commit) } });
+        sendText(me.socket, { type: 'relay', from: other(me), payload: { kind: 'handshake', data: toHex(started.commit) } });
         return;
       }
       if (payload.kind === 'handshake') return onHandshake(me, fromHex(payload.data));
@@ -149,4 +158,54 @@ test('a signaling MITM running its own handshake: different SAS, every frame rej
   await a.page.waitForFunction(() => window.aparte.security === 'security failure', null, { timeout: WAIT_MS });
   await a.context.close();
   await b.context.close();
+});
+
+// The same attack between the page and the CLI (what tests/tests/call_mitm.rs does to two
+// CLIs): the hostile server relays SDP and candidates untouched and runs its own handshake
+// with each. Both show a SAS, different ones; the CLI rejects every browser frame as forged and
+// ends the call as tampering (exit 3, 0 decrypted); the page rejects every CLI frame as forged
+// and plays nothing. Direct over loopback: Chromium is let use loopback candidates, in the clear
+// (no mDNS names, which webrtc-rs cannot resolve).
+test('a signaling MITM between the page and the CLI: different SAS, every frame rejected on both sides, nothing played, the CLI ends it as tampering', { timeout: 120000 }, async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'aparte-mitm-'));
+  const mallory = await hostileServer();
+  const loopbackBrowser = await launchChromium(null, {
+    args: ['--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns'],
+  });
+  try {
+    const room = newRoom();
+    const { page, context } = await openPage(loopbackBrowser, `${mallory.url}/r/${room}`);
+    await join(page);
+    await page.waitForFunction(() => window.aparte.signaling === 'joined', null, { timeout: WAIT_MS });
+    const stats = path.join(dir, 'cli.json');
+    const cli = spawn(binary('aparte'), [
+      'call', '--server', `${mallory.url.replace('http:', 'ws:')}/ws`, `--room=${room}`, '--loopback-only', '--no-identity',
+      '--input', 'tone', '--duration', '10', '--stats-json', stats,
+    ], { env: { ...process.env, APARTE_HOME: path.join(dir, 'home') }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    cli.stderr.on('data', (d) => (log += d));
+    const code = await new Promise((resolve) => cli.on('exit', resolve));
+    await page.waitForFunction(() => window.aparte.security === 'encrypted, not verified', null, { timeout: WAIT_MS });
+    assert.ok(mallory.mitm.toInitiator?.complete && mallory.mitm.toResponder?.complete, `the MITM completed both handshakes (CLI exit ${code}):\n${log}`);
+    const cliSas = /SAS: "([a-z ]+)"\s+\((\d{4} \d{4})\)/.exec(log);
+    assert.ok(cliSas, `the CLI showed no SAS:\n${log}`);
+    assert.notEqual(cliSas[2], await page.textContent('#sas-digits'), 'the SAS differs: the people comparing it find the MITM');
+    assert.equal(code, 3, `the CLI ends the call as a security failure:\n${log}`);
+    const report = JSON.parse(readFileSync(stats, 'utf8'));
+    assert.equal(report.outcome, 'security');
+    assert.match(report.ended_by, /tampering/);
+    assert.equal(report.frames_decrypted, 0, 'the CLI opened no browser frame');
+    assert.ok(report.frames_rejected.forged > 0, `the CLI rejected the browser's frames as forged: ${JSON.stringify(report.frames_rejected)}`);
+    await page.waitForFunction(() => window.aparte.media && window.aparte.media.rejected.forged >= 50, null, { timeout: WAIT_MS });
+    const m = await page.evaluate(() => window.aparte.media);
+    assert.equal(m.decrypted, 0, 'the page opened no CLI frame');
+    assert.equal(await page.evaluate(() => document.getElementById('remote-audio').muted), true, 'nothing played');
+    console.log(JSON.stringify({ cli_rejected: report.frames_rejected, page_rejected: m.rejected, page_sent: m.sent }));
+    await context.close();
+  } finally {
+    await loopbackBrowser.close();
+    mallory.server.closeAllConnections();
+    mallory.server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -6,7 +6,9 @@
 //! Usage: `interop initiator|responder ROOM_HEX LOCAL_FP_HEX REMOTE_FP_HEX [IDENTITY_HEX]`.
 //!
 //! Input lines: `hs HEX` (a handshake message from the peer), `seal media|data HEX` (protect a
-//! payload), `open media|data HEX` (verify and decrypt a frame), `quit`.
+//! payload), `span N HEX` (protect a media payload as a packet of N 20 ms frames, as the CLI
+//! does at its 40 and 60 ms packet times: `FrameSender::protect_span`), `open media|data HEX`
+//! (verify and decrypt a frame), `quit`.
 //! Output lines: `hs HEX` (send to the peer), `done SAS_VALUE PEER_IDENTITY_HEX|-` (keys
 //! confirmed), `frame HEX`, `plain HEX`, `reject REASON`, `error WHAT`; a line `.` ends the
 //! answer to each input line (and the start-up output).
@@ -54,6 +56,14 @@ fn main() {
         let mut words = line.split(' ');
         let reply = match (words.next(), words.next(), words.next()) {
             (Some("quit"), ..) => break,
+            (Some("span"), Some(span), Some(data)) => match (channels.as_mut(), span.parse()) {
+                (None, _) => "error no keys yet".to_owned(),
+                (_, Err(_)) => "error bad span".to_owned(),
+                (Some(c), Ok(span)) => frame(
+                    c.media_sender
+                        .protect_span(&hex::decode(data).unwrap_or_default(), span),
+                ),
+            },
             (Some("hs"), Some(data), None) => on_handshake(
                 &mut handshake,
                 &mut channels,

@@ -33,6 +33,11 @@ const pub = {
   candidates: { local: [], remote: [] },
   setupMs: null,
   ended: null,
+  iceRestarts: 0,
+  rebuilds: 0,
+  // The browser's own receive statistics of the peer's audio (RTCInboundRtpStreamStats:
+  // packets, decoded and concealed samples, energy), refreshed with the worker's counts.
+  inbound: null,
 };
 window.aparte = pub;
 
@@ -100,7 +105,7 @@ function onServerMessage(msg) {
       else status('Waiting for the other person to join…');
       break;
     case 'peer_joined':
-      if (!call.pc) startPeer('responder');
+      if (!call.role) startPeer('responder');
       break;
     case 'peer_left':
       if (msg.reason === 'left' || !call.setUp) end('the peer left');
@@ -128,20 +133,22 @@ function onServerMessage(msg) {
 
 // ---- WebRTC -------------------------------------------------------------------------------
 
-async function startPeer(role) {
+function startPeer(role) {
   call.role = role;
+  // Peer messages wait for the peer connection (the certificate takes a moment).
+  call.ready = setUpPeer(role).catch((e) => end(`could not set up the call: ${e.message}`));
+}
+
+async function setUpPeer(role) {
   status('Setting up the call…');
   pub.role = role === 'initiator' ? 'offerer' : 'answerer';
   call.bothJoinedAt = performance.now();
   call.setupTimer = setTimeout(() => {
     if (!call.setUp) end('no connection within 30 s (no path between the peers, or the key exchange is stuck)');
   }, SETUP_TIMEOUT_MS);
-  const pc = new RTCPeerConnection({
-    iceServers: call.iceServers,
-    iceTransportPolicy: call.relayOnly ? 'relay' : 'all',
-    bundlePolicy: 'max-bundle',
-  });
-  call.pc = pc;
+  // One certificate for the whole call: a rebuilt peer connection keeps the DTLS fingerprint
+  // the e2ee handshake is bound to (as the CLI's rebuild does).
+  call.certificate = await RTCPeerConnection.generateCertificate({ name: 'ECDSA', namedCurve: 'P-256' });
   const worker = new Worker('/worker.js');
   call.worker = worker;
   worker.onmessage = (e) => {
@@ -153,9 +160,29 @@ async function startPeer(role) {
       if (pub.setupMs === null && pub.media.decrypted > 0) {
         pub.setupMs = Math.round(performance.now() - call.bothJoinedAt);
       }
+      if (call.pc) refreshInbound(call.pc);
       render();
     }
   };
+  newPeerConnection();
+  if (role === 'initiator') await sendOffer(false);
+}
+
+/**
+ * A peer connection for the call (the first one, or a rebuild's): our track through the
+ * worker's send transform, every receiver through its receive transform, the pre-negotiated
+ * data channel, and the handlers. The worker, its keys and counters, and the e2ee session carry
+ * over a rebuild unchanged.
+ */
+function newPeerConnection() {
+  const pc = new RTCPeerConnection({
+    iceServers: call.iceServers,
+    iceTransportPolicy: call.relayOnly ? 'relay' : 'all',
+    bundlePolicy: 'max-bundle',
+    certificates: [call.certificate],
+  });
+  call.pc = pc;
+  const worker = call.worker;
   const [track] = call.stream.getAudioTracks();
   const sender = pc.addTrack(track, call.stream);
   sender.transform = new RTCRtpScriptTransform(worker, { side: 'send' });
@@ -177,21 +204,111 @@ async function startPeer(role) {
   };
   dc.onmessage = (e) => onDataFrame(new Uint8Array(e.data));
   pc.onicecandidate = (e) => {
-    if (e.candidate && e.candidate.candidate) {
+    if (pc === call.pc && e.candidate && e.candidate.candidate) {
       pub.candidates.local.push(candidateType(e.candidate.candidate));
       relay({ kind: 'candidate', candidate: e.candidate.candidate });
     }
   };
   pc.onconnectionstatechange = () => {
+    if (pc !== call.pc) return;
     pub.link = pc.connectionState;
-    if (pc.connectionState === 'failed') end('the connection failed');
+    onLink(pc.connectionState);
     updateMediaGate();
     render();
   };
-  if (role === 'initiator') {
-    await pc.setLocalDescription(await pc.createOffer());
-    relay({ kind: 'offer', sdp: pc.localDescription.sdp });
+  return pc;
+}
+
+async function sendOffer(iceRestart) {
+  const pc = call.pc;
+  await pc.setLocalDescription(await pc.createOffer({ iceRestart }));
+  if (pc === call.pc) relay({ kind: 'offer', sdp: pc.localDescription.sdp });
+}
+
+// ---- link recovery (docs/CLIENT.md "Link loss and ICE restart", as the CLI does it) -------
+
+/** ICE restart, then a rebuilt peer connection if the restart has not brought the link back. */
+const REBUILD_AFTER_MS = 1500;
+/** A recovery attempt that has not brought the link back is tried again after this long. */
+const RETRY_MS = 8000;
+/** With the link down this long, the call ends. */
+const LINK_DOWN_END_MS = 40000;
+
+function onLink(state) {
+  if (state === 'connected') {
+    if (call.outage) {
+      clearTimeout(call.outage.timer);
+      clearTimeout(call.outage.giveUp);
+      status(`Link back after ${Math.round(performance.now() - call.outage.since)} ms, same keys.`);
+      call.outage = null;
+    }
+    return;
   }
+  if (!call.setUp || call.outage || !['disconnected', 'failed'].includes(state)) return;
+  // The link is lost. Only the offerer acts (both restarting at once would collide); the
+  // answerer answers the restart offer, and follows a rebuild.
+  call.outage = {
+    since: performance.now(),
+    attempt: 0,
+    timer: null,
+    giveUp: setTimeout(() => end('the connection was lost'), LINK_DOWN_END_MS),
+  };
+  status('Link lost: reconnecting…');
+  if (call.role === 'initiator') recover();
+}
+
+async function recover() {
+  const outage = call?.outage;
+  if (!outage || call.ended) return;
+  outage.attempt += 1;
+  try {
+    if (outage.attempt % 2 === 1) {
+      pub.iceRestarts += 1;
+      await sendOffer(true);
+    } else {
+      relay({ kind: 'rebuild' });
+      rebuild();
+      await sendOffer(false);
+    }
+  } catch {
+    // Tried again below.
+  }
+  outage.timer = setTimeout(recover, outage.attempt % 2 === 1 ? REBUILD_AFTER_MS : RETRY_MS);
+}
+
+/** A new peer connection on the same certificate, keys and worker (the CLI's `rebuild`). */
+function rebuild() {
+  const old = call.pc;
+  old.onconnectionstatechange = null;
+  old.onicecandidate = null;
+  old.ontrack = null;
+  old.close();
+  call.earlyCandidates = [];
+  pub.rebuilds += 1;
+  newPeerConnection();
+  pub.link = call.pc.connectionState;
+  updateMediaGate();
+}
+
+let inboundPending = false;
+function refreshInbound(pc) {
+  if (inboundPending || pc.connectionState === 'closed') return;
+  inboundPending = true;
+  pc.getStats().then((report) => {
+    for (const r of report.values()) {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        pub.inbound = {
+          packetsReceived: r.packetsReceived ?? 0,
+          packetsLost: r.packetsLost ?? 0,
+          totalSamplesReceived: r.totalSamplesReceived ?? 0,
+          concealedSamples: r.concealedSamples ?? 0,
+          totalAudioEnergy: r.totalAudioEnergy ?? 0,
+        };
+      }
+    }
+  }).catch(() => {}).finally(() => {
+    inboundPending = false;
+  });
 }
 
 function pinRemoteFingerprint(sdp) {
@@ -205,6 +322,7 @@ function pinRemoteFingerprint(sdp) {
 
 async function onPeerMessage(msg) {
   if (!msg || !call) return;
+  if (call.ready) await call.ready;
   try {
     switch (msg.kind) {
       case 'offer': {
@@ -218,7 +336,8 @@ async function onPeerMessage(msg) {
         break;
       }
       case 'answer':
-        if (call.role !== 'initiator' || !call.pc) return;
+        // (An answer to an offer of a connection since rebuilt finds no offer waiting.)
+        if (call.role !== 'initiator' || call.pc?.signalingState !== 'have-local-offer') return;
         pinRemoteFingerprint(msg.sdp);
         await call.pc.setRemoteDescription({ type: 'answer', sdp: forceOpusCbr(msg.sdp) });
         await flushCandidates();
@@ -235,8 +354,13 @@ async function onPeerMessage(msg) {
           if (call.earlyHandshake.length < 8) call.earlyHandshake.push(fromHex(msg.data));
         } else onHandshake(fromHex(msg.data));
         break;
+      case 'rebuild':
+        // The peer made a new peer connection (same certificate, same keys); so do we, and
+        // its new offer follows.
+        if (call.role !== 'responder' || !call.pc || !call.security) return;
+        rebuild();
+        break;
       default:
-        // `rebuild` (the CLI's way out of a webrtc-rs DTLS deadlock) does not apply here.
         break;
     }
   } catch (e) {
@@ -483,6 +607,8 @@ function end(why) {
   call.ended = true;
   pub.ended = why;
   clearTimeout(call.setupTimer);
+  clearTimeout(call.outage?.timer);
+  clearTimeout(call.outage?.giveUp);
   call.worker?.postMessage({ type: 'stop' });
   pub.mediaAllowed = false;
   if (call.ws?.readyState === WebSocket.OPEN) call.ws.send(JSON.stringify({ type: 'leave' }));

@@ -21,7 +21,14 @@ const state = {
     // Opus payload size → count (bounded), to check that the browser sends CBR Opus. Sizes
     // are no secret: each is visible on the wire as the sealed size minus 17-19 bytes.
     payloadSizes: {},
+    // The sizes of the first 100 Opus payloads sent, in order (when a size differs, where).
+    firstPayloadSizes: [],
+    // Gap between the e2ee indices of consecutive incoming frames → count (bounded): 1 for
+    // 20 ms packets, 2 and 3 for the CLI's 40 and 60 ms packets (its counter advances by the
+    // packet's 20 ms frames, DECISIONS D12). Counters are in the clear on the wire anyway.
+    receivedSpans: {},
   },
+  lastIndex: -1,
 };
 
 self.onmessage = (event) => {
@@ -32,6 +39,7 @@ self.onmessage = (event) => {
     state.receiver = new FrameReceiver(initiator ? Direction.R2I : Direction.I2R, msg.receive);
     msg.send.fill(0);
     msg.receive.fill(0);
+    state.lastIndex = -1;
   } else if (msg.type === 'allow') {
     state.allowed = Boolean(msg.allowed) && state.sender !== null;
   } else if (msg.type === 'stop') {
@@ -61,6 +69,7 @@ function seal(frame, controller) {
   s.sent += 1;
   s.sentBytes += sealed.length;
   s.overheadBytes += sealed.length - payload.length;
+  if (s.firstPayloadSizes.length < 100) s.firstPayloadSizes.push(payload.length);
   if (s.payloadSizes[payload.length] !== undefined || Object.keys(s.payloadSizes).length < 64) {
     s.payloadSizes[payload.length] = (s.payloadSizes[payload.length] ?? 0) + 1;
   }
@@ -75,9 +84,14 @@ function open(frame, controller) {
     return;
   }
   try {
-    const { payload } = state.receiver.open(new Uint8Array(frame.data), performance.now());
+    const { payload, index } = state.receiver.open(new Uint8Array(frame.data), performance.now());
     frame.data = payload.buffer;
     s.decrypted += 1;
+    if (index > state.lastIndex) {
+      const gap = state.lastIndex < 0 ? 1 : Math.min(index - state.lastIndex, 64);
+      s.receivedSpans[gap] = (s.receivedSpans[gap] ?? 0) + 1;
+      state.lastIndex = index;
+    }
     controller.enqueue(frame);
   } catch {
     // Counted by the receiver, by reason; never decoded.
