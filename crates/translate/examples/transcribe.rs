@@ -8,7 +8,8 @@
 //! Environment: `BEAM` (0 = per-model default), `INT8` (1/0), `PAD` (encoder window padding in
 //! seconds, 0 = Whisper's full 30 s), `MIN_WINDOW` (shortest encoder window in seconds),
 //! `NGRAM` (no_repeat_ngram_size), `PENALTY` (repetition_penalty), `THREADS`, `LANG_CODE`
-//! (spoken language), `TRANSLATE` (set: Whisper's translate-to-English task).
+//! (spoken language), `TRANSLATE` (set: Whisper's translate-to-English task), `HYP_OUT` (also
+//! append `ID<TAB>ms<TAB>text` per file to this file, for `examples/score.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -54,6 +55,13 @@ fn main() {
         language: std::env::var("LANG_CODE").ok().map(|l| l.parse().unwrap()),
         translate_to_english: std::env::var("TRANSLATE").is_ok(),
     };
+    let mut hyp_out = std::env::var("HYP_OUT").ok().map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    });
     let (mut busy_s, mut audio_s, mut errors, mut words) = (0.0, 0.0, 0.0, 0usize);
     let mut latencies = Vec::new();
     for file in files {
@@ -67,6 +75,12 @@ fn main() {
         busy_s += took;
         audio_s += audio16.len() as f64 / 16_000.0;
         latencies.push(took * 1000.0);
+        if let Some(out) = hyp_out.as_mut() {
+            use std::io::Write;
+            let id = std::path::Path::new(file).file_stem().unwrap().to_string_lossy();
+            let text = got.text.replace(['\t', '\n'], " ");
+            writeln!(out, "{id}\t{:.1}\t{text}", took * 1000.0).unwrap();
+        }
         let reference = std::fs::read_to_string(std::path::Path::new(file).with_extension("txt"));
         let wer = reference.as_ref().ok().map(|r| {
             let n = normalize_words(r).len();
