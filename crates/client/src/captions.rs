@@ -38,6 +38,9 @@ pub struct TranslationOptions {
     pub incoming: Option<EngineChoice>,
     /// Write the captions of what the peer said as WebVTT.
     pub captions_file: Option<PathBuf>,
+    /// Show (and write to the captions file) what the peer said beside its translation
+    /// (`--show-source`): the listener's choice, for the listener's display only.
+    pub show_source: bool,
 }
 
 impl TranslationOptions {
@@ -140,7 +143,10 @@ impl Captions {
             Some(path) => {
                 let open = || -> std::io::Result<_> {
                     let pending = PendingFile::create(path)?;
-                    let writer = WebVttWriter::new(File::create(pending.path())?)?;
+                    let writer = WebVttWriter::with_source(
+                        File::create(pending.path())?,
+                        options.show_source,
+                    )?;
                     Ok((writer, pending))
                 };
                 Some(open().map_err(|e| format!("--captions {}: {e}", path.display()))?)

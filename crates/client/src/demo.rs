@@ -46,6 +46,8 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         outgoing: Some(EngineChoice::new(Language::English, Language::Spanish)),
         incoming: None,
         captions_file: Some(file(captions)),
+        // The demo shows what was said beside Apertium's Spanish.
+        show_source: true,
     };
     translation("-")
         .outgoing

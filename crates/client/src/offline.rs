@@ -125,7 +125,9 @@ pub fn translate_file(
     let mut vtt = match captions_file {
         Some(path) => Some(
             std::fs::File::create(path)
-                .and_then(WebVttWriter::new)
+                // `aparte translate` is for checking a translation: the source is always
+                // printed, and written to the file too.
+                .and_then(|file| WebVttWriter::with_source(file, true))
                 .map_err(|e| format!("{}: {e}", path.display()))?,
         ),
         None => None,
@@ -141,10 +143,7 @@ pub fn translate_file(
                 if json {
                     println!("{}", String::from_utf8_lossy(&caption.encode()));
                 } else {
-                    match &caption.translation {
-                        Some(t) => println!("{}  ({}: {})", t.text, caption.lang, caption.text),
-                        None => println!("{}", caption.text),
-                    }
+                    println!("{}", caption.display_line(true));
                 }
             }
         }
