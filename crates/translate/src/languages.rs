@@ -420,4 +420,18 @@ mod tests {
             dir.path().join("eng-hbs_BS.mode")
         );
     }
+
+    #[test]
+    fn install_models_knows_every_pair_debian_ships() {
+        // scripts/install-models --pairs must install what `aparte languages` tells users to.
+        let script = include_str!("../../../scripts/install-models");
+        for &l in Language::all() {
+            for (from, to) in [(l, Language::English), (Language::English, l)] {
+                if let Some(package) = debian_pair_package(from, to) {
+                    let entry = format!("[{}]={package}", install_name(l));
+                    assert!(script.contains(&entry), "install-models lacks {entry}");
+                }
+            }
+        }
+    }
 }
