@@ -41,6 +41,9 @@ pub struct TranslationOptions {
     pub captions_file: Option<PathBuf>,
     /// Speak the translations of what the peer said (`--speak-translation`).
     pub speak: Option<SpeakOptions>,
+    /// Show (and write to the captions file) what the peer said beside its translation
+    /// (`--show-source`): the listener's choice, for the listener's display only.
+    pub show_source: bool,
 }
 
 impl TranslationOptions {
@@ -152,7 +155,10 @@ impl Captions {
             Some(path) => {
                 let open = || -> std::io::Result<_> {
                     let pending = PendingFile::create(path)?;
-                    let writer = WebVttWriter::new(File::create(pending.path())?)?;
+                    let writer = WebVttWriter::with_source(
+                        File::create(pending.path())?,
+                        options.show_source,
+                    )?;
                     Ok((writer, pending))
                 };
                 Some(open().map_err(|e| format!("--captions {}: {e}", path.display()))?)

@@ -47,6 +47,8 @@ pub(crate) async fn run(out_dir: &Path) -> Result<(), String> {
         incoming: None,
         captions_file: Some(file(captions)),
         speak: None,
+        // The demo shows what was said beside Apertium's Spanish.
+        show_source: true,
     };
     translation("-")
         .outgoing

@@ -252,6 +252,10 @@ struct CallArgs {
     #[arg(long, default_value_t = aparte_tts::DEFAULT_WORDS_PER_MINUTE,
           value_parser = clap::value_parser!(u16).range(80..=450))]
     speak_rate: u16,
+    /// Show what the peer said beside each translated caption (here and in --captions), so a
+    /// bad translation never hides the words.
+    #[arg(long)]
+    show_source: bool,
     /// Where the speech models are [default: $APARTE_MODEL_DIR or ~/.local/share/aparte/models].
     #[arg(long, env = "APARTE_MODEL_DIR")]
     model_dir: Option<PathBuf>,
@@ -328,6 +332,7 @@ fn translation_options(args: &CallArgs, settings: &Settings) -> Result<Translati
         incoming,
         captions_file: args.captions.clone(),
         speak,
+        show_source: args.show_source,
     })
 }
 
@@ -708,6 +713,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
     let peers_path = home.join("known_peers");
     let known_peers = store::load_known_peers(&peers_path).map_err(|e| e.to_string())?;
     let interactive = plan.policy == Policy::Interactive;
+    let show_source = plan.translation.show_source;
     let options = CallOptions {
         server: plan.server,
         tls,
@@ -752,7 +758,7 @@ async fn call(args: &CallArgs, file: Settings, home: &std::path::Path) -> Result
     let display = tokio::spawn(async move {
         let tty = std::io::stderr().is_terminal();
         while let Some(update) = updates.recv().await {
-            show(update, tty, interactive, &peers_path);
+            show(update, tty, interactive, show_source, &peers_path);
         }
     });
     let result = run_call(options, actions, updates_tx).await;
@@ -833,7 +839,13 @@ fn write_report(path: &std::path::Path, report: &CallReport) -> Result<(), Strin
     pending.commit().map_err(fail)
 }
 
-fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path::Path) {
+fn show(
+    update: CallUpdate,
+    tty: bool,
+    interactive: bool,
+    show_source: bool,
+    peers_path: &std::path::Path,
+) {
     let mut err = std::io::stderr().lock();
     // On a TTY a status line first clears the live line it replaces.
     let clear = if tty { "\r\x1b[K" } else { "" };
@@ -940,15 +952,10 @@ fn show(update: CallUpdate, tty: bool, interactive: bool, peers_path: &std::path
                 CaptionSource::PeerRecognizedHere => "peer*",
             };
             if caption.is_final {
-                let _ = write!(err, "{clear}");
-                let _ = match &caption.translation {
-                    Some(t) => writeln!(
-                        err,
-                        "[{who}] {}  ({}: {})",
-                        t.text, caption.lang, caption.text
-                    ),
-                    None => writeln!(err, "[{who}] {}", caption.text),
-                };
+                // Our own captions always show what we said: we know it, and it is the check
+                // that recognition heard us right.
+                let with_source = show_source || source == CaptionSource::Mine;
+                let _ = writeln!(err, "{clear}[{who}] {}", caption.display_line(with_source));
             } else if tty {
                 let _ = write!(err, "\r\x1b[K[{who} …] {}", caption.display_text());
             }

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use aparte_translate::caption::WebVttWriter;
 use aparte_translate::engines::EngineChoice;
-use aparte_translate::languages::{availability, Route};
+use aparte_translate::languages::{availability, debian_pair_package, Route};
 use aparte_translate::models::{ModelDir, ModelName};
+use aparte_translate::Language;
 use aparte_translate::{PipelineConfig, PipelineEvent, TranslationPipeline};
 
 /// The report of `aparte languages`.
@@ -27,7 +28,11 @@ pub fn languages(models: &ModelDir, modes_dir: &Path) -> String {
         out,
         "\nspoken → caption language, as this machine can do it:"
     );
-    let mut unavailable = Vec::new();
+    let mut installable = Vec::new();
+    let mut no_route_from_english = Vec::new();
+    let mut only_into_english = Vec::new();
+    let mut other_missing = Vec::new();
+    let mut between_others = 0;
     for a in availability(models, modes_dir) {
         match &a.route {
             Ok(route) => {
@@ -38,16 +43,51 @@ pub fn languages(models: &ModelDir, modes_dir: &Path) -> String {
                 };
                 let _ = writeln!(out, "  {} → {}  {how}", a.from.code(), a.to.code());
             }
-            Err(why) => unavailable.push((a.from, a.to, why.clone())),
+            Err(why) => {
+                let english = Language::English;
+                if debian_pair_package(a.from, a.to).is_some() {
+                    installable.push(format!("  {} → {}: {why}", a.from.code(), a.to.code()));
+                } else if a.from == english && debian_pair_package(a.to, english).is_some() {
+                    only_into_english.push(a.to.name());
+                } else if a.from == english {
+                    no_route_from_english.push(a.to.name());
+                } else if a.to == english {
+                    other_missing.push(format!("  {} → en: {why}", a.from.code()));
+                } else {
+                    between_others += 1;
+                }
+            }
         }
     }
-    let _ = writeln!(
-        out,
-        "\nnot available here ({} directions); the first few, and why:",
-        unavailable.len()
-    );
-    for (from, to, why) in unavailable.iter().take(6) {
-        let _ = writeln!(out, "  {} → {}: {why}", from.code(), to.code());
+    if !no_route_from_english.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nno route for English → {}: Debian ships no Apertium pair for them and no neural \
+             translation weights can be fetched here; aparté does not offer a pivot through \
+             Spanish (measured: unusable).",
+            no_route_from_english.join(", ")
+        );
+    }
+    if !only_into_english.is_empty() {
+        let _ = writeln!(
+            out,
+            "no route for English → {}: Debian's Apertium pairs for them go into English only.",
+            only_into_english.join(", ")
+        );
+    }
+    if !installable.is_empty() || !other_missing.is_empty() {
+        let _ = writeln!(out, "\nnot installed here, and how to get them:");
+        for line in installable.iter().chain(&other_missing) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if between_others > 0 {
+        let _ = writeln!(
+            out,
+            "\n{between_others} directions between two languages other than English have no \
+             route: Debian's Apertium pairs all have English on one side, and aparté does not \
+             chain two pairs (their errors compound)."
+        );
     }
     out
 }
@@ -85,7 +125,9 @@ pub fn translate_file(
     let mut vtt = match captions_file {
         Some(path) => Some(
             std::fs::File::create(path)
-                .and_then(WebVttWriter::new)
+                // `aparte translate` is for checking a translation: the source is always
+                // printed, and written to the file too.
+                .and_then(|file| WebVttWriter::with_source(file, true))
                 .map_err(|e| format!("{}: {e}", path.display()))?,
         ),
         None => None,
@@ -101,10 +143,7 @@ pub fn translate_file(
                 if json {
                     println!("{}", String::from_utf8_lossy(&caption.encode()));
                 } else {
-                    match &caption.translation {
-                        Some(t) => println!("{}  ({}: {})", t.text, caption.lang, caption.text),
-                        None => println!("{}", caption.text),
-                    }
+                    println!("{}", caption.display_line(true));
                 }
             }
         }
@@ -125,4 +164,44 @@ pub fn translate_file(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn languages_says_plainly_what_has_no_route() {
+        let models_dir = tempfile::tempdir().unwrap();
+        let models = ModelDir::new(models_dir.path());
+        for model in ModelName::all() {
+            let dir = models.model_path(model);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(aparte_translate::models::INSTALLED_MARKER), "").unwrap();
+        }
+        let modes = tempfile::tempdir().unwrap();
+        for mode in ["eng-spa", "spa-eng", "eng-cat", "eu-en"] {
+            std::fs::write(modes.path().join(format!("{mode}.mode")), "").unwrap();
+        }
+        let report = languages(&models, modes.path());
+        for line in [
+            "  en → es  Whisper + Apertium",
+            "  en → ca  Whisper + Apertium",
+            "  eu → en  Whisper + Apertium",
+            "  fr → en  Whisper's translate task",
+            "no route for English → French, German, Italian, Portuguese: Debian ships no \
+             Apertium pair",
+            "aparté does not offer a pivot through Spanish",
+            "no route for English → Basque, Icelandic, Macedonian: Debian's Apertium pairs for \
+             them go into English only",
+            "  en → gl: no en→gl translation here: its Apertium pair is not installed",
+            "--pairs gl",
+            "--pairs hbs",
+        ] {
+            assert!(report.contains(line), "missing {line:?} in:\n{report}");
+        }
+        // No route through Spanish is offered for French.
+        assert!(!report.contains("en → fr  "), "{report}");
+    }
 }

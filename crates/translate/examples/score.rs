@@ -35,7 +35,11 @@ fn main() {
     let mut by_source: BTreeMap<String, (f64, usize, usize, f64, f64)> = BTreeMap::new();
     let mut latencies = Vec::new();
     let mut missing = 0;
-    for line in std::fs::read_to_string(transcripts).unwrap().lines().skip(1) {
+    for line in std::fs::read_to_string(transcripts)
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
         let f: Vec<&str> = line.splitn(4, '\t').collect();
         let [id, seconds, source, text] = f[..] else {
             continue;

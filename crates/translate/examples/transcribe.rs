@@ -77,7 +77,10 @@ fn main() {
         latencies.push(took * 1000.0);
         if let Some(out) = hyp_out.as_mut() {
             use std::io::Write;
-            let id = std::path::Path::new(file).file_stem().unwrap().to_string_lossy();
+            let id = std::path::Path::new(file)
+                .file_stem()
+                .unwrap()
+                .to_string_lossy();
             let text = got.text.replace(['\t', '\n'], " ");
             writeln!(out, "{id}\t{:.1}\t{text}", took * 1000.0).unwrap();
         }

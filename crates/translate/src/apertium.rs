@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use crate::languages::{apertium_code, Language};
+use crate::languages::{apertium_modes, debian_pair_package, installed_mode, Language};
 use crate::{MtError, TextTranslator};
 
 /// Where Debian installs Apertium's mode files.
@@ -60,22 +60,20 @@ impl ApertiumTranslator {
     pub fn mode_file(&self) -> &Path {
         &self.mode_file
     }
-}
 
-impl TextTranslator for ApertiumTranslator {
-    fn source(&self) -> Language {
-        self.source
-    }
-
-    fn target(&self) -> Language {
-        self.target
-    }
-
-    fn translate(&mut self, text: &str) -> Result<String, MtError> {
+    /// Apertium's answer as it is, before [`tidy`]: what one-shot `apertium -u PAIR` prints
+    /// for the same text (trimmed). Serbo-Croatian in Cyrillic is first written in Latin
+    /// letters, the only script Apertium's `hbs` data reads.
+    pub fn translate_raw(&mut self, text: &str) -> Result<String, MtError> {
         if text.chars().count() > MAX_INPUT_CHARS {
             return Err(MtError::InputTooLong(MAX_INPUT_CHARS));
         }
-        let request = escape(text);
+        let text = if self.source.is_serbo_croatian() {
+            serbian_latin(text)
+        } else {
+            text.to_string()
+        };
+        let request = escape(&text);
         if request.trim().is_empty() {
             return Ok(String::new());
         }
@@ -91,6 +89,22 @@ impl TextTranslator for ApertiumTranslator {
                 Err(e)
             }
         }
+    }
+}
+
+impl TextTranslator for ApertiumTranslator {
+    fn source(&self) -> Language {
+        self.source
+    }
+
+    fn target(&self) -> Language {
+        self.target
+    }
+
+    /// [`ApertiumTranslator::translate_raw`], then [`tidy`].
+    fn translate(&mut self, text: &str) -> Result<String, MtError> {
+        let raw = self.translate_raw(text)?;
+        Ok(tidy(text, &raw))
     }
 }
 
@@ -197,28 +211,130 @@ impl Drop for Pipeline {
     }
 }
 
-/// Finds the mode file for a pair; Apertium names pairs with 3-letter or 2-letter codes.
+/// Finds the mode file for a pair (see [`apertium_modes`]).
 fn find_mode(source: Language, target: Language, modes_dir: &Path) -> Result<PathBuf, MtError> {
-    let candidates = [
-        format!("{}-{}.mode", apertium_code(source), apertium_code(target)),
-        format!("{}-{}.mode", source.code(), target.code()),
-    ];
-    for name in &candidates {
-        let path = modes_dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
+    if let Some(path) = installed_mode(source, target, modes_dir) {
+        return Ok(path);
     }
+    let install = match debian_pair_package(source, target) {
+        Some(package) => format!("install it with `apt-get install {package}`"),
+        None => "Debian ships no such pair".to_string(),
+    };
     Err(MtError::Unavailable(format!(
-        "Apertium has no {}→{} pair here (looked for {} in {}); on Debian install it with \
-         `apt-get install apertium-{}-{}`",
+        "Apertium has no {}→{} pair here (looked for {} in {}); {install}",
         source.code(),
         target.code(),
-        candidates.join(" or "),
+        apertium_modes(source, target)
+            .iter()
+            .map(|m| format!("{m}.mode"))
+            .collect::<Vec<_>>()
+            .join(" or "),
         modes_dir.display(),
-        apertium_code(source),
-        apertium_code(target),
     )))
+}
+
+/// Makes Apertium's output read like text without changing a word: whitespace runs (left where
+/// a pronoun was dropped: "Va a algún lugar y  algo.") become one space, the ends are trimmed,
+/// no space stays before `, . ; : ! ? ) ] …` or after `¿ ¡ ( [`, and a sentence starts with a
+/// capital when the source's matching sentence did. Sentences are matched by position, and only
+/// when source and output have as many; otherwise only the first one is. Letters whose capital is
+/// more than one letter (ß) are left alone.
+pub fn tidy(source: &str, output: &str) -> String {
+    let mut out = String::with_capacity(output.len());
+    let mut pending_space = false;
+    for c in output.chars() {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        let glued_left = matches!(c, ',' | '.' | ';' | ':' | '!' | '?' | ')' | ']' | '…');
+        let after_opener = out
+            .chars()
+            .next_back()
+            .is_some_and(|p| matches!(p, '¿' | '¡' | '(' | '['));
+        if pending_space && !glued_left && !after_opener {
+            out.push(' ');
+        }
+        pending_space = false;
+        out.push(c);
+    }
+    let wanted = sentence_starts(source);
+    let found = sentence_starts(&out);
+    let pairs = if wanted.len() == found.len() {
+        wanted.len()
+    } else {
+        1
+    };
+    let mut capitalise = Vec::new();
+    for (w, f) in wanted.iter().zip(&found).take(pairs) {
+        let (Some((_, sc)), Some((at, oc))) = (w, f) else {
+            continue;
+        };
+        if sc.is_uppercase() && oc.is_lowercase() {
+            let mut upper = oc.to_uppercase();
+            if let (Some(u), None) = (upper.next(), upper.next()) {
+                capitalise.push((*at, *oc, u));
+            }
+        }
+    }
+    // From the end, so earlier byte offsets stay valid.
+    for (at, old, new) in capitalise.into_iter().rev() {
+        out.replace_range(at..at + old.len_utf8(), new.encode_utf8(&mut [0; 4]));
+    }
+    out
+}
+
+/// The first alphanumeric character of each sentence (a sentence ends at `.`, `!` or `?`
+/// followed by whitespace), with its byte offset; `None` for a sentence with none.
+fn sentence_starts(text: &str) -> Vec<Option<(usize, char)>> {
+    let mut starts = Vec::new();
+    let mut looking = true;
+    let mut current = None;
+    let mut prev_end = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() && prev_end {
+            if !looking {
+                starts.push(current.take());
+            }
+            looking = true;
+        }
+        prev_end = matches!(c, '.' | '!' | '?');
+        if looking && c.is_alphanumeric() {
+            current = Some((i, c));
+            looking = false;
+        }
+    }
+    if current.is_some() || !looking {
+        starts.push(current);
+    }
+    starts
+}
+
+#[rustfmt::skip] // one letter pair per cell reads as the alphabet table it is
+/// Serbian (or Bosnian) Cyrillic → Gaj's Latin alphabet, letter by letter; every other
+/// character is kept. Whisper may write Serbian in either script; Apertium reads Latin only.
+pub fn serbian_latin(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let latin = match c {
+            'А' => "A", 'Б' => "B", 'В' => "V", 'Г' => "G", 'Д' => "D", 'Ђ' => "Đ", 'Е' => "E",
+            'Ж' => "Ž", 'З' => "Z", 'И' => "I", 'Ј' => "J", 'К' => "K", 'Л' => "L", 'Љ' => "Lj",
+            'М' => "M", 'Н' => "N", 'Њ' => "Nj", 'О' => "O", 'П' => "P", 'Р' => "R", 'С' => "S",
+            'Т' => "T", 'Ћ' => "Ć", 'У' => "U", 'Ф' => "F", 'Х' => "H", 'Ц' => "C", 'Ч' => "Č",
+            'Џ' => "Dž", 'Ш' => "Š",
+            'а' => "a", 'б' => "b", 'в' => "v", 'г' => "g", 'д' => "d", 'ђ' => "đ", 'е' => "e",
+            'ж' => "ž", 'з' => "z", 'и' => "i", 'ј' => "j", 'к' => "k", 'л' => "l", 'љ' => "lj",
+            'м' => "m", 'н' => "n", 'њ' => "nj", 'о' => "o", 'п' => "p", 'р' => "r", 'с' => "s",
+            'т' => "t", 'ћ' => "ć", 'у' => "u", 'ф' => "f", 'х' => "h", 'ц' => "c", 'ч' => "č",
+            'џ' => "dž", 'ш' => "š",
+            other => {
+                out.push(other);
+                continue;
+            }
+        };
+        out.push_str(latin);
+    }
+    out
 }
 
 /// Lists the pairs installed in `modes_dir` as (source, target) codes as Apertium names them.
@@ -306,9 +422,14 @@ mod tests {
     #[test]
     fn a_missing_pair_says_what_to_install() {
         let dir = tempfile::tempdir().unwrap();
-        let err = find_mode(Language::English, Language::French, dir.path()).unwrap_err();
+        let err = find_mode(Language::English, Language::Catalan, dir.path()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("apt-get install apertium-eng-fra"), "{text}");
+        assert!(text.contains("apt-get install apertium-eng-cat"), "{text}");
+        let err = find_mode(Language::English, Language::French, dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("Debian ships no such pair"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -321,5 +442,68 @@ mod tests {
             installed_pairs(dir.path()),
             vec![("eng".into(), "spa".into()), ("spa".into(), "eng".into())]
         );
+    }
+
+    #[test]
+    fn tidy_fixes_spacing_and_capitals_only() {
+        let cases = [
+            // A dropped pronoun leaves two spaces.
+            (
+                "Go somewhere and do something.",
+                "Va a algún lugar y  algo.",
+                "Va a algún lugar y algo.",
+            ),
+            ("Hello", "  hola  ", "Hola"),
+            ("Is it? Yes.", "¿ Es ? sí .", "¿Es? Sí."),
+            ("a list , here", "una lista , aquí", "una lista, aquí"),
+            ("(see) it", "( ver ) lo", "(ver) lo"),
+            // Source not capitalised: output's case stays as Apertium wrote it.
+            ("yes", "sí", "sí"),
+            // Numbers start the sentence: nothing to capitalise.
+            ("5 dollars.", "5 dólares.", "5 dólares."),
+            // Sentence counts differ: only the first sentence is matched.
+            ("One. Two. Three.", "uno. dos.", "Uno. dos."),
+            ("Straße", "ßtraße", "ßtraße"),
+            ("", "", ""),
+        ];
+        for (source, output, want) in cases {
+            assert_eq!(tidy(source, output), want, "for {output:?}");
+        }
+    }
+
+    #[test]
+    fn serbian_cyrillic_becomes_gaj_latin() {
+        assert_eq!(
+            serbian_latin("Моја кућа је веома велика, Љиљана! Џеп."),
+            "Moja kuća je veoma velika, Ljiljana! Džep."
+        );
+        assert_eq!(serbian_latin("Moja kuća 42"), "Moja kuća 42");
+    }
+
+    fn squashed_lower(text: &str) -> String {
+        text.chars()
+            .filter(|c| !c.is_whitespace())
+            .flat_map(char::to_lowercase)
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Whatever Apertium prints, tidying changes only spacing and the case of letters:
+        /// the characters, in order and lowercased, are the same.
+        #[test]
+        fn tidy_never_changes_a_word(
+            source in "[A-Za-zÀ-ÿ .,;:!?¿¡()ß0-9]{0,40}",
+            output in "[A-Za-zÀ-ÿ .,;:!?¿¡()ß0-9\t]{0,60}",
+        ) {
+            let tidied = tidy(&source, &output);
+            proptest::prop_assert_eq!(squashed_lower(&tidied), squashed_lower(&output));
+            proptest::prop_assert!(!tidied.contains("  "), "{:?}", tidied);
+            proptest::prop_assert_eq!(tidied.trim(), tidied.as_str());
+            for bad in [" ,", " .", " ?", " !", " ;", " :", " )", "¿ ", "( "] {
+                proptest::prop_assert!(!tidied.contains(bad), "{:?} in {:?}", bad, tidied);
+            }
+            // Idempotent: tidying tidy text changes nothing.
+            proptest::prop_assert_eq!(tidy(&source, &tidied), tidied.clone());
+        }
     }
 }

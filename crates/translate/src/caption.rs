@@ -119,6 +119,17 @@ impl Caption {
             .as_ref()
             .map_or(self.text.as_str(), |t| t.text.as_str())
     }
+
+    /// One line for the listener: the translation, and with `show_source` what was said beside
+    /// it (`hola  (en: hello)`), so a bad translation cannot hide the words (`--show-source`).
+    /// A caption without a translation is its text either way.
+    pub fn display_line(&self, show_source: bool) -> String {
+        match &self.translation {
+            Some(t) if show_source => format!("{}  ({}: {})", t.text, self.lang, self.text),
+            Some(t) => t.text.clone(),
+            None => self.text.clone(),
+        }
+    }
 }
 
 /// True for an ISO 639-1/639-2 style code: 2–3 lowercase ASCII letters.
@@ -146,14 +157,25 @@ fn check_text(text: &str) -> Result<(), CaptionError> {
 pub struct WebVttWriter<W: Write> {
     out: W,
     cues: u64,
+    show_source: bool,
 }
 
 impl<W: Write> WebVttWriter<W> {
-    /// Starts the file (writes the `WEBVTT` header).
-    pub fn new(mut out: W) -> io::Result<Self> {
+    /// Starts the file (writes the `WEBVTT` header); cues carry the translation only.
+    pub fn new(out: W) -> io::Result<Self> {
+        Self::with_source(out, false)
+    }
+
+    /// Starts the file; with `show_source`, a translated cue has a second line with what was
+    /// said, in parentheses.
+    pub fn with_source(mut out: W, show_source: bool) -> io::Result<Self> {
         out.write_all(b"WEBVTT\n\n")?;
         out.flush()?;
-        Ok(Self { out, cues: 0 })
+        Ok(Self {
+            out,
+            cues: 0,
+            show_source,
+        })
     }
 
     /// Appends one cue. Partials are skipped: a file keeps only what was finally said.
@@ -171,8 +193,10 @@ impl<W: Write> WebVttWriter<W> {
         match &caption.translation {
             Some(t) => {
                 cue.push_str(&vtt_text(&t.text));
-                cue.push('\n');
-                cue.push_str(&format!("({})", vtt_text(&caption.text)));
+                if self.show_source {
+                    cue.push('\n');
+                    cue.push_str(&format!("({})", vtt_text(&caption.text)));
+                }
             }
             None => cue.push_str(&vtt_text(&caption.text)),
         }
@@ -287,7 +311,7 @@ mod tests {
 
     #[test]
     fn webvtt_has_cues_for_finals_only_and_escapes_text() {
-        let mut w = WebVttWriter::new(Vec::new()).unwrap();
+        let mut w = WebVttWriter::with_source(Vec::new(), true).unwrap();
         let mut partial = caption();
         partial.is_final = false;
         w.write(&partial).unwrap();
@@ -305,6 +329,41 @@ mod tests {
             "WEBVTT\n\n\
              1\n00:00:01.500 --> 00:00:03.250\nBuenos días\n(Good morning)\n\n\
              2\n01:02:03.004 --> 01:02:03.005\na --&gt; &lt;b&gt;&amp;\n\n"
+        );
+    }
+
+    #[test]
+    fn the_source_is_shown_beside_the_translation_only_when_asked() {
+        let c = caption();
+        assert_eq!(c.display_line(false), "Buenos días");
+        assert_eq!(c.display_line(true), "Buenos días  (en: Good morning)");
+        let plain = Caption {
+            translation: None,
+            ..caption()
+        };
+        assert_eq!(plain.display_line(true), "Good morning");
+        assert_eq!(plain.display_line(false), "Good morning");
+
+        let mut w = WebVttWriter::new(Vec::new()).unwrap();
+        w.write(&c).unwrap();
+        w.write(&plain).unwrap();
+        assert_eq!(
+            String::from_utf8(w.into_inner()).unwrap(),
+            "WEBVTT\n\n\
+             1\n00:00:01.500 --> 00:00:03.250\nBuenos días\n\n\
+             2\n00:00:01.500 --> 00:00:03.250\nGood morning\n\n"
+        );
+        // The source line is escaped like the rest: it cannot end the cue or add markup.
+        let mut w = WebVttWriter::with_source(Vec::new(), true).unwrap();
+        let hostile = Caption {
+            text: "x --> <i>".into(),
+            ..caption()
+        };
+        w.write(&hostile).unwrap();
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        assert!(
+            text.ends_with("Buenos días\n(x --&gt; &lt;i&gt;)\n\n"),
+            "{text}"
         );
     }
 }

@@ -3,11 +3,14 @@
 //! runs) and espeak-ng; a missing one fails the test with the command that installs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/oneshot.rs"]
+mod oneshot;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use aparte_translate::apertium::{ApertiumTranslator, DEFAULT_MODES_DIR};
+use aparte_translate::apertium::{tidy, ApertiumTranslator, DEFAULT_MODES_DIR};
 use aparte_translate::models::{ModelDir, ModelName};
 use aparte_translate::resample::Downsampler;
 use aparte_translate::wer::{normalize_words, word_error_rate};
@@ -28,10 +31,11 @@ const ENGLISH: [&str; 8] = [
     "Do you know where I can buy a new phone?",
 ];
 
-/// espeak-ng speech, as 16 kHz mono samples. Spanish gets a slower rate and longer gaps
-/// between words: at espeak-ng's default pace, Whisper base runs its words together.
+/// espeak-ng speech, as 16 kHz mono samples. Other languages than English get a slower rate
+/// and longer gaps between words: at espeak-ng's default pace, Whisper base runs their words
+/// together (measured for Spanish, French and German: docs/TRANSLATION.md).
 fn speech(voice: &str, text: &str) -> Vec<f32> {
-    let (rate, gap) = if voice == "es" {
+    let (rate, gap) = if voice != "en" {
         ("130", "4")
     } else {
         ("160", "0")
@@ -147,16 +151,131 @@ fn spanish_speech_becomes_english_with_the_base_model() {
     for (spanish, keywords) in cases {
         let got = asr.recognize(&speech("es", spanish), &task).unwrap();
         println!("{spanish} -> {}", got.text);
-        let words = normalize_words(&got.text);
-        for k in keywords {
-            assert!(
-                words.iter().any(|w| w.starts_with(k)),
-                "'{k}' missing from '{}'",
-                got.text
-            );
-        }
+        assert_eq!(
+            content_words(&got.text, keywords),
+            keywords.len(),
+            "{}",
+            got.text
+        );
         assert_eq!(got.language, Some(Language::English));
     }
+}
+
+/// How many of `keywords` the text has (a word counts when one of the text's starts with it,
+/// so "read" finds "reading"); prints the missing ones.
+fn content_words(text: &str, keywords: &[&str]) -> usize {
+    let words = normalize_words(text);
+    let mut found = 0;
+    for k in keywords {
+        if words.iter().any(|w| w.starts_with(k)) {
+            found += 1;
+        } else {
+            println!("  '{k}' missing from '{text}'");
+        }
+    }
+    found
+}
+
+/// Speech in `voice`'s language → English with base's translate task: prints WER against a
+/// reference translation and the content words found; returns (content words found, wanted).
+fn translated_into_english(
+    language: Language,
+    voice: &str,
+    cases: &[(&str, &str, &[&str])],
+) -> (usize, usize) {
+    let mut asr = load(ModelName::Base);
+    let task = AsrTask {
+        language: Some(language),
+        translate_to_english: true,
+    };
+    let (mut found, mut wanted) = (0, 0);
+    let (mut errors, mut words) = (0.0, 0usize);
+    for (spoken, reference, keywords) in cases {
+        let got = asr.recognize(&speech(voice, spoken), &task).unwrap();
+        let wer = word_error_rate(reference, &got.text);
+        println!(
+            "{spoken} -> {} (WER {:.0} % against '{reference}')",
+            got.text,
+            wer * 100.0
+        );
+        assert_eq!(got.language, Some(Language::English));
+        found += content_words(&got.text, keywords);
+        wanted += keywords.len();
+        let n = normalize_words(reference).len();
+        errors += wer * n as f64;
+        words += n;
+    }
+    println!(
+        "base, {} speech (espeak-ng {voice}) → English: content words {found}/{wanted}, WER {:.1} % \
+         over {words} words of reference translations",
+        language.name(),
+        errors / words as f64 * 100.0
+    );
+    (found, wanted)
+}
+
+// espeak-ng's French and German are far from human speech, and Whisper base mishears most of
+// it ("Mon frère travaille dans un hôpital." → "Moufrem, ramai dans un hospital."): of a first
+// set of everyday sentences it kept 0 of 11 French and 4 of 11 German content words
+// (docs/TRANSLATION.md). These sentences are ones it renders intelligibly; they check the route
+// (language token + translate task, both languages), not Whisper's accuracy on real speech.
+
+#[test]
+fn french_speech_becomes_english_with_the_base_model() {
+    let (found, wanted) = translated_into_english(
+        Language::French,
+        "fr",
+        &[
+            (
+                "Je voudrais un café, s'il vous plaît.",
+                "I would like a coffee, please.",
+                &["coffee"],
+            ),
+            (
+                "Merci beaucoup pour votre aide.",
+                "Thank you very much for your help.",
+                &["thank"],
+            ),
+            (
+                "J'aime beaucoup la musique.",
+                "I really like music.",
+                &["music"],
+            ),
+            ("Le café est chaud.", "The coffee is hot.", &["coffee"]),
+        ],
+    );
+    assert!(found * 4 >= wanted * 3, "{found}/{wanted}");
+}
+
+#[test]
+fn german_speech_becomes_english_with_the_base_model() {
+    let (found, wanted) = translated_into_english(
+        Language::German,
+        "de",
+        &[
+            (
+                "Ich möchte einen Kaffee, bitte.",
+                "I would like a coffee, please.",
+                &["coffee", "please"],
+            ),
+            (
+                "Die Kinder spielen im Garten.",
+                "The children are playing in the garden.",
+                &["children", "garden"],
+            ),
+            (
+                "Morgen gehen wir mit meinen Freunden an den Strand.",
+                "Tomorrow we are going to the beach with my friends.",
+                &["tomorrow", "friends", "beach"],
+            ),
+            (
+                "Guten Morgen, wie geht es Ihnen?",
+                "Good morning, how are you?",
+                &["good", "morning"],
+            ),
+        ],
+    );
+    assert!(found * 4 >= wanted * 3, "{found}/{wanted}");
 }
 
 #[test]
@@ -171,19 +290,9 @@ fn the_multilingual_model_detects_the_language() {
     assert_eq!(got.language, Some(Language::Spanish), "{}", got.text);
 }
 
-fn oneshot_apertium(text: &str) -> String {
-    let out = Command::new("apertium")
-        .args(["-u", "eng-spa"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("apertium is needed: bash scripts/install-models");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+/// One-shot `apertium -u eng-spa`.
+fn oneshot_eng_spa(text: &str) -> String {
+    oneshot::oneshot_apertium("eng-spa", text)
 }
 
 #[test]
@@ -205,18 +314,27 @@ fn the_apertium_pipeline_matches_one_shot_apertium() {
     for round in 0..2 {
         for s in &sentences {
             let t = Instant::now();
-            let ours = mt.translate(s).unwrap();
+            let raw = mt.translate_raw(s).unwrap();
             if round == 1 {
                 slowest = slowest.max(t.elapsed().as_secs_f64());
             }
-            assert_eq!(ours, oneshot_apertium(s), "for '{s}'");
+            let reference = oneshot_eng_spa(s);
+            // Apertium's own output, byte for byte; then what callers get is that, tidied.
+            assert_eq!(raw, reference, "for '{s}'");
+            assert_eq!(mt.translate(s).unwrap(), tidy(s, &reference), "for '{s}'");
         }
     }
     println!("slowest warm pipeline answer: {:.1} ms", slowest * 1000.0);
     let too_long = "word ".repeat(1000);
     assert!(mt.translate(&too_long).is_err());
     // Still usable after a refused request.
-    assert_eq!(mt.translate("Hello").unwrap(), oneshot_apertium("Hello"));
+    assert_eq!(mt.translate_raw("Hello").unwrap(), oneshot_eng_spa("Hello"));
+    // The issue's example: the lost verb stays lost (tidy changes no word), the double space
+    // where Apertium dropped it goes.
+    let s = "Go somewhere and do something.";
+    assert!(oneshot_eng_spa(s).contains("  "), "{}", oneshot_eng_spa(s));
+    assert_eq!(mt.translate(s).unwrap(), tidy(s, &oneshot_eng_spa(s)));
+    assert!(!mt.translate(s).unwrap().contains("  "));
 }
 
 #[test]
