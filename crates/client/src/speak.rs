@@ -27,6 +27,9 @@ use serde::Serialize;
 const REQUEST_QUEUE: usize = 8;
 /// Utterances synthesized but not yet taken by the audio thread.
 const SPEECH_QUEUE: usize = 2;
+/// Silence after each spoken caption, so two captions in a row are heard as two sentences
+/// (espeak-ng ends a text on its last phoneme).
+const PAUSE_AFTER_MS: usize = 300;
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +71,7 @@ pub struct SpeechReport {
     pub synthesized: u64,
     /// For each: caption received → its speech ready to play, in ms.
     pub ready_ms: Vec<u64>,
-    /// Seconds of speech synthesized.
+    /// Seconds of speech synthesized, with the pause after each caption.
     pub speech_s: f64,
     /// Utterances the mixer queued, dropped (queue full) and played to their end, and the
     /// 20 ms frames that carried speech.
@@ -202,7 +205,8 @@ impl Speaking {
                         let stop = {
                             let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
                             match result {
-                                Ok(speech) => {
+                                Ok(mut speech) => {
+                                    speech.extend(std::iter::repeat_n(0.0, PAUSE_AFTER_MS * 48));
                                     report.synthesized += 1;
                                     report.speech_s += speech.len() as f64 / 48_000.0;
                                     report.ready_ms.push(
