@@ -63,11 +63,20 @@ function dominantHz(samples, rate) {
 }
 
 async function firefoxCall({ pageOffers }) {
-  const room = newRoom();
   const tag = pageOffers ? 'page-offers' : 'cli-offers';
   const capture = await startCapture(p(`${tag}.pcap`));
   captures.push(capture);
   const page = await browser.newPage();
+  try {
+    await callOnPage(page, capture, { pageOffers, tag });
+  } finally {
+    // Closed even when the call failed: a page left in a call would send into the next test.
+    await page.close();
+  }
+}
+
+async function callOnPage(page, capture, { pageOffers, tag }) {
+  const room = newRoom();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(`${server.url}/r/${room}`);
@@ -148,7 +157,6 @@ async function firefoxCall({ pageOffers }) {
   // sealed has one size, the same whichever side offers: 81 B, the page's 32 kbit/s.
   assert.equal(assertOneSize(pub.media), 81, 'Firefox sends the page\'s 32 kbit/s');
   assert.ok(pub.media.framesPadded > 0, 'Firefox\'s ramp-up (smaller payloads) went out padded');
-  await page.close();
 }
 
 test('Firefox ↔ CLI through the TURN relay (the CLI offers): same SAS, frames both ways, the tone arrives', { timeout: 120000 }, async () => {
