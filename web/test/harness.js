@@ -264,6 +264,8 @@ export async function startCapture(file) {
   });
   return {
     stop() {
+      // Once only: a second stop (an `after` hook tidying up) finds it gone.
+      if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
       const exited = new Promise((resolve) => child.on('exit', resolve));
       child.kill('SIGINT'); // tcpdump flushes and closes the file
       return exited;
@@ -272,16 +274,37 @@ export async function startCapture(file) {
 }
 
 /**
- * The audio packets relayed through the TURN relay on `turnPort` in a loopback capture, per RTP
- * stream (SSRC) of Opus (payload type 111) carried in ChannelData: the packet sizes in RTP
- * sequence order. SRTP hides the e2ee header, whose length grows with the frame counter (17, 18,
- * then 19 bytes of overhead, §7), so a constant-bitrate stream has at most three sizes, one byte
- * apart, never decreasing.
+ * The audio packets in a loopback capture, per RTP stream (SSRC) of Opus (payload type 111,
+ * Chromium's and the CLI's, or 109, Firefox's):
+ * the RTP packet sizes in RTP sequence order. RTP is found in any UDP datagram, bare or carried
+ * by TURN (ChannelData, or the DATA of a Send or Data indication: Chromium and the CLI use
+ * channels, Firefox indications); each packet crosses loopback on more than one leg (to the
+ * relay, from it), so it is counted once, by SSRC and sequence number, and must have the same
+ * size on every leg. SRTP hides the e2ee header, whose length grows with the frame counter
+ * (17, 18, then 19 bytes of overhead, §7), so a constant-size stream has at most three sizes,
+ * one byte apart, never decreasing. (`turnPort` is kept for the callers; every leg counts.)
  */
-export function relayedOpusSizes(pcap, turnPort) {
+const OPUS_PAYLOAD_TYPES = new Set([109, 111]);
+export function relayedOpusSizes(pcap, turnPort) { // eslint-disable-line no-unused-vars
   assert.equal(pcap.readUInt32LE(0), 0xa1b2c3d4, 'a little-endian pcap file');
   assert.equal(pcap.readUInt32LE(20), 1, 'Ethernet link type (tcpdump -i lo)');
   const streams = new Map();
+  const seen = new Map();
+  const rtpIn = (data) => {
+    if (data.length >= 4 && (data[0] & 0xc0) === 0x40) return data.subarray(4, 4 + data.readUInt16BE(2)); // ChannelData
+    if (data.length >= 20 && (data.readUInt16BE(0) === 0x0016 || data.readUInt16BE(0) === 0x0017) && data.readUInt32BE(4) === 0x2112a442) {
+      // A Send or Data indication: its DATA attribute (0x0013).
+      const end = Math.min(data.length, 20 + data.readUInt16BE(2));
+      for (let at = 20; at + 4 <= end;) {
+        const type = data.readUInt16BE(at);
+        const len = data.readUInt16BE(at + 2);
+        if (type === 0x0013) return data.subarray(at + 4, at + 4 + len);
+        at += 4 + len + ((4 - (len % 4)) % 4);
+      }
+      return null;
+    }
+    return data;
+  };
   for (let at = 24; at + 16 <= pcap.length;) {
     const len = pcap.readUInt32LE(at + 8);
     const frame = pcap.subarray(at + 16, at + 16 + len);
@@ -290,15 +313,18 @@ export function relayedOpusSizes(pcap, turnPort) {
     const ip = frame.subarray(14);
     if (ip[9] !== 17) continue; // UDP
     const udp = ip.subarray((ip[0] & 15) * 4);
-    // Towards the relay only: each packet also leaves it again, toward the other peer.
-    if (udp.readUInt16BE(2) !== turnPort) continue;
-    const data = udp.subarray(8);
-    if (data.length < 4 || (data[0] & 0xc0) !== 0x40) continue; // ChannelData only
-    const rtp = data.subarray(4, 4 + data.readUInt16BE(2));
-    if (rtp.length < 13 || (rtp[0] & 0xc0) !== 0x80 || (rtp[1] & 0x7f) !== 111) continue;
+    const rtp = rtpIn(udp.subarray(8));
+    if (!rtp || rtp.length < 13 || (rtp[0] & 0xc0) !== 0x80 || !OPUS_PAYLOAD_TYPES.has(rtp[1] & 0x7f)) continue;
     const ssrc = rtp.readUInt32BE(8);
+    const seq = rtp.readUInt16BE(2);
+    const key = `${ssrc}/${seq}`;
+    if (seen.has(key)) {
+      assert.equal(rtp.length, seen.get(key), `RTP packet ${key}: another size on another leg`);
+      continue;
+    }
+    seen.set(key, rtp.length);
     const packets = streams.get(ssrc) ?? [];
-    packets.push({ seq: rtp.readUInt16BE(2), size: rtp.length });
+    packets.push({ seq, size: rtp.length });
     streams.set(ssrc, packets);
   }
   for (const packets of streams.values()) {
@@ -307,6 +333,45 @@ export function relayedOpusSizes(pcap, turnPort) {
     packets.sort((a, b) => ((a.seq - first + 65536) % 65536) - ((b.seq - first + 65536) % 65536));
   }
   return streams;
+}
+
+/**
+ * Checks that every Opus packet in a loopback capture, from the first, is at one
+ * constant Opus size (the browser's and the CLI's stream each): per stream, the sealed size
+ * only grows with the e2ee counter's length (17, 18, then 19 bytes of overhead, §7), so it has
+ * at most three sizes, one byte apart, never decreasing. Returns size → count per stream.
+ */
+export function assertConstantSizeOnTheWire(pcap, turnPort) {
+  const streams = relayedOpusSizes(pcap, turnPort);
+  assert.equal(streams.size, 2, `two Opus streams through the relay: ${[...streams.keys()]}`);
+  const counts = [];
+  for (const [ssrc, packets] of streams) {
+    const sizes = packets.map((x) => x.size);
+    assert.ok(sizes.length >= 200, `stream ${ssrc}: ${sizes.length} packets`);
+    assert.ok(sizes.every((x, i) => i === 0 || x === sizes[i - 1] || x === sizes[i - 1] + 1),
+      `stream ${ssrc} is not at one size from its first packet: ${sizes.join(' ')}`);
+    assert.ok(sizes.at(-1) - sizes[0] <= 2, `stream ${ssrc} is not CBR: ${[...new Set(sizes)]}`);
+    const c = {};
+    for (const size of sizes) c[size] = (c[size] ?? 0) + 1;
+    counts.push(c);
+  }
+  return counts;
+}
+
+/**
+ * Checks the page's counters (`window.aparte.media`) for one sealed Opus size: every payload
+ * sealed, from the first, at the gate's size; the gate's counters present.
+ */
+export function assertOneSize(media) {
+  const sizes = Object.keys(media.payloadSizes).map(Number);
+  assert.equal(sizes.length, 1, `Opus payload sizes sealed: ${JSON.stringify(media.payloadSizes)}`);
+  assert.equal(media.payloadSizes[sizes[0]], media.sent, 'every sealed payload counted at that size');
+  assert.equal(sizes[0], media.cbrSize, 'the size the gate holds');
+  assert.ok(media.firstPayloadSizes.length > 0 && media.firstPayloadSizes.every((x) => x === sizes[0]),
+    `first sealed payload sizes: ${media.firstPayloadSizes}`);
+  assert.ok(Number.isInteger(media.framesDroppedNotCbr) && media.framesDroppedNotCbr >= media.framesBeforeFirstSent,
+    `dropped-frame counters: ${media.framesDroppedNotCbr}, ${media.framesBeforeFirstSent}`);
+  return sizes[0];
 }
 
 /** Runs `ip ARGS` (or another program in a namespace); fails loudly. */

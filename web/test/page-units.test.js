@@ -15,21 +15,21 @@ test('fingerprints are normalised like the CLI does, and must agree', () => {
   assert.equal(dtlsFingerprint('v=0\r\n'), null);
 });
 
-test('cbr=1 is added to every Opus fmtp line, and only there', () => {
+test('cbr=1, the page\'s bitrate and usedtx=0 go into every Opus fmtp line, and only there', () => {
   const sdp = [
     'm=audio 9 UDP/TLS/RTP/SAVPF 111 0',
     'a=rtpmap:111 opus/48000/2',
-    'a=fmtp:111 minptime=10;useinbandfec=1;cbr=0',
+    'a=fmtp:111 minptime=10;useinbandfec=1;cbr=0;maxaveragebitrate=128000;usedtx=1',
     'a=rtpmap:0 PCMU/8000',
     'a=fmtp:0 foo=1',
     '',
   ].join('\r\n');
   const out = forceOpusCbr(sdp);
-  assert.match(out, /a=fmtp:111 minptime=10;useinbandfec=1;cbr=1\r\n/);
+  assert.match(out, /a=fmtp:111 minptime=10;useinbandfec=1;cbr=1;maxaveragebitrate=32000;usedtx=0\r\n/);
   assert.match(out, /a=fmtp:0 foo=1\r\n/);
-  assert.ok(!out.includes('cbr=0'));
+  assert.ok(!out.includes('cbr=0') && !out.includes('128000') && !out.includes('usedtx=1'));
   const bare = forceOpusCbr('a=rtpmap:109 opus/48000/2\n');
-  assert.equal(bare, 'a=rtpmap:109 opus/48000/2\na=fmtp:109 cbr=1\n');
+  assert.equal(bare, 'a=rtpmap:109 opus/48000/2\na=fmtp:109 cbr=1;maxaveragebitrate=32000;usedtx=0\n');
   assert.equal(candidateType('candidate:1 1 udp 1 10.0.0.1 5000 typ relay raddr 0.0.0.0 rport 0'), 'relay');
 });
 

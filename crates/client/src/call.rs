@@ -297,6 +297,9 @@ pub struct CallReport {
     pub frames_into_buffer: u64,
     /// Frames played from their own packet (not rebuilt or concealed).
     pub frames_played_from_packet: u64,
+    /// Decrypted packets the Opus decoder refused (concealed instead), counted once per 20 ms
+    /// tick they should have filled.
+    pub frames_decode_failed: u64,
     /// Indices between the lowest and highest received that never reached the buffer.
     pub frames_missing: u64,
     /// Distinct authenticated indices received.
@@ -1745,6 +1748,7 @@ impl Call {
             frames_buffered_at_end: u64::from(audio.jitter.buffered),
             frames_into_buffer: audio.jitter.received,
             frames_played_from_packet: audio.jitter.played,
+            frames_decode_failed: audio.decode_errors,
             frames_missing: audio.jitter.missing,
             frames_distinct: audio.jitter.distinct_frames,
             lowest_index: audio.jitter.lowest_index,

@@ -1,5 +1,6 @@
 // The few facts the page reads from (and the one change it makes to) SDP text, matching
 // crates/client/src/sdp.rs so that both ends bind the same fingerprint bytes.
+import { PAGE_OPUS_BITRATE } from './cbr.js';
 
 /**
  * The DTLS fingerprint an SDP declares, as `"<alg> <HEX:HEX:…>"` (algorithm lowercase, hex
@@ -21,9 +22,13 @@ export function dtlsFingerprint(sdp) {
 }
 
 /**
- * Adds `cbr=1` to the Opus `a=fmtp` line(s) of an SDP (and an fmtp line where Opus has none).
- * Applied to the peer's SDP before the browser uses it, this makes the browser's Opus encoder
- * send at a constant bitrate: with a variable bitrate, packet sizes leak what is said.
+ * Sets `cbr=1`, `maxaveragebitrate=32000` (PAGE_OPUS_BITRATE) and `usedtx=0` in the Opus
+ * `a=fmtp` line(s) of an SDP (and adds an fmtp line where Opus has none), replacing any value
+ * the peer gave. Applied to the peer's SDP before the browser uses it, this asks the browser's
+ * Opus encoder for one constant bitrate, the same in every browser whichever side offers
+ * (Firefox otherwise picks 64 kbit/s when the page offers), with no DTX: with a variable
+ * bitrate, packet sizes leak what is said. Browsers do not always obey (Firefox ramps up at
+ * first), so the worker's gate (cbr.js) enforces one size anyway.
  */
 export function forceOpusCbr(sdp) {
   const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
@@ -33,20 +38,22 @@ export function forceOpusCbr(sdp) {
     const m = /^a=rtpmap:(\d+) opus\/48000/i.exec(l);
     if (m) opus.add(m[1]);
   }
+  const ours = ['cbr=1', `maxaveragebitrate=${PAGE_OPUS_BITRATE}`, 'usedtx=0'];
   const withFmtp = new Set();
   const out = lines.map((l) => {
     const m = /^a=fmtp:(\d+) (.*)$/.exec(l);
     if (!m || !opus.has(m[1])) return l;
     withFmtp.add(m[1]);
-    const params = m[2].split(';').map((p) => p.trim()).filter((p) => p && !/^cbr=/i.test(p));
-    params.push('cbr=1');
+    const params = m[2].split(';').map((p) => p.trim())
+      .filter((p) => p && !/^(cbr|maxaveragebitrate|usedtx)=/i.test(p));
+    params.push(...ours);
     return `a=fmtp:${m[1]} ${params.join(';')}`;
   });
   const result = [];
   for (const l of out) {
     result.push(l);
     const m = /^a=rtpmap:(\d+) opus\/48000/i.exec(l);
-    if (m && !withFmtp.has(m[1])) result.push(`a=fmtp:${m[1]} cbr=1`);
+    if (m && !withFmtp.has(m[1])) result.push(`a=fmtp:${m[1]} ${ours.join(';')}`);
   }
   return result.join(eol);
 }

@@ -158,6 +158,17 @@ export class FrameSender {
     return concat(header, sealed);
   }
 
+  /**
+   * Uses up the next counter without protecting anything: the sender dropped one 20 ms frame
+   * (the page's constant-size gate). The peer's frame index stays a 20 ms clock (§7) and the
+   * peer treats the frame as lost, concealing it in its place.
+   */
+  skip() {
+    if (this.rekeyAfterFrames !== null && this.counter >= this.rekeyAfterFrames) this.rekey();
+    if (this.counter >= Number.MAX_SAFE_INTEGER) throw new FrameError('malformed', 'counter exhausted');
+    this.counter += 1;
+  }
+
   /** Moves to the next epoch now; the old chain, key and salt are wiped. */
   rekey() {
     const next = this.cipher.next();
